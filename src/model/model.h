@@ -1,0 +1,47 @@
+// Model: the seam between the engine and a model implementation. The engine owns scheduling and
+// block ids; the model owns weights and the paged latent KV cache storage those ids index.
+#pragma once
+
+#include <cstddef>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "core/tensor.h"
+#include "io/model_config.h"
+#include "model/forward_batch.h"
+
+namespace k2 {
+
+inline constexpr int kKvBlockSize = 64;  // tokens per KV block (FlashMLA's page size)
+
+enum class KvCacheDType : uint8_t { F32, BF16, FP8_E4M3 };
+
+struct ModelOptions {
+    std::string device = "cpu";  // "cpu" or "cuda"
+    KvCacheDType kv_cache_dtype = KvCacheDType::F32;
+    int num_threads = 0;  // CPU backend: 0 = OpenMP default
+};
+
+class Model {
+public:
+    virtual ~Model() = default;
+
+    virtual const ModelConfig& config() const = 0;
+
+    // Bytes of latent KV cache one block takes over all layers (for sizing the pool).
+    virtual size_t kv_cache_bytes_per_block() const = 0;
+    // (Re)allocates the cache with num_blocks blocks of kKvBlockSize tokens; contents are undefined.
+    virtual void allocate_kv_cache(int num_blocks) = 0;
+
+    // Runs one step. Writes every new token's latent KV at batch.slot_mapping, attends over each
+    // sequence's blocks (batch.block_tables) up to batch.seq_lens, and returns float32 logits
+    // [num_logits, vocab_size] on the host for the rows in batch.logits_indices.
+    // Thread-compatible: one caller at a time.
+    virtual Tensor forward(const ForwardBatch& batch) = 0;
+};
+
+// Loads a checkpoint directory (config.json + safetensors) for the device in `options`.
+std::unique_ptr<Model> load_model(const std::filesystem::path& model_dir, const ModelOptions& options);
+
+}  // namespace k2
