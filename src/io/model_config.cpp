@@ -1,7 +1,10 @@
 #include "io/model_config.h"
 
 #include <cmath>
+#include <algorithm>
 #include <fstream>
+#include <limits>
+#include <utility>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -32,6 +35,8 @@ struct Reader {
         const int64_t x = v->get<int64_t>();
         K2_CHECK(x >= static_cast<int64_t>(min_value), "{}: key '{}' = {} must be >= {}", label, key, x,
                  static_cast<int64_t>(min_value));
+        K2_CHECK(x <= static_cast<int64_t>(std::numeric_limits<T>::max()), "{}: key '{}' = {} is too large", label,
+                 key, x);
         return static_cast<T>(x);
     }
     double number(const char* key, double fallback, bool required) const {
@@ -133,7 +138,34 @@ std::vector<int64_t> parse_eos(const json& root, const std::string& label) {
     return ids;
 }
 
+// Upper bound for every dimension: far above any real model (Kimi-K2's largest is 163840), and low
+// enough that products of two or three dimensions cannot overflow int64.
+constexpr int64_t kMaxDim = int64_t{1} << 24;
+
+void validate_bounds(const ModelConfig& c, const std::string& label) {
+    const std::pair<const char*, int64_t> dims[] = {
+        {"vocab_size", c.vocab_size},
+        {"hidden_size", c.hidden_size},
+        {"intermediate_size", c.intermediate_size},
+        {"moe_intermediate_size", c.moe_intermediate_size},
+        {"num_hidden_layers", c.num_hidden_layers},
+        {"num_attention_heads", c.num_attention_heads},
+        {"q_lora_rank", c.q_lora_rank},
+        {"kv_lora_rank", c.kv_lora_rank},
+        {"qk_nope_head_dim", c.qk_nope_head_dim},
+        {"qk_rope_head_dim", c.qk_rope_head_dim},
+        {"v_head_dim", c.v_head_dim},
+        {"n_routed_experts", c.n_routed_experts},
+        {"n_shared_experts", c.n_shared_experts},
+        {"quantization_config.weight_block_size", std::max(c.weight_block_n, c.weight_block_k)},
+    };
+    for (const auto& [key, value] : dims) {
+        K2_CHECK(value <= kMaxDim, "{}: key '{}' = {} exceeds the supported maximum {}", label, key, value, kMaxDim);
+    }
+}
+
 void validate(const ModelConfig& c, const std::string& label) {
+    validate_bounds(c, label);
     K2_CHECK(c.qk_rope_head_dim % 2 == 0, "{}: key 'qk_rope_head_dim' = {} must be even", label,
              c.qk_rope_head_dim);
     if (c.n_routed_experts > 0) {

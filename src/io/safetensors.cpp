@@ -58,7 +58,27 @@ namespace {
 
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // the reference reader's limit
 
-TensorInfo parse_entry(const std::string& name, const json& entry, uint64_t data_bytes, const std::string& label) {
+std::vector<int64_t> parse_shape(const std::string& name, const json& entry, DType dtype, uint64_t& nbytes,
+                                 const std::string& label) {
+    const auto shape_it = entry.find("shape");
+    K2_CHECK(shape_it != entry.end() && shape_it->is_array(), "{}: tensor '{}': missing or non-array shape", label,
+             name);
+    std::vector<int64_t> shape;
+    uint64_t bytes = dtype_size(dtype);
+    for (const json& d : *shape_it) {
+        K2_CHECK(d.is_number_unsigned(), "{}: tensor '{}': shape entries must be non-negative integers", label,
+                 name);
+        const uint64_t dim = d.get<uint64_t>();
+        // Byte counts above 2^62 cannot describe a real file; the bound also keeps int64 shapes exact.
+        K2_CHECK(!__builtin_mul_overflow(bytes, dim, &bytes) && bytes <= (uint64_t{1} << 62),
+                 "{}: tensor '{}': shape overflows", label, name);
+        shape.push_back(static_cast<int64_t>(dim));
+    }
+    nbytes = bytes;
+    return shape;
+}
+
+TensorInfo parse_entry(const std::string& name, const json& entry, const std::string& label) {
     K2_CHECK(entry.is_object(), "{}: tensor '{}': header entry is not an object", label, name);
     TensorInfo info;
     info.name = name;
@@ -68,19 +88,8 @@ TensorInfo parse_entry(const std::string& name, const json& entry, uint64_t data
     const auto dtype = dtype_from_name(dtype_it->get<std::string>());
     K2_CHECK(dtype.has_value(), "{}: tensor '{}': unknown dtype '{}'", label, name, dtype_it->get<std::string>());
     info.dtype = *dtype;
-
-    const auto shape_it = entry.find("shape");
-    K2_CHECK(shape_it != entry.end() && shape_it->is_array(), "{}: tensor '{}': missing or non-array shape", label,
-             name);
-    uint64_t numel = 1;
-    for (const json& d : *shape_it) {
-        K2_CHECK(d.is_number_unsigned(), "{}: tensor '{}': shape entries must be non-negative integers", label,
-                 name);
-        const uint64_t dim = d.get<uint64_t>();
-        K2_CHECK(dim == 0 || numel <= (uint64_t{1} << 62) / dim, "{}: tensor '{}': shape overflows", label, name);
-        numel *= dim;
-        info.shape.push_back(static_cast<int64_t>(dim));
-    }
+    uint64_t expected = 0;
+    info.shape = parse_shape(name, entry, info.dtype, expected, label);
 
     const auto off_it = entry.find("data_offsets");
     K2_CHECK(off_it != entry.end() && off_it->is_array() && off_it->size() == 2 &&
@@ -88,14 +97,46 @@ TensorInfo parse_entry(const std::string& name, const json& entry, uint64_t data
              "{}: tensor '{}': data_offsets must be two non-negative integers", label, name);
     info.begin = (*off_it)[0].get<uint64_t>();
     info.end = (*off_it)[1].get<uint64_t>();
-    K2_CHECK(info.begin <= info.end && info.end <= data_bytes,
-             "{}: tensor '{}': data_offsets [{}, {}] outside the data area of {} bytes", label, name, info.begin,
-             info.end, data_bytes);
-    const uint64_t expected = numel * dtype_size(info.dtype);
+    K2_CHECK(info.begin <= info.end, "{}: tensor '{}': data_offsets [{}, {}] end before they begin", label, name,
+             info.begin, info.end);
+    // info.end <= data_bytes is checked in offset order by check_tiling, to name the first tensor cut.
     K2_CHECK(info.end - info.begin == expected,
              "{}: tensor '{}': {} bytes in data_offsets but shape x dtype needs {}", label, name,
              info.end - info.begin, expected);
     return info;
+}
+
+// The reference reader requires the buffers to tile the data area: sorted by offset, each begins
+// where the previous ended, and the last ends at the end of the file.
+void check_tiling(const std::vector<TensorInfo>& infos, uint64_t data_bytes, const std::string& label) {
+    std::vector<const TensorInfo*> by_offset;
+    by_offset.reserve(infos.size());
+    for (const TensorInfo& info : infos) {
+        by_offset.push_back(&info);
+    }
+    std::sort(by_offset.begin(), by_offset.end(), [](const TensorInfo* a, const TensorInfo* b) {
+        return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+    });
+    uint64_t position = 0;
+    const TensorInfo* previous = nullptr;
+    // Range first, in file order: of a truncated shard this names the first tensor that is cut.
+    for (const TensorInfo* info : by_offset) {
+        K2_CHECK(info->end <= data_bytes,
+                 "{}: tensor '{}': data_offsets [{}, {}] run past the end of the {}-byte data area (file truncated "
+                 "or offsets out of range)",
+                 label, info->name, info->begin, info->end, data_bytes);
+    }
+    for (const TensorInfo* info : by_offset) {
+        K2_CHECK(info->begin >= position, "{}: tensors '{}' and '{}' overlap (bytes [{}, {}) and [{}, {}))", label,
+                 previous != nullptr ? previous->name : "", info->name, previous != nullptr ? previous->begin : 0,
+                 position, info->begin, info->end);
+        K2_CHECK(info->begin == position, "{}: tensor '{}': gap of {} unused bytes before its data_offsets [{}, {}]",
+                 label, info->name, info->begin - position, info->begin, info->end);
+        position = info->end;
+        previous = info;
+    }
+    K2_CHECK(position == data_bytes, "{}: {} trailing bytes after the last tensor{} (data area {} bytes)", label,
+             data_bytes - position, previous != nullptr ? fmt::format(" '{}'", previous->name) : "", data_bytes);
 }
 
 }  // namespace
@@ -118,45 +159,46 @@ std::vector<TensorInfo> parse_safetensors_header(std::string_view header_json, u
             }
             continue;
         }
-        infos.push_back(parse_entry(name, entry, data_bytes, label));
+        infos.push_back(parse_entry(name, entry, label));
     }
-    std::vector<const TensorInfo*> by_offset;
-    for (const TensorInfo& info : infos) {
-        by_offset.push_back(&info);
-    }
-    std::sort(by_offset.begin(), by_offset.end(),
-              [](const TensorInfo* a, const TensorInfo* b) { return a->begin < b->begin; });
-    for (size_t i = 1; i < by_offset.size(); ++i) {
-        K2_CHECK(by_offset[i]->begin >= by_offset[i - 1]->end, "{}: tensors '{}' and '{}' overlap", label,
-                 by_offset[i - 1]->name, by_offset[i]->name);
-    }
+    check_tiling(infos, data_bytes, label);
     return infos;
+}
+
+SafetensorsLayout parse_safetensors_file(const uint8_t* bytes, size_t size, const std::string& label) {
+    K2_CHECK(size >= 8, "{}: truncated: {} bytes, a safetensors file needs at least 8", label, size);
+    SafetensorsLayout layout;
+    std::memcpy(&layout.header_bytes, bytes, 8);  // little-endian hosts only (x86-64, arm64)
+    K2_CHECK(layout.header_bytes <= kMaxHeaderBytes, "{}: header length {} exceeds the 100 MB limit", label,
+             layout.header_bytes);
+    K2_CHECK(layout.header_bytes <= size - 8, "{}: truncated: header length {} runs past the end of the {}-byte file",
+             label, layout.header_bytes, size);
+    layout.data_offset = 8 + layout.header_bytes;
+    layout.data_bytes = size - layout.data_offset;
+    const std::string_view header(reinterpret_cast<const char*>(bytes + 8), layout.header_bytes);
+    K2_CHECK(!header.empty() && header.front() == '{', "{}: header does not start with '{{'", label);
+    layout.tensors = parse_safetensors_header(header, layout.data_bytes, label);
+    // Already validated by parse_safetensors_header, so this parse cannot fail.
+    const json parsed = json::parse(header, nullptr, false, false);
+    const auto meta = parsed.find("__metadata__");
+    if (meta != parsed.end()) {
+        for (const auto& [key, value] : meta->items()) {
+            layout.metadata[key] = value.get<std::string>();
+        }
+    }
+    return layout;
 }
 
 std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& path) {
     auto file = std::make_shared<SafetensorsFile>();
     file->m_path = path;
     file->m_file = std::make_shared<MappedFile>(path);
-    const std::string label = path.string();
-    const size_t size = file->m_file->size();
-    K2_CHECK(size >= 8, "{}: truncated: {} bytes, a safetensors file needs at least 8", label, size);
-    uint64_t header_bytes = 0;
-    std::memcpy(&header_bytes, file->m_file->data(), 8);  // little-endian hosts only (x86-64, arm64)
-    K2_CHECK(header_bytes <= kMaxHeaderBytes, "{}: header length {} exceeds the 100 MB limit", label, header_bytes);
-    K2_CHECK(header_bytes <= size - 8, "{}: header length {} runs past the end of the {}-byte file", label,
-             header_bytes, size);
-    const std::string_view header(reinterpret_cast<const char*>(file->m_file->data() + 8), header_bytes);
-    const uint64_t data_bytes = size - 8 - header_bytes;
-    for (TensorInfo& info : parse_safetensors_header(header, data_bytes, label)) {
+    SafetensorsLayout layout = parse_safetensors_file(file->m_file->data(), file->m_file->size(), path.string());
+    for (TensorInfo& info : layout.tensors) {
         file->m_tensors.emplace(info.name, std::move(info));
     }
-    const json parsed = json::parse(header, nullptr, false, false);
-    if (parsed.contains("__metadata__")) {
-        for (const auto& [key, value] : parsed["__metadata__"].items()) {
-            file->m_metadata[key] = value.get<std::string>();
-        }
-    }
-    file->m_data_area = file->m_file->data() + 8 + header_bytes;
+    file->m_metadata = std::move(layout.metadata);
+    file->m_data_area = file->m_file->data() + layout.data_offset;
     return file;
 }
 
@@ -171,10 +213,13 @@ Tensor SafetensorsFile::tensor(const std::string& name) const {
 Checkpoint Checkpoint::open(const std::filesystem::path& model_dir) {
     Checkpoint ckpt;
     ckpt.m_dir = model_dir;
+    K2_CHECK(std::filesystem::is_directory(model_dir), "{}: not a directory", model_dir.string());
     const auto index_path = model_dir / "model.safetensors.index.json";
     const auto single_path = model_dir / "model.safetensors";
     if (std::filesystem::exists(index_path)) {
+        ckpt.m_source = index_path;
         std::ifstream in(index_path);
+        K2_CHECK(in.good(), "{}: cannot read", index_path.string());
         json index;
         try {
             index = json::parse(in);
@@ -197,6 +242,7 @@ Checkpoint Checkpoint::open(const std::filesystem::path& model_dir) {
                      index_path.string(), shard_path.string());
         }
     } else if (std::filesystem::exists(single_path)) {
+        ckpt.m_source = single_path;
         auto file = SafetensorsFile::open(single_path);
         for (const auto& [name, info] : file->tensors()) {
             ckpt.m_file_of[name] = "model.safetensors";

@@ -25,8 +25,23 @@ struct TensorInfo {
 
 // Parses and validates a header JSON against a data area of `data_bytes` bytes. `label` names the
 // file in error messages. Throws k2::Error with a one-line message naming the file and tensor.
+// As the reference reader, it requires the tensors to tile the data area exactly: no overlap, no gap,
+// no trailing bytes (a truncated shard therefore fails here, naming the tensor that runs past the end).
 std::vector<TensorInfo> parse_safetensors_header(std::string_view header_json, uint64_t data_bytes,
                                                  const std::string& label);
+
+// The validated layout of a whole safetensors file.
+struct SafetensorsLayout {
+    uint64_t header_bytes = 0;  // N, the JSON length
+    uint64_t data_offset = 0;   // 8 + N: where the data area starts in the file
+    uint64_t data_bytes = 0;
+    std::vector<TensorInfo> tensors;  // in header (name) order
+    std::map<std::string, std::string> metadata;
+};
+
+// Validates a complete file image (e.g. a mapping): length prefix, header limit and JSON, every
+// entry. Reads nothing past bytes[size - 1]. Used by SafetensorsFile::open and the fuzz target.
+SafetensorsLayout parse_safetensors_file(const uint8_t* bytes, size_t size, const std::string& label);
 
 class MappedFile;
 
@@ -61,9 +76,13 @@ public:
     const TensorInfo& info(const std::string& name) const;
     Tensor get(const std::string& name) const;
     std::vector<std::string> shard_files() const;
+    // The file that lists the tensors: model.safetensors.index.json, or model.safetensors.
+    const std::filesystem::path& source_file() const { return m_source; }
+    // Opens (once) and validates a shard; throws k2::Error naming the file on a broken one.
+    const SafetensorsFile& shard(const std::string& file) const;
 
 private:
-    const SafetensorsFile& shard(const std::string& file) const;
+    std::filesystem::path m_source;
 
     std::filesystem::path m_dir;
     std::map<std::string, std::string> m_file_of;  // tensor name -> shard file name

@@ -1,0 +1,242 @@
+#include "dist/control_message.h"
+
+#include <cstring>
+#include <type_traits>
+
+#include "core/error.h"
+
+namespace k2::dist {
+
+namespace {
+
+constexpr char kMagic[4] = {'K', '2', 'C', 'M'};
+
+class Writer {
+public:
+    template <typename T>
+    void put(T value) {
+        static_assert(std::is_integral_v<T>);
+        using U = std::make_unsigned_t<T>;
+        U u = static_cast<U>(value);
+        for (size_t i = 0; i < sizeof(T); ++i) {
+            m_bytes.push_back(static_cast<uint8_t>(u & 0xffu));
+            u = static_cast<U>(static_cast<uint64_t>(u) >> 8);
+        }
+    }
+    template <typename T>
+    void put_vector(const std::vector<T>& values) {
+        put<uint32_t>(static_cast<uint32_t>(values.size()));
+        for (T v : values) {
+            put<T>(v);
+        }
+    }
+    void put_string(const std::string& s) {
+        K2_CHECK(s.size() <= kMaxControlStringBytes, "control message string of {} bytes is too long", s.size());
+        put<uint32_t>(static_cast<uint32_t>(s.size()));
+        m_bytes.insert(m_bytes.end(), s.begin(), s.end());
+    }
+    std::vector<uint8_t>& bytes() { return m_bytes; }
+
+private:
+    std::vector<uint8_t> m_bytes;
+};
+
+class Reader {
+public:
+    explicit Reader(std::span<const uint8_t> bytes) : m_bytes(bytes) {}
+
+    template <typename T>
+    T get(const char* field) {
+        static_assert(std::is_integral_v<T>);
+        need(sizeof(T), field);
+        using U = std::make_unsigned_t<T>;
+        U u = 0;
+        for (size_t i = 0; i < sizeof(T); ++i) {
+            u = static_cast<U>(u | static_cast<U>(static_cast<U>(m_bytes[m_pos + i]) << (8 * i)));
+        }
+        m_pos += sizeof(T);
+        return static_cast<T>(u);
+    }
+    template <typename T>
+    std::vector<T> get_vector(const char* field) {
+        const uint32_t count = get<uint32_t>(field);
+        // Check against what is left before allocating: a forged count cannot make us reserve gigabytes.
+        K2_CHECK(count <= remaining() / sizeof(T), "control message: {} claims {} elements but only {} bytes remain",
+                 field, count, remaining());
+        std::vector<T> out(count);
+        for (uint32_t i = 0; i < count; ++i) {
+            out[i] = get<T>(field);
+        }
+        return out;
+    }
+    std::string get_string(const char* field) {
+        const uint32_t size = get<uint32_t>(field);
+        K2_CHECK(size <= kMaxControlStringBytes, "control message: {} of {} bytes exceeds the limit", field, size);
+        need(size, field);
+        std::string out(reinterpret_cast<const char*>(m_bytes.data() + m_pos), size);
+        m_pos += size;
+        return out;
+    }
+    bool get_bool(const char* field) {
+        const uint8_t v = get<uint8_t>(field);
+        K2_CHECK(v <= 1, "control message: {} must be 0 or 1, got {}", field, v);
+        return v == 1;
+    }
+    size_t remaining() const { return m_bytes.size() - m_pos; }
+    void finish(const char* what) {
+        K2_CHECK(remaining() == 0, "control message: {} trailing bytes after {}", remaining(), what);
+    }
+
+private:
+    void need(size_t n, const char* field) {
+        K2_CHECK(n <= remaining(), "control message truncated in {} (need {} bytes, {} left)", field, n, remaining());
+    }
+    std::span<const uint8_t> m_bytes;
+    size_t m_pos = 0;
+};
+
+void write_payload(Writer& w, const StepPlan& m) {
+    w.put<uint64_t>(m.step_id);
+    w.put<uint8_t>(m.is_dummy ? 1 : 0);
+    const ForwardBatch& b = m.batch;
+    w.put_vector(b.token_ids);
+    w.put_vector(b.positions);
+    w.put_vector(b.query_start);
+    w.put_vector(b.seq_lens);
+    w.put<int32_t>(b.max_blocks_per_seq);
+    w.put_vector(b.block_tables);
+    w.put_vector(b.slot_mapping);
+    w.put_vector(b.logits_indices);
+}
+void write_payload(Writer& w, const Shutdown& m) { w.put_string(m.reason); }
+void write_payload(Writer& w, const Heartbeat& m) {
+    w.put<int32_t>(m.rank);
+    w.put<int32_t>(m.pid);
+    w.put<uint64_t>(m.step_id);
+}
+void write_payload(Writer& w, const RankFailed& m) {
+    w.put<int32_t>(m.rank);
+    w.put<int32_t>(m.pid);
+    w.put_string(m.reason);
+}
+
+ControlType type_of(const ControlMessage& message) {
+    return static_cast<ControlType>(message.index() + 1);  // variant order == enum order
+}
+
+StepPlan read_step_plan(Reader& r) {
+    StepPlan m;
+    m.step_id = r.get<uint64_t>("step_id");
+    m.is_dummy = r.get_bool("is_dummy");
+    ForwardBatch& b = m.batch;
+    b.token_ids = r.get_vector<int32_t>("token_ids");
+    b.positions = r.get_vector<int32_t>("positions");
+    b.query_start = r.get_vector<int32_t>("query_start");
+    b.seq_lens = r.get_vector<int32_t>("seq_lens");
+    b.max_blocks_per_seq = r.get<int32_t>("max_blocks_per_seq");
+    b.block_tables = r.get_vector<int32_t>("block_tables");
+    b.slot_mapping = r.get_vector<int64_t>("slot_mapping");
+    b.logits_indices = r.get_vector<int32_t>("logits_indices");
+    validate_forward_batch(b);
+    return m;
+}
+
+}  // namespace
+
+std::string_view control_type_name(ControlType type) {
+    switch (type) {
+        case ControlType::STEP_PLAN: return "StepPlan";
+        case ControlType::SHUTDOWN: return "Shutdown";
+        case ControlType::HEARTBEAT: return "Heartbeat";
+        case ControlType::RANK_FAILED: return "RankFailed";
+    }
+    return "unknown";
+}
+
+void validate_forward_batch(const ForwardBatch& b) {
+    const size_t num_tokens = b.token_ids.size();
+    const size_t num_seqs = b.seq_lens.size();
+    K2_CHECK(b.positions.size() == num_tokens, "ForwardBatch: {} positions for {} tokens", b.positions.size(),
+             num_tokens);
+    K2_CHECK(b.slot_mapping.size() == num_tokens, "ForwardBatch: {} slot_mapping entries for {} tokens",
+             b.slot_mapping.size(), num_tokens);
+    if (num_seqs == 0 && num_tokens == 0 && b.query_start.empty()) {
+        K2_CHECK(b.block_tables.empty() && b.logits_indices.empty(), "ForwardBatch: an empty batch has tables");
+        return;  // a default-constructed batch (dummy step)
+    }
+    K2_CHECK(b.query_start.size() == num_seqs + 1, "ForwardBatch: query_start has {} entries for {} sequences",
+             b.query_start.size(), num_seqs);
+    K2_CHECK(b.query_start[0] == 0 && static_cast<size_t>(b.query_start.back()) == num_tokens,
+             "ForwardBatch: query_start must run from 0 to {} tokens", num_tokens);
+    for (size_t s = 0; s < num_seqs; ++s) {
+        const int32_t len = b.query_start[s + 1] - b.query_start[s];
+        K2_CHECK(len >= 0, "ForwardBatch: query_start decreases at sequence {}", s);
+        K2_CHECK(b.seq_lens[s] >= len, "ForwardBatch: sequence {} has {} new tokens but seq_len {}", s, len,
+                 b.seq_lens[s]);
+    }
+    K2_CHECK(b.max_blocks_per_seq >= 0, "ForwardBatch: negative max_blocks_per_seq {}", b.max_blocks_per_seq);
+    K2_CHECK(b.block_tables.size() == num_seqs * static_cast<size_t>(b.max_blocks_per_seq),
+             "ForwardBatch: block_tables has {} entries, expected {} x {}", b.block_tables.size(), num_seqs,
+             b.max_blocks_per_seq);
+    for (int32_t index : b.logits_indices) {
+        K2_CHECK(index >= 0 && static_cast<size_t>(index) < num_tokens,
+                 "ForwardBatch: logits index {} outside {} tokens", index, num_tokens);
+    }
+}
+
+std::vector<uint8_t> encode_control_message(const ControlMessage& message) {
+    Writer payload;
+    std::visit([&](const auto& m) { write_payload(payload, m); }, message);
+    Writer frame;
+    for (char c : kMagic) {
+        frame.put<uint8_t>(static_cast<uint8_t>(c));
+    }
+    frame.put<uint16_t>(kControlVersion);
+    frame.put<uint16_t>(static_cast<uint16_t>(type_of(message)));
+    frame.put<uint32_t>(static_cast<uint32_t>(payload.bytes().size()));
+    std::vector<uint8_t> out = std::move(frame.bytes());
+    out.insert(out.end(), payload.bytes().begin(), payload.bytes().end());
+    return out;
+}
+
+ControlMessage decode_control_message(std::span<const uint8_t> bytes) {
+    K2_CHECK(bytes.size() >= kControlHeaderBytes, "control message: {} bytes is shorter than the {}-byte header",
+             bytes.size(), kControlHeaderBytes);
+    K2_CHECK(std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) == 0, "control message: bad magic (not a k2 frame)");
+    Reader header(bytes.subspan(4, kControlHeaderBytes - 4));
+    const uint16_t version = header.get<uint16_t>("version");
+    const uint16_t type = header.get<uint16_t>("type");
+    const uint32_t payload_bytes = header.get<uint32_t>("payload_bytes");
+    K2_CHECK(version == kControlVersion, "control message: version {} is not the supported {}", version,
+             kControlVersion);
+    K2_CHECK(payload_bytes == bytes.size() - kControlHeaderBytes,
+             "control message: header says {} payload bytes, frame has {}", payload_bytes,
+             bytes.size() - kControlHeaderBytes);
+    Reader r(bytes.subspan(kControlHeaderBytes));
+    ControlMessage out;
+    switch (static_cast<ControlType>(type)) {
+        case ControlType::STEP_PLAN: out = read_step_plan(r); break;
+        case ControlType::SHUTDOWN: out = Shutdown{r.get_string("reason")}; break;
+        case ControlType::HEARTBEAT: {
+            Heartbeat h;
+            h.rank = r.get<int32_t>("rank");
+            h.pid = r.get<int32_t>("pid");
+            h.step_id = r.get<uint64_t>("step_id");
+            out = h;
+            break;
+        }
+        case ControlType::RANK_FAILED: {
+            RankFailed f;
+            f.rank = r.get<int32_t>("rank");
+            f.pid = r.get<int32_t>("pid");
+            f.reason = r.get_string("reason");
+            out = f;
+            break;
+        }
+        default: K2_FAIL("control message: unknown type {}", type);
+    }
+    r.finish(control_type_name(static_cast<ControlType>(type)).data());
+    return out;
+}
+
+}  // namespace k2::dist

@@ -1,0 +1,169 @@
+#include "engine/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <numeric>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "core/error.h"
+
+namespace k2 {
+namespace {
+
+constexpr float kMasked = -std::numeric_limits<float>::infinity();
+
+// Softmax in double for stable distributions. [vocab_size]
+std::vector<double> softmax(std::span<const float> logits, double temperature) {
+    const float max_logit = *std::max_element(logits.begin(), logits.end());
+    std::vector<double> probs(logits.size());
+    double sum = 0.0;
+    for (size_t i = 0; i < logits.size(); ++i) {
+        probs[i] = logits[i] == kMasked ? 0.0 : std::exp((static_cast<double>(logits[i]) - max_logit) / temperature);
+        sum += probs[i];
+    }
+    for (double& p : probs) p /= sum;
+    return probs;
+}
+
+void normalize(std::vector<double>& probs) {
+    const double sum = std::accumulate(probs.begin(), probs.end(), 0.0);
+    for (double& p : probs) p /= sum;
+}
+
+// vLLM's apply_top_k_top_p: top-k drops tokens below the k-th largest probability (ties stay); top-p then
+// drops every token whose more likely tokens already sum to >= top_p (the most likely always stays).
+void apply_top_k(std::vector<double>& probs, int top_k) {
+    if (top_k <= 0 || static_cast<size_t>(top_k) >= probs.size()) return;
+    std::vector<double> sorted(probs);
+    std::nth_element(sorted.begin(), sorted.begin() + (top_k - 1), sorted.end(), std::greater<>());
+    const double kth = sorted[static_cast<size_t>(top_k - 1)];
+    for (double& p : probs) {
+        if (p < kth) p = 0.0;
+    }
+    normalize(probs);
+}
+
+void apply_top_p(std::vector<double>& probs, double top_p) {
+    if (top_p >= 1.0) return;
+    const size_t vocab = probs.size();
+    std::vector<int32_t> order(vocab);
+    std::iota(order.begin(), order.end(), 0);
+    auto more_likely = [&](int32_t a, int32_t b) { return probs[a] > probs[b] || (probs[a] == probs[b] && a < b); };
+    // NOTE: the nucleus is usually small, so sort a growing prefix instead of the whole (163,840-token) vocab.
+    for (size_t prefix = std::min<size_t>(vocab, 256);; prefix = std::min(vocab, prefix * 8)) {
+        std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(prefix), order.end(), more_likely);
+        double cumulative = 0.0;
+        size_t keep = 0;
+        while (keep < prefix && cumulative < top_p) cumulative += probs[order[keep++]];
+        if (cumulative >= top_p || prefix == vocab) {
+            for (size_t rank = std::max<size_t>(keep, 1); rank < vocab; ++rank) probs[order[rank]] = 0.0;
+            break;
+        }
+    }
+    normalize(probs);
+}
+
+}  // namespace
+
+void apply_penalties(std::span<float> logits, const SamplingParams& params, std::span<const int32_t> prompt_ids,
+                     std::span<const int32_t> output_ids) {
+    const auto vocab = static_cast<int32_t>(logits.size());
+    if (params.repetition_penalty != 1.0) {
+        const auto penalty = static_cast<float>(params.repetition_penalty);
+        std::unordered_set<int32_t> seen(prompt_ids.begin(), prompt_ids.end());
+        seen.insert(output_ids.begin(), output_ids.end());
+        for (const int32_t id : seen) {
+            if (id < 0 || id >= vocab) continue;
+            float& logit = logits[static_cast<size_t>(id)];
+            logit = logit > 0.0f ? logit / penalty : logit * penalty;
+        }
+    }
+    if (params.frequency_penalty != 0.0 || params.presence_penalty != 0.0) {
+        std::unordered_map<int32_t, int> counts;
+        for (const int32_t id : output_ids) ++counts[id];
+        for (const auto& [id, count] : counts) {
+            if (id < 0 || id >= vocab) continue;
+            logits[static_cast<size_t>(id)] -= static_cast<float>(params.frequency_penalty * count +
+                                                                  params.presence_penalty);
+        }
+    }
+}
+
+std::vector<double> sampling_distribution(std::span<const float> logits, const SamplingParams& params) {
+    std::vector<double> probs = softmax(logits, std::max(params.temperature, kGreedyTemperature));
+    if (params.min_p > 0.0) {
+        const double threshold = params.min_p * *std::max_element(probs.begin(), probs.end());
+        for (double& p : probs) {
+            if (p < threshold) p = 0.0;
+        }
+        normalize(probs);
+    }
+    apply_top_k(probs, params.top_k);
+    apply_top_p(probs, params.top_p);
+    return probs;
+}
+
+int32_t draw_token(std::span<const double> probs, std::mt19937_64& rng) {
+    const double u = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+    double cumulative = 0.0;
+    int32_t last_nonzero = 0;
+    for (size_t i = 0; i < probs.size(); ++i) {
+        if (probs[i] <= 0.0) continue;
+        cumulative += probs[i];
+        last_nonzero = static_cast<int32_t>(i);
+        if (u < cumulative) return last_nonzero;
+    }
+    return last_nonzero;  // rounding left u above the total
+}
+
+TokenLogprobs compute_logprobs(std::span<const float> logits, int32_t token_id, int num_top) {
+    const float max_logit = *std::max_element(logits.begin(), logits.end());
+    double sum = 0.0;
+    for (const float logit : logits) sum += std::exp(static_cast<double>(logit) - max_logit);
+    const double log_z = max_logit + std::log(sum);
+    auto logprob_of = [&](int32_t id) {
+        return static_cast<float>(static_cast<double>(logits[static_cast<size_t>(id)]) - log_z);
+    };
+    TokenLogprobs result;
+    result.token_id = token_id;
+    result.logprob = logprob_of(token_id);
+    const size_t count = std::min(static_cast<size_t>(std::max(num_top, 0)), logits.size());
+    if (count > 0) {
+        std::vector<int32_t> ids(logits.size());
+        std::iota(ids.begin(), ids.end(), 0);
+        std::partial_sort(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(count), ids.end(),
+                          [&](int32_t a, int32_t b) {
+                              return logits[static_cast<size_t>(a)] > logits[static_cast<size_t>(b)] ||
+                                     (logits[static_cast<size_t>(a)] == logits[static_cast<size_t>(b)] && a < b);
+                          });
+        for (size_t rank = 0; rank < count; ++rank) result.top.push_back({ids[rank], logprob_of(ids[rank])});
+    }
+    return result;
+}
+
+SampleResult sample_token(std::span<const float> logits, const SampleContext& context) {
+    const SamplingParams& params = *context.params;
+    std::vector<float> processed(logits.begin(), logits.end());  // [vocab_size]
+    if (static_cast<int>(context.output_ids.size()) < params.min_tokens) {
+        for (const int32_t id : context.min_tokens_masked_ids) {
+            if (id >= 0 && static_cast<size_t>(id) < processed.size()) processed[static_cast<size_t>(id)] = kMasked;
+        }
+    }
+    apply_penalties(processed, params, context.prompt_ids, context.output_ids);
+
+    SampleResult result;
+    if (params.temperature < kGreedyTemperature) {
+        result.token_id = static_cast<int32_t>(std::max_element(processed.begin(), processed.end()) -
+                                               processed.begin());
+    } else {
+        K2_CHECK(context.rng != nullptr, "a sampled request needs a generator");
+        result.token_id = draw_token(sampling_distribution(processed, params), *context.rng);
+    }
+    if (params.logprobs.has_value()) result.logprobs = compute_logprobs(logits, result.token_id, *params.logprobs);
+    return result;
+}
+
+}  // namespace k2

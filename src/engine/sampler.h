@@ -1,0 +1,50 @@
+// Sampler: one token from one row of float logits, with vLLM v1 semantics (vllm/v1/sample/sampler.py):
+// logprobs come from the raw logits; then min_tokens masking, penalties, greedy argmax or temperature,
+// min-p, top-k, top-p and a draw from the request's own generator. Plain CPU code.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <random>
+#include <span>
+#include <vector>
+
+#include "engine/engine_api.h"
+#include "engine/sampling_params.h"
+
+namespace k2 {
+
+inline constexpr double kGreedyTemperature = 1e-5;
+
+// Repetition penalty on every token of prompt + output (positive logits divided, negative multiplied),
+// then frequency (x count) and presence (x 1) penalties on output tokens only.
+void apply_penalties(std::span<float> logits, const SamplingParams& params, std::span<const int32_t> prompt_ids,
+                     std::span<const int32_t> output_ids);
+
+// The distribution a non-greedy request draws from, given penalized logits: softmax(logits / temperature),
+// then min-p, top-k and top-p masks, renormalized. [vocab_size]
+std::vector<double> sampling_distribution(std::span<const float> logits, const SamplingParams& params);
+
+// Inverse-CDF draw from a (normalized) distribution.
+int32_t draw_token(std::span<const double> probs, std::mt19937_64& rng);
+
+// log_softmax of `logits` at `token_id` plus the `num_top` most likely tokens, highest first.
+TokenLogprobs compute_logprobs(std::span<const float> logits, int32_t token_id, int num_top);
+
+struct SampleContext {
+    const SamplingParams* params = nullptr;
+    std::span<const int32_t> prompt_ids;
+    std::span<const int32_t> output_ids;
+    std::span<const int32_t> min_tokens_masked_ids;  // EOS + stop_token_ids, masked while below min_tokens
+    std::mt19937_64* rng = nullptr;
+};
+
+struct SampleResult {
+    int32_t token_id = 0;
+    std::optional<TokenLogprobs> logprobs;  // when params.logprobs is set
+};
+
+// Samples one token from one row of raw logits. [vocab_size]
+SampleResult sample_token(std::span<const float> logits, const SampleContext& context);
+
+}  // namespace k2

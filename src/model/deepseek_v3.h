@@ -1,0 +1,88 @@
+// DeepSeek-V3 / Kimi-K2 on the CPU backend: MLA (absorbed, over the paged latent cache), dense SwiGLU and
+// noaux_tc MoE layers, all in fp32 on weights kept as stored (FP8 blocks are dequantized inside the matmuls).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "backend/cpu/rope.h"
+#include "io/safetensors.h"
+#include "model/latent_cache.h"
+#include "model/model.h"
+
+namespace k2 {
+
+// A projection as stored: weight [out, in] (F8_E4M3 with F32 scale_inv [ceil(out/bn), ceil(in/bk)], or BF16/F32).
+struct LinearWeight {
+    Tensor weight;
+    Tensor scale_inv;  // defined for FP8 weights only
+    const Tensor* scale() const { return weight.dtype() == DType::F8_E4M3 ? &scale_inv : nullptr; }
+    int64_t out_features() const { return weight.dim(0); }
+};
+
+struct MlpWeights {
+    LinearWeight gate;  // [inter, hidden]
+    LinearWeight up;    // [inter, hidden]
+    LinearWeight down;  // [hidden, inter]
+};
+
+struct LayerWeights {
+    Tensor input_norm;           // [hidden]
+    Tensor post_attention_norm;  // [hidden]
+    // Attention: q through q_a -> q_a_norm -> q_b, or q_proj when q_lora_rank == 0.
+    LinearWeight q_a;            // [q_lora_rank, hidden]
+    Tensor q_a_norm;             // [q_lora_rank]
+    LinearWeight q_b;            // [heads * qk_head_dim, q_lora_rank]
+    LinearWeight q_proj;         // [heads * qk_head_dim, hidden]
+    LinearWeight kv_a;           // [kv_lora_rank + rope_dim, hidden]
+    Tensor kv_a_norm;            // [kv_lora_rank]
+    LinearWeight o_proj;         // [hidden, heads * v_head_dim]
+    std::vector<float> w_uk;     // [heads, qk_nope_head_dim, kv_lora_rank] kv_b_proj's key rows, dequantized
+    std::vector<float> w_uv;     // [heads, v_head_dim, kv_lora_rank] kv_b_proj's value rows, dequantized
+    // Feed-forward: dense, or router + experts + shared experts.
+    bool is_moe = false;
+    MlpWeights dense;
+    Tensor router;                  // [n_routed_experts, hidden]
+    std::vector<float> router_bias;  // [n_routed_experts] e_score_correction_bias (zeros when absent)
+    std::vector<MlpWeights> experts;
+    bool has_shared = false;
+    MlpWeights shared;  // intermediate = moe_intermediate_size * n_shared_experts
+};
+
+struct DeepseekV3Weights {
+    Tensor embed_tokens;  // [vocab, hidden]
+    std::vector<LayerWeights> layers;
+    Tensor final_norm;    // [hidden]
+    LinearWeight lm_head;  // [vocab, hidden]
+};
+
+// Reads every tensor the forward needs from `checkpoint` (views, nothing copied but kv_b_proj's split).
+DeepseekV3Weights load_deepseek_v3_weights(const Checkpoint& checkpoint, const ModelConfig& config);
+
+class DeepseekV3Model final : public Model {
+public:
+    DeepseekV3Model(ModelConfig config, Checkpoint checkpoint, DeepseekV3Weights weights, const ModelOptions& options);
+
+    const ModelConfig& config() const override { return m_config; }
+    size_t kv_cache_bytes_per_block() const override { return m_cache.bytes_per_block(); }
+    void allocate_kv_cache(int num_blocks) override { m_cache.allocate(num_blocks); }
+    Tensor forward(const ForwardBatch& batch) override;
+
+private:
+    void check_batch(const ForwardBatch& batch) const;
+    // x: [T, hidden] normed input; out: [T, hidden].
+    void attention(int layer, const float* x, const ForwardBatch& batch, float* out);
+    void mlp(const MlpWeights& w, const float* x, int64_t num_tokens, float* out);
+    void moe(const LayerWeights& w, const float* x, int64_t num_tokens, float* out);
+    void linear(const float* x, int64_t m, const LinearWeight& w, float* y) const;
+
+    ModelConfig m_config;
+    Checkpoint m_checkpoint;  // keeps the mappings the weights view
+    DeepseekV3Weights m_weights;
+    std::vector<float> m_inv_freq;  // [qk_rope_head_dim / 2]
+    float m_rope_scale = 1.0f;
+    float m_softmax_scale = 1.0f;
+    LatentKvCache m_cache;
+};
+
+}  // namespace k2

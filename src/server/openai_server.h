@@ -1,0 +1,83 @@
+// The OpenAI-compatible routes over an Engine (reference/vllm.md §2): /v1/chat/completions, /v1/completions,
+// /v1/models, /tokenize, /detokenize, /health, /ping, /version, /metrics. Plugs into HttpServer as its handler.
+//
+// Threading: handle() runs on a connection strand and never blocks: generation requests are submitted to
+// the engine, whose thread wakes the strand through RequestStream::set_notify.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "server/http_server.h"
+#include "server/openai_protocol.h"
+
+namespace k2 {
+class Engine;
+class Tokenizer;
+}  // namespace k2
+
+namespace k2::server {
+
+struct OpenAiServerConfig {
+    std::vector<std::string> served_model_names;  // first one is echoed in responses
+    std::string model_root;                        // `root` of /v1/models cards
+    std::vector<std::string> api_keys;             // empty: no authentication
+    bool enable_auto_tool_choice = false;          // with --tool-call-parser kimi_k2
+    std::string response_role = "assistant";
+    std::string chat_template;  // template source; empty: the tokenizer's
+    GenerationDefaults generation_defaults;
+    ProtocolLimits limits;
+    bool enable_log_requests = false;
+    bool enable_force_include_usage = false;
+    std::string version;
+};
+
+// The engine side of the server, set once the model is loaded (before that /health answers 503).
+struct EngineHandle {
+    std::shared_ptr<Engine> engine;
+    std::shared_ptr<const Tokenizer> tokenizer;
+};
+
+class OpenAiServer : public std::enable_shared_from_this<OpenAiServer> {
+public:
+    explicit OpenAiServer(OpenAiServerConfig config);
+
+    void set_engine(EngineHandle handle);
+    void handle(HttpRequest request, std::shared_ptr<ResponseWriter> writer);
+    int num_active_requests() const { return m_num_active.load(); }
+
+    const OpenAiServerConfig& config() const { return m_config; }
+    // Used by the generation jobs.
+    std::shared_ptr<const EngineHandle> engine() const;
+    void request_started() { ++m_num_active; }
+    void request_finished() { --m_num_active; }
+
+private:
+    bool authorized(const HttpRequest& request) const;
+    void handle_health(const std::shared_ptr<ResponseWriter>& writer) const;
+    HttpResponse models() const;
+    HttpResponse metrics() const;
+    HttpResponse tokenize(const nlohmann::json& body) const;
+    HttpResponse detokenize(const nlohmann::json& body) const;
+    void check_model(const std::string& model) const;
+
+    OpenAiServerConfig m_config;
+    mutable std::mutex m_mutex;
+    std::shared_ptr<const EngineHandle> m_engine;
+    std::atomic<int> m_num_active{0};
+    int64_t m_created = 0;
+};
+
+HttpResponse json_response(int status, const nlohmann::json& body);
+HttpResponse error_response(const ApiError& error);
+
+// Generation routes (generation.cpp). Throw ApiError for request errors before anything is sent.
+void start_chat_completion(OpenAiServer& server, const HttpRequest& request, const nlohmann::json& body,
+                           std::shared_ptr<ResponseWriter> writer);
+void start_completion(OpenAiServer& server, const HttpRequest& request, const nlohmann::json& body,
+                      std::shared_ptr<ResponseWriter> writer);
+
+}  // namespace k2::server

@@ -1,0 +1,49 @@
+// `k2 serve`: everything the server needs from the command line, and the blocking entry point.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace k2::server {
+
+struct ServeOptions {
+    std::string model = "tests/fixtures/tiny-kimi-k2";  // checkpoint directory
+    std::vector<std::string> served_model_names;       // empty: the model argument
+    std::string host = "0.0.0.0";
+    int port = 8000;
+    std::vector<std::string> api_keys;  // empty: no authentication
+    bool enable_auto_tool_choice = false;
+    std::string tool_call_parser;  // "" or "kimi_k2"
+    std::string chat_template;     // file or inline template; "" = the checkpoint's (else Kimi-K2's)
+    std::string response_role = "assistant";
+    // Engine.
+    int max_model_len = 0;  // 0: from config.json
+    int max_num_seqs = 256;
+    int max_num_batched_tokens = 8192;
+    int num_gpu_blocks_override = 0;
+    size_t kv_cache_memory_bytes = 1ull << 30;
+    int max_logprobs = 20;
+    uint64_t seed = 0;
+    bool enable_prefix_caching = true;
+    int max_num_queued_reqs = 4096;  // waiting-queue bound; beyond it 503
+    std::string scheduling_policy = "fcfs";
+    std::string device = "cpu";
+    std::string kv_cache_dtype = "auto";
+    std::string generation_config = "auto";  // "auto" (the model's), "vllm" (none) or a directory
+    // HTTP.
+    size_t max_request_body_bytes = 32u << 20;
+    int num_http_threads = 4;
+    int max_n = 128;  // upper bound of a request's n (CVE-2026-34756: unbounded fan-out)
+    bool enable_log_requests = false;
+    bool enable_force_include_usage = false;
+    double log_stats_interval_s = 10.0;
+    // Test only: a JSON file of scripted outputs replaces the model (needs K2_ENABLE_TEST_MODEL=1).
+    std::string test_scripted_output;
+};
+
+// Loads the model, serves until SIGTERM/SIGINT, drains running requests and returns the exit code.
+int run_serve(const ServeOptions& options);
+
+}  // namespace k2::server
