@@ -266,7 +266,9 @@ HttpHead http_stream(const HttpRequest& request, const BodySink& on_body) {
             if (const auto length = head.header("content-length"); length && !chunked) {
                 content_left = std::stoull(*length);
             }
-            on_body(head, {});
+            if (!on_body(head, {})) {
+                return head;
+            }
             data = std::string_view(pending).substr(end + 4);
         }
         piece.clear();
@@ -281,8 +283,8 @@ HttpHead http_stream(const HttpRequest& request, const BodySink& on_body) {
                 done = *content_left == 0;
             }
         }
-        if (!piece.empty()) {
-            on_body(head, piece);
+        if (!piece.empty() && !on_body(head, piece)) {
+            return head;
         }
         if (done) {
             return head;
@@ -292,7 +294,10 @@ HttpHead http_stream(const HttpRequest& request, const BodySink& on_body) {
 
 HttpResponse http_fetch(const HttpRequest& request) {
     HttpResponse response;
-    response.head = http_stream(request, [&](const HttpHead&, std::string_view piece) { response.body.append(piece); });
+    response.head = http_stream(request, [&](const HttpHead&, std::string_view piece) {
+        response.body.append(piece);
+        return true;
+    });
     return response;
 }
 

@@ -40,10 +40,11 @@ struct HttpRequest {
 };
 
 // Receives the head once, then every piece of decoded body as soon as it is read (possibly empty pieces).
-using BodySink = std::function<void(const HttpHead& head, std::string_view piece)>;
+// Returning false stops reading: the caller has all it needs (an SSE stream after `data: [DONE]`).
+using BodySink = std::function<bool(const HttpHead& head, std::string_view piece)>;
 
-// Sends the request and streams the response into on_body until the body ends. Throws k2::Error on
-// connection, I/O or protocol errors. Returns the head.
+// Sends the request and streams the response into on_body until the body ends or on_body returns false.
+// Throws k2::Error on connection, I/O or protocol errors. Returns the head.
 HttpHead http_stream(const HttpRequest& request, const BodySink& on_body);
 
 struct HttpResponse {

@@ -114,6 +114,7 @@ public:
 
     void on_event(const std::string& data);
     bool first_token_seen() const { return m_first_token_seen; }
+    bool done() const { return m_done; }
     double most_recent() const { return m_most_recent; }
 
 private:
@@ -189,11 +190,14 @@ RequestOutput send_request(const RequestInput& input, Backend backend, Clock::ti
         const HttpHead head = http_stream(request, [&](const HttpHead& response, std::string_view piece) {
             if (response.status != 200) {
                 error_body.append(piece.substr(0, std::min<size_t>(piece.size(), 2000)));
-                return;
+                return true;
             }
             for (const std::string& event : parser.feed(piece)) {
                 measurer.on_event(event);
             }
+            // After [DONE] the request is complete; waiting for the server to end the body or close the
+            // connection would only hold a --max-concurrency slot longer.
+            return !measurer.done();
         });
         if (head.status != 200) {
             output.error = fmt::format("HTTP {} {}: {}", head.status, head.reason, error_body.substr(0, 1000));

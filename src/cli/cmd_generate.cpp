@@ -65,9 +65,12 @@ std::filesystem::path bundled_tiny_model() {
 }
 
 KvCacheDType parse_kv_dtype(const std::string& s) {
-    if (s == "auto" || s == "float32" || s == "fp32") return KvCacheDType::F32;
-    if (s == "bfloat16" || s == "bf16") return KvCacheDType::BF16;
-    if (s == "fp8" || s == "fp8_e4m3") return KvCacheDType::FP8_E4M3;
+    if (s == "auto" || s == "float32" || s == "fp32")
+        return KvCacheDType::F32;
+    if (s == "bfloat16" || s == "bf16")
+        return KvCacheDType::BF16;
+    if (s == "fp8" || s == "fp8_e4m3")
+        return KvCacheDType::FP8_E4M3;
     K2_FAIL("--kv-cache-dtype: \"{}\" is not one of auto, float32, bfloat16, fp8", s);
 }
 
@@ -81,11 +84,13 @@ int32_t sample_token(std::span<const float> logits, const GenerateOptions& o, st
     std::iota(order.begin(), order.end(), 0);
     std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
     size_t keep = order.size();
-    if (o.top_k > 0) keep = std::min(keep, static_cast<size_t>(o.top_k));
+    if (o.top_k > 0)
+        keep = std::min(keep, static_cast<size_t>(o.top_k));
     std::vector<double> probs(keep);
     const double top = logits[order[0]];
     double sum = 0.0;
-    for (size_t i = 0; i < keep; ++i) sum += probs[i] = std::exp((logits[order[i]] - top) / o.temperature);
+    for (size_t i = 0; i < keep; ++i)
+        sum += probs[i] = std::exp((logits[order[i]] - top) / o.temperature);
     double cum = 0.0;
     for (size_t i = 0; i < keep; ++i) {
         cum += probs[i] / sum;
@@ -131,7 +136,8 @@ void run_generate(const GenerateOptions& o) {
     std::unique_ptr<Model> model = load_model(dir, options);
     std::vector<int64_t> stops = model->config().eos_token_ids;
     if (tok) {
-        for (const int32_t id : tok->stop_token_ids()) stops.push_back(id);
+        for (const int32_t id : tok->stop_token_ids())
+            stops.push_back(id);
     }
 
     SingleSequence seq(*model, static_cast<int>(prompt.size()) + o.max_tokens);
@@ -158,7 +164,8 @@ void run_generate(const GenerateOptions& o) {
         // Through the incremental detokenizer: invalid UTF-8 (likely from a random model) becomes U+FFFD.
         IncrementalDetokenizer detok(*tok, /*skip_special_tokens=*/true);
         std::string text;
-        for (const int32_t id : out) text += detok.push(id);
+        for (const int32_t id : out)
+            text += detok.push(id);
         text += detok.flush();
         std::printf("%s\n", text.c_str());
     }

@@ -36,7 +36,8 @@ std::string ranges(const std::set<long>& values) {
         while (++it != values.end() && *it == last + 1) {
             last = *it;
         }
-        out += (out.empty() ? "" : ",") + (first == last ? fmt::format("{}", first) : fmt::format("{}-{}", first, last));
+        out +=
+            (out.empty() ? "" : ",") + (first == last ? fmt::format("{}", first) : fmt::format("{}-{}", first, last));
     }
     return out;
 }
@@ -62,17 +63,17 @@ void print_config(const ModelConfig& c) {
                 static_cast<long long>(c.q_lora_rank), static_cast<long long>(c.kv_lora_rank),
                 static_cast<long long>(c.qk_nope_head_dim), static_cast<long long>(c.qk_rope_head_dim),
                 static_cast<long long>(c.v_head_dim));
-    std::printf("  MLP: dense intermediate %lld; %d routed experts (top %d, n_group %d, topk_group %d) + %d shared, "
-                "moe_intermediate %lld, scaling %.4g\n",
-                static_cast<long long>(c.intermediate_size), c.n_routed_experts, c.num_experts_per_tok, c.n_group,
-                c.topk_group, c.n_shared_experts, static_cast<long long>(c.moe_intermediate_size),
-                c.routed_scaling_factor);
+    std::printf(
+        "  MLP: dense intermediate %lld; %d routed experts (top %d, n_group %d, topk_group %d) + %d shared, "
+        "moe_intermediate %lld, scaling %.4g\n",
+        static_cast<long long>(c.intermediate_size), c.n_routed_experts, c.num_experts_per_tok, c.n_group, c.topk_group,
+        c.n_shared_experts, static_cast<long long>(c.moe_intermediate_size), c.routed_scaling_factor);
     std::printf("  RoPE: theta %g, scaling %s factor %g (beta_fast %g, beta_slow %g), max_position %lld\n",
                 c.rope_theta, c.rope_scaling.type.c_str(), c.rope_scaling.factor, c.rope_scaling.beta_fast,
                 c.rope_scaling.beta_slow, static_cast<long long>(c.max_position_embeddings));
-    std::printf("  weights: %s\n", c.fp8_weights ? fmt::format("FP8 e4m3, {}x{} block scales", c.weight_block_n,
-                                                                  c.weight_block_k).c_str()
-                                                 : "unquantized");
+    std::printf("  weights: %s\n",
+                c.fp8_weights ? fmt::format("FP8 e4m3, {}x{} block scales", c.weight_block_n, c.weight_block_k).c_str()
+                              : "unquantized");
 }
 
 // Groups every readable tensor; shards that fail to open are left out (their error is reported by the checks).
@@ -101,9 +102,12 @@ std::map<std::string, TensorGroup> group_tensors(const Checkpoint& ckpt, size_t&
                 pattern = m.prefix().str() + ".experts.{E}." + m.suffix().str();
             }
             const uint64_t nbytes = info.end - info.begin;
-            TensorGroup& g = groups[fmt::format("{}\t{}\t[{}]", pattern, dtype_name(info.dtype), fmt::join(info.shape, ", "))];
-            if (layer >= 0) g.layers.insert(layer);
-            if (expert >= 0) g.experts.insert(expert);
+            TensorGroup& g =
+                groups[fmt::format("{}\t{}\t[{}]", pattern, dtype_name(info.dtype), fmt::join(info.shape, ", "))];
+            if (layer >= 0)
+                g.layers.insert(layer);
+            if (expert >= 0)
+                g.experts.insert(expert);
             g.shards.insert(static_cast<long>(s) + 1);
             ++g.count;
             g.bytes += nbytes;
@@ -125,8 +129,10 @@ void print_tensor_table(const Checkpoint& ckpt) {
         const size_t tab1 = key.find('\t');
         const size_t tab2 = key.find('\t', tab1 + 1);
         std::string name = key.substr(0, tab1);
-        if (const size_t at = name.find("{L}"); at != std::string::npos) name.replace(at, 3, "{" + ranges(g.layers) + "}");
-        if (const size_t at = name.find("{E}"); at != std::string::npos) name.replace(at, 3, "{" + ranges(g.experts) + "}");
+        if (const size_t at = name.find("{L}"); at != std::string::npos)
+            name.replace(at, 3, "{" + ranges(g.layers) + "}");
+        if (const size_t at = name.find("{E}"); at != std::string::npos)
+            name.replace(at, 3, "{" + ranges(g.experts) + "}");
         std::printf("  %-72s %-8s %-14s %7zu  %s\n", name.c_str(), key.substr(tab1 + 1, tab2 - tab1 - 1).c_str(),
                     key.substr(tab2 + 1).c_str(), g.count, ranges(g.shards).c_str());
     }
@@ -162,9 +168,10 @@ void run_inspect(const InspectArgs& a) {
         K2_FAIL("{}: invalid checkpoint: {} problem(s){}", dir.string(), report.errors.size(),
                 report.errors.size() > kMaxListed ? fmt::format(" ({} listed above)", kMaxListed) : "");
     }
-    std::printf("checks: OK: %zu expected tensors (scales included) present with the shapes and dtypes of "
-                "config.json; %zu unexpected, %zu ignored (rotary_emb.inv_freq, MTP layers)\n",
-                report.num_expected, report.unexpected.size(), report.num_ignored);
+    std::printf(
+        "checks: OK: %zu expected tensors (scales included) present with the shapes and dtypes of "
+        "config.json; %zu unexpected, %zu ignored (rotary_emb.inv_freq, MTP layers)\n",
+        report.num_expected, report.unexpected.size(), report.num_ignored);
 }
 
 }  // namespace

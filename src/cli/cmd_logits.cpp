@@ -66,7 +66,8 @@ std::vector<int32_t> parse_token_ids(const std::string& text, const std::string&
 
 void add_logits_command(CLI::App& app) {
     auto opts = std::make_shared<LogitsOptions>();
-    CLI::App* cmd = app.add_subcommand("logits", "Write raw float32 logits [n_tokens, vocab] of a full-sequence forward");
+    CLI::App* cmd =
+        app.add_subcommand("logits", "Write raw float32 logits [n_tokens, vocab] of a full-sequence forward");
     cmd->add_option("model", opts->model, "Model directory or hub id")->required();
     cmd->add_option("--token-ids", opts->token_ids, "Comma-separated prompt token ids")->required();
     cmd->add_option("--output,-o", opts->output, "Output file (raw little-endian float32)")->required();

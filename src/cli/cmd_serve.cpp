@@ -52,8 +52,8 @@ void check_parallelism(const ServeFlags& f) {
     K2_CHECK(f.decode_context_parallel_size >= 1 && f.tensor_parallel_size >= 1 && f.pipeline_parallel_size >= 1 &&
                  f.data_parallel_size >= 1,
              "parallel sizes must be at least 1");
-    K2_CHECK(f.tensor_parallel_size % f.decode_context_parallel_size == 0, "tp_size={} must be divisible by dcp_size={}",
-             f.tensor_parallel_size, f.decode_context_parallel_size);
+    K2_CHECK(f.tensor_parallel_size % f.decode_context_parallel_size == 0,
+             "tp_size={} must be divisible by dcp_size={}", f.tensor_parallel_size, f.decode_context_parallel_size);
     auto no_parallel_backend = [](const char* flag, int value) {
         K2_CHECK(value <= 1,
                  "{} {} needs the multi-GPU parallel backend, which this build of k2 serve does not have yet; run with "
@@ -66,8 +66,9 @@ void check_parallelism(const ServeFlags& f) {
     no_parallel_backend("--data-parallel-size-local", f.data_parallel_size_local);
     no_parallel_backend("--decode-context-parallel-size", f.decode_context_parallel_size);
     no_parallel_backend("--api-server-count", f.api_server_count);
-    K2_CHECK(!f.headless, "--headless runs data-parallel engines without an API server, which needs the multi-node "
-                          "parallel backend that this build does not have yet");
+    K2_CHECK(!f.headless,
+             "--headless runs data-parallel engines without an API server, which needs the multi-node "
+             "parallel backend that this build does not have yet");
     K2_CHECK(f.data_parallel_start_rank < 0 && f.data_parallel_rank < 0,
              "--data-parallel-start-rank / --data-parallel-rank need the multi-node parallel backend, which this build "
              "does not have yet");
@@ -95,8 +96,8 @@ void check_model_flags(const ServeFlags& f) {
     K2_CHECK(!o.enable_auto_tool_choice || !o.tool_call_parser.empty(),
              "--enable-auto-tool-choice requires --tool-call-parser");
     K2_CHECK(o.max_num_batched_tokens >= o.max_num_seqs,
-             "max_num_batched_tokens ({}) must be greater than or equal to max_num_seqs ({}).", o.max_num_batched_tokens,
-             o.max_num_seqs);
+             "max_num_batched_tokens ({}) must be greater than or equal to max_num_seqs ({}).",
+             o.max_num_batched_tokens, o.max_num_seqs);
     K2_CHECK(f.block_size == 0 || f.block_size == 64, "--block-size {}: MLA uses 64-token KV blocks", f.block_size);
     const std::filesystem::path config = std::filesystem::path(o.model) / "config.json";
     K2_CHECK(std::filesystem::exists(config),
@@ -137,7 +138,8 @@ void add_serve_command(CLI::App& app) {
     cmd->add_option("--max-num-batched-tokens", flags->max_num_batched_tokens, "Token budget per step (8192; 8k, 8K)");
     cmd->add_option("--num-gpu-blocks-override", o.num_gpu_blocks_override, "Number of KV blocks (0: from memory)");
     cmd->add_option("--kv-cache-memory-bytes", flags->kv_cache_memory_bytes, "KV cache budget in bytes (1G, 512M)");
-    cmd->add_option("--max-logprobs", o.max_logprobs, "Max logprobs per token (-1: vocabulary size)")->capture_default_str();
+    cmd->add_option("--max-logprobs", o.max_logprobs, "Max logprobs per token (-1: vocabulary size)")
+        ->capture_default_str();
     cmd->add_option("--seed", o.seed, "Seed for requests without one")->capture_default_str();
     cmd->add_flag("--enable-prefix-caching,!--no-enable-prefix-caching", o.enable_prefix_caching,
                   "Automatic prefix caching (default on)");
@@ -157,7 +159,8 @@ void add_serve_command(CLI::App& app) {
     cmd->add_flag("--trust-remote-code", flags->trust_remote_code, "Accepted for vLLM compatibility (no code is run)");
     cmd->add_option("--tokenizer-mode", flags->tokenizer_mode, "auto, hf, slow")->capture_default_str();
     cmd->add_flag("--enable-log-requests", o.enable_log_requests, "Log every request");
-    cmd->add_flag("--disable-log-requests", flags->disable_log_requests, "Deprecated: requests are not logged by default");
+    cmd->add_flag("--disable-log-requests", flags->disable_log_requests,
+                  "Deprecated: requests are not logged by default");
     cmd->add_flag("--disable-log-stats", flags->disable_log_stats, "No periodic throughput lines");
     cmd->add_flag("--enable-force-include-usage", o.enable_force_include_usage, "Usage chunk in every stream");
     cmd->add_flag("--enforce-eager", flags->enforce_eager, "Accepted for vLLM compatibility");
@@ -202,16 +205,20 @@ void add_serve_command(CLI::App& app) {
         opts.api_keys = f.api_keys;
         for (const char* env : {"VLLM_API_KEY", "K2_API_KEY"}) {
             const char* value = std::getenv(env);
-            if (opts.api_keys.empty() && value != nullptr && *value != '\0') opts.api_keys.emplace_back(value);
+            if (opts.api_keys.empty() && value != nullptr && *value != '\0')
+                opts.api_keys.emplace_back(value);
         }
         if (f.disable_log_requests) {
-            K2_WARN("--disable-log-requests is deprecated: requests are not logged unless --enable-log-requests is set");
+            K2_WARN(
+                "--disable-log-requests is deprecated: requests are not logged unless --enable-log-requests is set");
         }
-        if (f.disable_log_stats) opts.log_stats_interval_s = 0;
+        if (f.disable_log_stats)
+            opts.log_stats_interval_s = 0;
         check_parallelism(f);
         check_model_flags(f);
         const int code = server::run_serve(opts);
-        if (code != 0) throw CLI::RuntimeError(code);
+        if (code != 0)
+            throw CLI::RuntimeError(code);
     });
 }
 

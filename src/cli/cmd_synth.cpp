@@ -37,8 +37,11 @@ uint64_t parse_size(const std::string& text) {
         K2_FAIL("--max-shard-size '{}': expected a number of bytes, optionally with KB/MB/GB", text);
     }
     const std::string unit = text.substr(pos);
-    const uint64_t mult = unit.empty() || unit == "B" ? 1 : unit == "KB" ? 1000 : unit == "MB" ? 1000'000
-                          : unit == "GB" ? 1000'000'000 : 0;
+    const uint64_t mult = unit.empty() || unit == "B" ? 1
+                          : unit == "KB"              ? 1000
+                          : unit == "MB"              ? 1000'000
+                          : unit == "GB"              ? 1000'000'000
+                                                      : 0;
     K2_CHECK(mult != 0 && value > 0, "--max-shard-size '{}': expected a positive size like 5GB or 500MB", text);
     return value * mult;
 }
@@ -97,7 +100,8 @@ void run_synth(const SynthArgs& a) {
 void add_synth_command(CLI::App& app) {
     auto args = std::make_shared<SynthArgs>();
     CLI::App* cmd = app.add_subcommand(
-        "synth", "Write a random-weight checkpoint in the exact Kimi-K2 format (FP8 blocks + scales, shards, tokenizer)");
+        "synth",
+        "Write a random-weight checkpoint in the exact Kimi-K2 format (FP8 blocks + scales, shards, tokenizer)");
     cmd->add_option("OUT_DIR", args->out_dir, "Output folder")->required();
     auto* preset = cmd->add_option("--preset", args->preset, "Model preset: kimi-k2");
     auto* config = cmd->add_option("--config", args->config, "config.json to use (a path, or inline JSON)");

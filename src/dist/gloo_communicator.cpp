@@ -1,5 +1,6 @@
 #include "dist/gloo_communicator.h"
 
+#include <csignal>
 #include <cstring>
 #include <vector>
 
@@ -72,7 +73,12 @@ GlooCommunicator::GlooCommunicator(const GlooOptions& options)
     K2_CHECK(m_size >= 1 && m_rank >= 0 && m_rank < m_size, "invalid rank {} for world size {}", m_rank, m_size);
     K2_CHECK(options.master_port > 0 && options.master_port < 65536, "invalid --master-port {}",
              options.master_port);
-    m_store = std::make_unique<TcpStore>(options.master_addr, options.master_port, m_rank == 0, m_timeout);
+    // Gloo writes to its TCP pairs without MSG_NOSIGNAL: a write to a peer that just died would kill this process
+    // with SIGPIPE instead of raising the error below (and naming the op). Process-wide, as PyTorch does.
+    std::signal(SIGPIPE, SIG_IGN);
+    m_store = options.store != nullptr
+                  ? options.store
+                  : std::make_shared<TcpStore>(options.master_addr, options.master_port, m_rank == 0, m_timeout);
     gloo::transport::tcp::attr attr;
     attr.hostname = options.host_addr.empty() ? options.master_addr : options.host_addr;
     try {

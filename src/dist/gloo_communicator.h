@@ -28,6 +28,9 @@ struct GlooOptions {
     std::string host_addr;
     // Distinguishes several groups on one store (e.g. "tp0", "dp").
     std::string prefix = "k2";
+    // Several groups of one job (world, TP groups, DP group) share one store: pass the world's store() here
+    // with a distinct prefix and the group's own rank/world_size; master_addr/master_port are then unused.
+    std::shared_ptr<TcpStore> store;
     // Upper bound on rendezvous and on every collective; a dead or stuck peer turns into k2::Error after it.
     std::chrono::milliseconds timeout{30000};
 };
@@ -40,6 +43,7 @@ public:
     int rank() const override { return m_rank; }
     int size() const override { return m_size; }
     std::string backend_name() const override { return "gloo"; }
+    const std::shared_ptr<TcpStore>& store() const { return m_store; }
     using Communicator::all_reduce_sum;
     void all_reduce_sum(void* buf, size_t count, DType dtype) override;
     void all_gather(const void* send, void* recv, size_t count, DType dtype) override;
@@ -59,7 +63,7 @@ private:
     int m_rank;
     int m_size;
     std::chrono::milliseconds m_timeout;
-    std::unique_ptr<TcpStore> m_store;
+    std::shared_ptr<TcpStore> m_store;
     std::shared_ptr<gloo::Context> m_context;
     uint64_t m_p2p_slot_base = 0;
 };

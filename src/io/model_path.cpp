@@ -87,17 +87,19 @@ fs::path resolve_model_path(const std::string& arg, const std::string& revision,
     } else if (fs::is_directory(repo / "snapshots" / rev, ec)) {
         commit = rev;  // a commit hash given as --revision
     } else {
-        K2_FAIL("model '{}' (revision '{}') is not in the Hugging Face cache: looked for {} and {} (cache root {}, "
-                "from {}); {}",
-                arg, rev, ref_file.string(), (repo / "snapshots" / rev).string(), cache.string(),
-                download_dir.empty() ? "$HF_HUB_CACHE / $HF_HOME/hub / ~/.cache/huggingface/hub" : "--download-dir",
-                how);
+        K2_FAIL(
+            "model '{}' (revision '{}') is not in the Hugging Face cache: looked for {} and {} (cache root {}, "
+            "from {}); {}",
+            arg, rev, ref_file.string(), (repo / "snapshots" / rev).string(), cache.string(),
+            download_dir.empty() ? "$HF_HUB_CACHE / $HF_HOME/hub / ~/.cache/huggingface/hub" : "--download-dir", how);
     }
     const fs::path snapshot = repo / "snapshots" / commit;
     K2_CHECK(fs::is_directory(snapshot, ec), "model '{}': {} names commit {} but {} does not exist; {}", arg,
              ref_file.string(), commit, snapshot.string(), how);
-    K2_CHECK(fs::exists(snapshot / "config.json", ec), "model '{}': snapshot {} has no config.json (incomplete "
-             "download?); {}", arg, snapshot.string(), how);
+    K2_CHECK(fs::exists(snapshot / "config.json", ec),
+             "model '{}': snapshot {} has no config.json (incomplete "
+             "download?); {}",
+             arg, snapshot.string(), how);
     return snapshot;
 }
 

@@ -140,7 +140,8 @@ std::string shard_header(const SynthShard& shard) {
     uint64_t offset = 0;
     for (const SynthTensor& t : shard.tensors) {
         const uint64_t end = offset + t.nbytes();
-        header[t.name] = {{"dtype", std::string(dtype_name(t.dtype))}, {"shape", t.shape}, {"data_offsets", {offset, end}}};
+        header[t.name] = {
+            {"dtype", std::string(dtype_name(t.dtype))}, {"shape", t.shape}, {"data_offsets", {offset, end}}};
         offset = end;
     }
     std::string text = header.dump();
@@ -205,20 +206,32 @@ struct SpecialToken {
 };
 // Kimi-K2's added_tokens_decoder (reference/kimi_k2.md §5.4), as offsets from the first special id.
 constexpr std::array<SpecialToken, 17> kSpecialTokens{{
-    {0, "[BOS]", true}, {1, "[EOS]", true}, {2, "<|im_end|>", true}, {3, "<|im_user|>", true},
-    {4, "<|im_assistant|>", true}, {6, "<|start_header_id|>", true}, {7, "<|end_header_id|>", true},
-    {9, "[EOT]", true}, {10, "<|im_system|>", true}, {11, "<|tool_calls_section_begin|>", false},
-    {12, "<|tool_calls_section_end|>", false}, {13, "<|tool_call_begin|>", false},
-    {14, "<|tool_call_argument_begin|>", false}, {15, "<|tool_call_end|>", false}, {17, "<|im_middle|>", true},
-    {254, "[UNK]", true}, {255, "[PAD]", true},
+    {0, "[BOS]", true},
+    {1, "[EOS]", true},
+    {2, "<|im_end|>", true},
+    {3, "<|im_user|>", true},
+    {4, "<|im_assistant|>", true},
+    {6, "<|start_header_id|>", true},
+    {7, "<|end_header_id|>", true},
+    {9, "[EOT]", true},
+    {10, "<|im_system|>", true},
+    {11, "<|tool_calls_section_begin|>", false},
+    {12, "<|tool_calls_section_end|>", false},
+    {13, "<|tool_call_begin|>", false},
+    {14, "<|tool_call_argument_begin|>", false},
+    {15, "<|tool_call_end|>", false},
+    {17, "<|im_middle|>", true},
+    {254, "[UNK]", true},
+    {255, "[PAD]", true},
 }};
 constexpr int kNumReservedSpecial = 256;
 
 json tokenizer_config(const ModelConfig& config, int64_t base) {
     json added = json::object();
     for (const SpecialToken& t : kSpecialTokens) {
-        added[std::to_string(base + t.offset)] = {{"content", t.content}, {"lstrip", false}, {"normalized", false},
-                                                  {"rstrip", false},      {"single_word", false}, {"special", t.special}};
+        added[std::to_string(base + t.offset)] = {{"content", t.content}, {"lstrip", false},
+                                                  {"normalized", false},  {"rstrip", false},
+                                                  {"single_word", false}, {"special", t.special}};
     }
     return {{"added_tokens_decoder", added},
             {"additional_special_tokens",
@@ -258,7 +271,9 @@ void copy_tiktoken_prefix(const fs::path& source, const fs::path& dest, int64_t 
 
 }  // namespace
 
-uint64_t SynthTensor::nbytes() const { return static_cast<uint64_t>(shape_numel(shape)) * dtype_size(dtype); }
+uint64_t SynthTensor::nbytes() const {
+    return static_cast<uint64_t>(shape_numel(shape)) * dtype_size(dtype);
+}
 
 json kimi_k2_preset_config(std::optional<int> num_layers, std::optional<int> num_experts) {
     json c = {
@@ -296,7 +311,10 @@ json kimi_k2_preset_config(std::optional<int> num_layers, std::optional<int> num
         {"qk_nope_head_dim", 128},
         {"qk_rope_head_dim", 64},
         {"quantization_config",
-         {{"activation_scheme", "dynamic"}, {"fmt", "e4m3"}, {"quant_method", "fp8"}, {"weight_block_size", {128, 128}}}},
+         {{"activation_scheme", "dynamic"},
+          {"fmt", "e4m3"},
+          {"quant_method", "fp8"},
+          {"weight_block_size", {128, 128}}}},
         {"rms_norm_eps", 1e-06},
         {"rope_scaling",
          {{"beta_fast", 1.0},
@@ -390,7 +408,8 @@ void write_synth_model_files(const json& config_json, const ModelConfig& config,
     fs::create_directories(out_dir);
     write_text(out_dir / "config.json", config_json.dump(2) + "\n");
     // K2-Instruct's generation_config stops on <|im_end|> (base + 2), config.json says [EOS] (base + 1).
-    const json generation = {{"bos_token_id", base}, {"eos_token_id", base + 2}, {"max_length", config.max_position_embeddings}};
+    const json generation = {
+        {"bos_token_id", base}, {"eos_token_id", base + 2}, {"max_length", config.max_position_embeddings}};
     write_text(out_dir / "generation_config.json", generation.dump(2) + "\n");
     write_text(out_dir / "tokenizer_config.json", tokenizer_config(config, base).dump(2) + "\n");
     copy_tiktoken_prefix(sources.tiktoken, out_dir / "tiktoken.model", base);

@@ -1,7 +1,8 @@
 #include "model/deepseek_v3.h"
 
-#include <algorithm>
 #include <omp.h>
+
+#include <algorithm>
 
 #include "backend/cpu/activation.h"
 #include "backend/cpu/attention.h"
@@ -43,7 +44,8 @@ cpu::YarnParams yarn_params(const RopeScaling& r) {
 }
 
 void add_into(float* h, const float* x, size_t n) {
-    for (size_t i = 0; i < n; ++i) h[i] += x[i];
+    for (size_t i = 0; i < n; ++i)
+        h[i] += x[i];
 }
 
 }  // namespace
@@ -130,18 +132,18 @@ Tensor DeepseekV3Model::forward(const ForwardBatch& batch) {
     return logits;
 }
 
-void DeepseekV3Model::attention(int layer, const float* x, const ForwardBatch& b, float* out) {
+// q [T, heads, nope + rope] (q_pe roped) and the latent entries kv [T, kv_lora_rank + rope] (c_kv normed, k_pe
+// roped), the latter written to the layer's cache at the batch's slots.
+void DeepseekV3Model::project_qkv(int layer, const float* x, const ForwardBatch& b, std::vector<float>& q,
+                                  std::vector<float>& kv) {
     const LayerWeights& w = m_weights.layers[static_cast<size_t>(layer)];
     const ModelConfig& c = m_config;
     const int64_t t_count = b.num_tokens();
     const int64_t heads = c.num_attention_heads;
-    const int64_t nope = c.qk_nope_head_dim;
-    const int64_t rope = c.qk_rope_head_dim;
-    const int64_t qk = c.qk_head_dim();
     const int64_t lat = c.kv_lora_rank;
+    const int64_t rope = c.qk_rope_head_dim;
     const int64_t entry = lat + rope;
-
-    std::vector<float> q(static_cast<size_t>(t_count * heads * qk));  // [T, heads, nope + rope]
+    q.resize(static_cast<size_t>(t_count * heads * c.qk_head_dim()));
     if (c.q_lora_rank > 0) {
         std::vector<float> qa(static_cast<size_t>(t_count * c.q_lora_rank));  // [T, q_lora_rank]
         linear(x, t_count, w.q_a, qa.data());
@@ -150,17 +152,30 @@ void DeepseekV3Model::attention(int layer, const float* x, const ForwardBatch& b
     } else {
         linear(x, t_count, w.q_proj, q.data());
     }
-    std::vector<float> kv(static_cast<size_t>(t_count * entry));  // [T, kv_lora_rank + rope]: c_kv | k_pe
+    cpu::rope_interleaved(q.data() + c.qk_nope_head_dim, t_count, heads, rope, heads * c.qk_head_dim(), c.qk_head_dim(),
+                          b.positions.data(), m_inv_freq.data(), m_rope_scale);
+    kv.resize(static_cast<size_t>(t_count * entry));
     linear(x, t_count, w.kv_a, kv.data());
     cpu::rms_norm(kv.data(), t_count, lat, entry, w.kv_a_norm, kLoraNormEps, kv.data(), entry);
     cpu::rope_interleaved(kv.data() + lat, t_count, 1, rope, entry, 0, b.positions.data(), m_inv_freq.data(),
                           m_rope_scale);
-    const cpu::LatentCacheView cache = m_cache.layer(layer);
-    cpu::write_latent_cache(kv.data(), t_count, b.slot_mapping.data(), cache);
+    cpu::write_latent_cache(kv.data(), t_count, b.slot_mapping.data(), m_cache.layer(layer));
+}
+
+void DeepseekV3Model::attention(int layer, const float* x, const ForwardBatch& b, float* out) {
+    const LayerWeights& w = m_weights.layers[static_cast<size_t>(layer)];
+    const ModelConfig& c = m_config;
+    const int64_t t_count = b.num_tokens();
+    const int64_t heads = c.num_attention_heads;
+    const int64_t nope = c.qk_nope_head_dim;
+    const int64_t qk = c.qk_head_dim();
+    const int64_t lat = c.kv_lora_rank;
+    const int64_t entry = lat + c.qk_rope_head_dim;
+    std::vector<float> q;   // [T, heads, nope + rope]
+    std::vector<float> kv;  // [T, kv_lora_rank + rope]
+    project_qkv(layer, x, b, q, kv);
 
     // Absorb W_UK into the query: q_abs[t, h] = [W_UK_h^T q_nope | rope(q_pe)].
-    cpu::rope_interleaved(q.data() + nope, t_count, heads, rope, heads * qk, qk, b.positions.data(),
-                          m_inv_freq.data(), m_rope_scale);
     std::vector<float> q_abs(static_cast<size_t>(t_count * heads * entry));  // [T, heads, kv_lora_rank + rope]
 #pragma omp parallel for schedule(static) if (t_count * heads * nope * lat >= kParallelMinWork)
     for (int64_t th = 0; th < t_count * heads; ++th) {
@@ -172,7 +187,8 @@ void DeepseekV3Model::attention(int layer, const float* x, const ForwardBatch& b
             const float* uk = w.w_uk.data() + (h * nope + i) * lat;
             const float qi = qn[i];
 #pragma omp simd
-            for (int64_t j = 0; j < lat; ++j) dst[j] += qi * uk[j];
+            for (int64_t j = 0; j < lat; ++j)
+                dst[j] += qi * uk[j];
         }
         std::copy(qn + nope, qn + qk, dst + lat);
     }
@@ -183,8 +199,8 @@ void DeepseekV3Model::attention(int layer, const float* x, const ForwardBatch& b
     args.num_tokens = t_count;
     args.num_heads = heads;
     args.kv_lora_rank = lat;
-    args.rope_dim = rope;
-    args.cache = cache;
+    args.rope_dim = c.qk_rope_head_dim;
+    args.cache = m_cache.layer(layer);
     args.block_size = m_cache.block_size();
     args.block_tables = b.block_tables.data();
     args.max_blocks_per_seq = b.max_blocks_per_seq;
@@ -194,9 +210,15 @@ void DeepseekV3Model::attention(int layer, const float* x, const ForwardBatch& b
     args.softmax_scale = m_softmax_scale;
     args.out = o_lat.data();
     cpu::mla_attention_absorbed(args);
+    output_projection(layer, o_lat, t_count, out);
+}
 
-    // Values: o[t, h] = W_UV_h o_lat[t, h], then o_proj over the concatenated heads.
-    const int64_t v = c.v_head_dim;
+// o[t, h] = W_UV_h o_lat[t, h] for every head, then o_proj over the concatenated heads: out [T, hidden].
+void DeepseekV3Model::output_projection(int layer, const std::vector<float>& o_lat, int64_t t_count, float* out) {
+    const LayerWeights& w = m_weights.layers[static_cast<size_t>(layer)];
+    const int64_t heads = m_config.num_attention_heads;
+    const int64_t lat = m_config.kv_lora_rank;
+    const int64_t v = m_config.v_head_dim;
     std::vector<float> o(static_cast<size_t>(t_count * heads * v));  // [T, heads * v_head_dim]
 #pragma omp parallel for schedule(static) if (t_count * heads * v * lat >= kParallelMinWork)
     for (int64_t th = 0; th < t_count * heads; ++th) {
@@ -206,7 +228,8 @@ void DeepseekV3Model::attention(int layer, const float* x, const ForwardBatch& b
             const float* uv = w.w_uv.data() + (h * v + i) * lat;
             float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
-            for (int64_t j = 0; j < lat; ++j) acc += uv[j] * ol[j];
+            for (int64_t j = 0; j < lat; ++j)
+                acc += uv[j] * ol[j];
             o[static_cast<size_t>(th * v + i)] = acc;
         }
     }
@@ -249,14 +272,16 @@ void DeepseekV3Model::moe(const LayerWeights& w, const float* x, int64_t num_tok
     // Group the (token, weight) pairs by expert, then run each expert on its gathered tokens.
     std::vector<std::vector<std::pair<int64_t, float>>> routed(static_cast<size_t>(experts));
     for (int64_t i = 0; i < num_tokens * top_k; ++i) {
-        routed[static_cast<size_t>(ids[static_cast<size_t>(i)])].emplace_back(i / top_k, weights[static_cast<size_t>(i)]);
+        routed[static_cast<size_t>(ids[static_cast<size_t>(i)])].emplace_back(i / top_k,
+                                                                              weights[static_cast<size_t>(i)]);
     }
     std::fill(out, out + num_tokens * hidden, 0.0f);
     std::vector<float> xs;  // [n_e, hidden] tokens routed to expert e
     std::vector<float> ys;  // [n_e, hidden]
     for (int64_t e = 0; e < experts; ++e) {
         const auto& list = routed[static_cast<size_t>(e)];
-        if (list.empty()) continue;
+        if (list.empty())
+            continue;
         const auto n = static_cast<int64_t>(list.size());
         xs.resize(static_cast<size_t>(n * hidden));
         ys.resize(static_cast<size_t>(n * hidden));
@@ -269,7 +294,8 @@ void DeepseekV3Model::moe(const LayerWeights& w, const float* x, int64_t num_tok
             const auto [t, weight] = list[static_cast<size_t>(i)];
             float* dst = out + t * hidden;
             const float* y = ys.data() + i * hidden;
-            for (int64_t j = 0; j < hidden; ++j) dst[j] += weight * y[j];
+            for (int64_t j = 0; j < hidden; ++j)
+                dst[j] += weight * y[j];
         }
     }
     if (w.has_shared) {

@@ -30,19 +30,19 @@ struct LayerWeights {
     Tensor input_norm;           // [hidden]
     Tensor post_attention_norm;  // [hidden]
     // Attention: q through q_a -> q_a_norm -> q_b, or q_proj when q_lora_rank == 0.
-    LinearWeight q_a;            // [q_lora_rank, hidden]
-    Tensor q_a_norm;             // [q_lora_rank]
-    LinearWeight q_b;            // [heads * qk_head_dim, q_lora_rank]
-    LinearWeight q_proj;         // [heads * qk_head_dim, hidden]
-    LinearWeight kv_a;           // [kv_lora_rank + rope_dim, hidden]
-    Tensor kv_a_norm;            // [kv_lora_rank]
-    LinearWeight o_proj;         // [hidden, heads * v_head_dim]
-    std::vector<float> w_uk;     // [heads, qk_nope_head_dim, kv_lora_rank] kv_b_proj's key rows, dequantized
-    std::vector<float> w_uv;     // [heads, v_head_dim, kv_lora_rank] kv_b_proj's value rows, dequantized
+    LinearWeight q_a;         // [q_lora_rank, hidden]
+    Tensor q_a_norm;          // [q_lora_rank]
+    LinearWeight q_b;         // [heads * qk_head_dim, q_lora_rank]
+    LinearWeight q_proj;      // [heads * qk_head_dim, hidden]
+    LinearWeight kv_a;        // [kv_lora_rank + rope_dim, hidden]
+    Tensor kv_a_norm;         // [kv_lora_rank]
+    LinearWeight o_proj;      // [hidden, heads * v_head_dim]
+    std::vector<float> w_uk;  // [heads, qk_nope_head_dim, kv_lora_rank] kv_b_proj's key rows, dequantized
+    std::vector<float> w_uv;  // [heads, v_head_dim, kv_lora_rank] kv_b_proj's value rows, dequantized
     // Feed-forward: dense, or router + experts + shared experts.
     bool is_moe = false;
     MlpWeights dense;
-    Tensor router;                  // [n_routed_experts, hidden]
+    Tensor router;                   // [n_routed_experts, hidden]
     std::vector<float> router_bias;  // [n_routed_experts] e_score_correction_bias (zeros when absent)
     std::vector<MlpWeights> experts;
     bool has_shared = false;
@@ -52,7 +52,7 @@ struct LayerWeights {
 struct DeepseekV3Weights {
     Tensor embed_tokens;  // [vocab, hidden]
     std::vector<LayerWeights> layers;
-    Tensor final_norm;    // [hidden]
+    Tensor final_norm;     // [hidden]
     LinearWeight lm_head;  // [vocab, hidden]
 };
 
@@ -72,6 +72,9 @@ private:
     void check_batch(const ForwardBatch& batch) const;
     // x: [T, hidden] normed input; out: [T, hidden].
     void attention(int layer, const float* x, const ForwardBatch& batch, float* out);
+    void project_qkv(int layer, const float* x, const ForwardBatch& batch, std::vector<float>& q,
+                     std::vector<float>& kv);
+    void output_projection(int layer, const std::vector<float>& o_lat, int64_t num_tokens, float* out);
     void mlp(const MlpWeights& w, const float* x, int64_t num_tokens, float* out);
     void moe(const LayerWeights& w, const float* x, int64_t num_tokens, float* out);
     void linear(const float* x, int64_t m, const LinearWeight& w, float* y) const;

@@ -23,7 +23,8 @@ void LatentKvCache::allocate(int num_blocks) {
 
 cpu::LatentCacheView LatentKvCache::layer(int layer_idx) const {
     cpu::LatentCacheView view;
-    const size_t layer_bytes = bytes_per_block() / static_cast<size_t>(m_num_layers) * static_cast<size_t>(m_num_blocks);
+    const size_t layer_bytes =
+        bytes_per_block() / static_cast<size_t>(m_num_layers) * static_cast<size_t>(m_num_blocks);
     view.data = m_data.get() + layer_bytes * static_cast<size_t>(layer_idx);
     view.dtype = m_dtype;
     view.num_slots = int64_t{m_num_blocks} * m_block_size;

@@ -38,7 +38,8 @@ SingleSequence::SingleSequence(Model& model, int max_tokens) : m_model(model) {
     K2_CHECK(max_tokens > 0, "a sequence needs room for at least one token");
     const int num_blocks = (max_tokens + kKvBlockSize - 1) / kKvBlockSize;
     m_model.allocate_kv_cache(num_blocks);
-    for (int i = 0; i < num_blocks; ++i) m_blocks.push_back(i);
+    for (int i = 0; i < num_blocks; ++i)
+        m_blocks.push_back(i);
 }
 
 Tensor SingleSequence::append(std::span<const int32_t> tokens, bool all_logits) {

@@ -14,10 +14,10 @@ namespace k2 {
 
 // One sequence's part of a step.
 struct SequenceChunk {
-    std::span<const int32_t> tokens;   // [n] new tokens
-    int32_t num_cached = 0;            // tokens of this sequence already in the cache (= first new position)
-    std::span<const int32_t> blocks;   // the sequence's block table, covering num_cached + n tokens
-    bool all_logits = false;           // logits of every new token, else of the last one only
+    std::span<const int32_t> tokens;  // [n] new tokens
+    int32_t num_cached = 0;           // tokens of this sequence already in the cache (= first new position)
+    std::span<const int32_t> blocks;  // the sequence's block table, covering num_cached + n tokens
+    bool all_logits = false;          // logits of every new token, else of the last one only
 };
 
 ForwardBatch build_forward_batch(std::span<const SequenceChunk> chunks);

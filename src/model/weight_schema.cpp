@@ -52,9 +52,13 @@ void add_attention(SchemaBuilder& b, const std::string& p, const ModelConfig& c)
     b.linear(p + "self_attn.o_proj.weight", c.hidden_size, heads * c.v_head_dim);
 }
 
-bool is_float(DType d) { return d == DType::BF16 || d == DType::F16 || d == DType::F32; }
+bool is_float(DType d) {
+    return d == DType::BF16 || d == DType::F16 || d == DType::F32;
+}
 
-std::string shape_str(const std::vector<int64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+std::string shape_str(const std::vector<int64_t>& shape) {
+    return fmt::format("[{}]", fmt::join(shape, ", "));
+}
 
 // Checks one tensor against what the config implies; false when it is absent or broken.
 class TensorChecker {
@@ -82,13 +86,11 @@ public:
         }
         const bool dtype_ok = exact_dtype ? info->dtype == dtype : is_float(info->dtype);
         if (!dtype_ok) {
-            m_errors.push_back(fmt::format("{}: tensor '{}': dtype {}, expected {}{}", path, name,
-                                           dtype_name(info->dtype), dtype_name(dtype),
-                                           dtype == DType::F8_E4M3 ? fmt::format(" ({} quantization_config is fp8)",
-                                                                                 m_config)
-                                           : info->dtype == DType::F8_E4M3
-                                               ? fmt::format(" ({} has no fp8 quantization_config)", m_config)
-                                               : std::string()));
+            m_errors.push_back(fmt::format(
+                "{}: tensor '{}': dtype {}, expected {}{}", path, name, dtype_name(info->dtype), dtype_name(dtype),
+                dtype == DType::F8_E4M3         ? fmt::format(" ({} quantization_config is fp8)", m_config)
+                : info->dtype == DType::F8_E4M3 ? fmt::format(" ({} has no fp8 quantization_config)", m_config)
+                                                : std::string()));
         }
         if (info->shape != shape) {
             m_errors.push_back(fmt::format("{}: tensor '{}': shape {} contradicts {} (expected {})", path, name,
@@ -112,7 +114,9 @@ private:
 
 }  // namespace
 
-std::string scale_name(const std::string& weight_name) { return weight_name + "_scale_inv"; }
+std::string scale_name(const std::string& weight_name) {
+    return weight_name + "_scale_inv";
+}
 
 std::vector<int64_t> scale_shape(const std::vector<int64_t>& weight_shape, const ModelConfig& config) {
     K2_CHECK(weight_shape.size() == 2, "scale_shape: weight of rank {} (expected 2)", weight_shape.size());
@@ -138,8 +142,7 @@ std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
     // A guard against absurd configs (fuzzed or mistyped): Kimi-K2 has 139,644 tensors.
     const int64_t per_layer = 16 + 3 * static_cast<int64_t>(c.n_routed_experts);
     K2_CHECK(c.num_hidden_layers <= 100'000 && per_layer * c.num_hidden_layers <= 50'000'000,
-             "config: {} layers x {} routed experts is not a plausible model", c.num_hidden_layers,
-             c.n_routed_experts);
+             "config: {} layers x {} routed experts is not a plausible model", c.num_hidden_layers, c.n_routed_experts);
     SchemaBuilder b(c);
     b.plain("model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
     for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
@@ -213,8 +216,8 @@ CheckpointReport check_checkpoint(const Checkpoint& ckpt, const ModelConfig& con
         if (ckpt.contains(scale)) {
             (void)checker.check(scale, scale_shape(t.shape, config), DType::F32, true);
         } else if (ckpt.contains(t.name)) {
-            report.errors.push_back(fmt::format("{}: FP8 weight '{}' has no scale tensor '{}'",
-                                                checker.path_of(t.name), t.name, scale));
+            report.errors.push_back(
+                fmt::format("{}: FP8 weight '{}' has no scale tensor '{}'", checker.path_of(t.name), t.name, scale));
         }
     }
     for (const std::string& name : ckpt.names()) {

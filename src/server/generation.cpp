@@ -14,7 +14,7 @@
 
 namespace k2::server {
 
-using nlohmann::json;
+using json = nlohmann::ordered_json;
 
 namespace {
 
@@ -24,27 +24,34 @@ std::string random_hex(size_t num_chars) {
     thread_local std::mt19937_64 rng{std::random_device{}()};
     static constexpr char kHex[] = "0123456789abcdef";
     std::string out(num_chars, '0');
-    for (char& c : out) c = kHex[rng() & 15];
+    for (char& c : out)
+        c = kHex[rng() & 15];
     return out;
 }
 
 int64_t unix_now() {
-    return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+    return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
 }
 
 json stop_reason_json(const std::variant<std::monostate, std::string, int32_t>& reason) {
-    if (const auto* s = std::get_if<std::string>(&reason)) return *s;
-    if (const auto* id = std::get_if<int32_t>(&reason)) return *id;
+    if (const auto* s = std::get_if<std::string>(&reason))
+        return *s;
+    if (const auto* id = std::get_if<int32_t>(&reason))
+        return *id;
     return nullptr;
 }
 
 json bytes_json(const std::string& text) {
     json bytes = json::array();
-    for (const char c : text) bytes.push_back(static_cast<int>(static_cast<unsigned char>(c)));
+    for (const char c : text)
+        bytes.push_back(static_cast<int>(static_cast<unsigned char>(c)));
     return bytes;
 }
 
-double clamp_logprob(float logprob) { return std::max(static_cast<double>(logprob), -9999.0); }
+double clamp_logprob(float logprob) {
+    return std::max(static_cast<double>(logprob), -9999.0);
+}
 
 // Appends `next` to `into`, joining the argument text of deltas for the same call.
 void merge_delta(StreamDelta& into, StreamDelta next) {
@@ -62,7 +69,7 @@ struct Choice {
     std::string text;  // everything generated (for non-streaming responses)
     std::vector<TokenLogprobs> logprobs;
     std::unique_ptr<KimiK2StreamingToolParser> parser;  // streaming with tools
-    StreamDelta pending;  // what the forced prefix produced, sent with the first output
+    StreamDelta pending;                                // what the forced prefix produced, sent with the first output
     bool started = false;
     bool finished = false;
     std::string finish_reason;
@@ -81,9 +88,13 @@ struct SubRequest {
 
 class GenerationJob : public std::enable_shared_from_this<GenerationJob> {
 public:
-    GenerationJob(OpenAiServer& server, std::shared_ptr<const EngineHandle> handle, std::shared_ptr<ResponseWriter> writer,
-                  Api api)
-        : m_server(server), m_handle(std::move(handle)), m_writer(std::move(writer)), m_api(api), m_created(unix_now()) {}
+    GenerationJob(OpenAiServer& server, std::shared_ptr<const EngineHandle> handle,
+                  std::shared_ptr<ResponseWriter> writer, Api api)
+        : m_server(server),
+          m_handle(std::move(handle)),
+          m_writer(std::move(writer)),
+          m_api(api),
+          m_created(unix_now()) {}
 
     // Everything the job needs to know before start().
     std::string id;
@@ -92,8 +103,8 @@ public:
     bool include_usage = false;
     bool continuous_usage = false;
     bool want_logprobs = false;
-    bool tools_active = false;       // run the kimi_k2 parser over the output
-    std::string forced_prefix;       // tool_choice required/named: generation starts inside the tool section
+    bool tools_active = false;  // run the kimi_k2 parser over the output
+    std::string forced_prefix;  // tool_choice required/named: generation starts inside the tool section
     bool tool_choice_forced = false;
     int n = 1;
     std::vector<EngineRequest> requests;
@@ -111,7 +122,8 @@ public:
             try {
                 sub.stream = engine.submit(std::move(requests[i]));
             } catch (...) {
-                for (const SubRequest& s : m_subs) engine.abort(s.engine_id);
+                for (const SubRequest& s : m_subs)
+                    engine.abort(s.engine_id);
                 throw;
             }
             m_subs.push_back(std::move(sub));
@@ -126,7 +138,8 @@ public:
         m_server.request_started();
         auto self = shared_from_this();
         m_writer->on_disconnect([self] { self->client_gone(); });
-        if (stream) m_writer->start_stream(200, "text/event-stream", {{"Cache-Control", "no-cache"}});
+        if (stream)
+            m_writer->start_stream(200, "text/event-stream", {{"Cache-Control", "no-cache"}});
         for (SubRequest& sub : m_subs) {
             sub.stream->set_notify([self] { self->schedule_drain(); });
         }
@@ -135,38 +148,55 @@ public:
 
 private:
     void schedule_drain() {
-        if (m_drain_scheduled.exchange(true)) return;
+        if (m_drain_scheduled.exchange(true))
+            return;
         m_writer->post([self = shared_from_this()] { self->drain(); });
     }
 
     void client_gone() {
-        if (m_done) return;
-        for (const SubRequest& sub : m_subs) m_handle->engine->abort(sub.engine_id);
-        if (m_server.config().enable_log_requests) K2_INFO("Aborted request {} (client disconnected).", id);
+        if (m_done)
+            return;
+        for (const SubRequest& sub : m_subs)
+            m_handle->engine->abort(sub.engine_id);
+        if (m_server.config().enable_log_requests)
+            K2_INFO("Aborted request {} (client disconnected).", id);
         finish_job();
     }
 
     void finish_job() {
-        if (m_done) return;
+        if (m_done)
+            return;
         m_done = true;
-        for (SubRequest& sub : m_subs) sub.stream->set_notify(nullptr);  // breaks the job <-> stream cycle
+        for (SubRequest& sub : m_subs)
+            sub.stream->set_notify(nullptr);  // breaks the job <-> stream cycle
         m_server.request_finished();
     }
 
     void drain() {
         m_drain_scheduled.store(false);
-        if (m_done) return;
+        if (m_done)
+            return;
+        try {
+            drain_outputs();
+        } catch (const std::exception& e) {
+            fail(e.what());
+        }
+    }
+
+    void drain_outputs() {
         bool all_finished = true;
         for (SubRequest& sub : m_subs) {
             // Read before popping: once finished, every output of the stream is already queued.
             const bool finished = sub.stream->all_finished();
             for (RequestOutput& output : sub.stream->try_pop()) {
-                if (m_done) return;
+                if (m_done)
+                    return;
                 on_output(sub, output);
             }
             all_finished = all_finished && finished;
         }
-        if (all_finished && !m_done) complete();
+        if (all_finished && !m_done)
+            complete();
     }
 
     void on_output(const SubRequest& sub, RequestOutput& output) {
@@ -176,24 +206,29 @@ private:
             return;
         }
         choice.num_output_tokens = output.num_output_tokens;
-        for (TokenLogprobs& lp : output.logprobs) choice.logprobs.push_back(lp);
+        for (TokenLogprobs& lp : output.logprobs)
+            choice.logprobs.push_back(lp);
         if (output.finished) {
             choice.finished = true;
             choice.finish_reason = output.finish_reason.empty() ? "stop" : output.finish_reason;
             choice.stop_reason = output.stop_reason;
         }
         std::string delta = std::move(output.text_delta);
-        if (!choice.started && m_api == Api::kCompletion) delta = sub.echo_text + delta;
+        if (!choice.started && m_api == Api::kCompletion)
+            delta = sub.echo_text + delta;
         choice.text += delta;
-        if (stream) stream_output(sub.choice_base + output.index, choice, delta, output);
+        if (stream)
+            stream_output(sub.choice_base + output.index, choice, delta, output);
         choice.started = true;
     }
 
     json usage_json() const {
         int prompt_tokens = 0;
         int completion_tokens = 0;
-        for (const SubRequest& sub : m_subs) prompt_tokens += sub.num_prompt_tokens;
-        for (const Choice& choice : m_choices) completion_tokens += choice.num_output_tokens;
+        for (const SubRequest& sub : m_subs)
+            prompt_tokens += sub.num_prompt_tokens;
+        for (const Choice& choice : m_choices)
+            completion_tokens += choice.num_output_tokens;
         return {{"prompt_tokens", prompt_tokens},
                 {"total_tokens", prompt_tokens + completion_tokens},
                 {"completion_tokens", completion_tokens},
@@ -228,10 +263,12 @@ private:
             token_logprobs.push_back(clamp_logprob(e.logprob));
             tokens.push_back(text);
             json top = json::object();
-            for (const TopLogprob& t : e.top) top[tokenizer.token_bytes(t.token_id)] = clamp_logprob(t.logprob);
+            for (const TopLogprob& t : e.top)
+                top[tokenizer.token_bytes(t.token_id)] = clamp_logprob(t.logprob);
             tops.push_back(top);
         }
-        return {{"text_offset", offsets}, {"token_logprobs", token_logprobs}, {"tokens", tokens}, {"top_logprobs", tops}};
+        return {
+            {"text_offset", offsets}, {"token_logprobs", token_logprobs}, {"tokens", tokens}, {"top_logprobs", tops}};
     }
 
     json chunk_base() const {
@@ -244,19 +281,22 @@ private:
     void send_chunk(json choice_json) {
         json chunk = chunk_base();
         chunk["choices"] = json::array({std::move(choice_json)});
-        if (continuous_usage) chunk["usage"] = usage_json();
+        if (continuous_usage)
+            chunk["usage"] = usage_json();
         m_writer->write(sse_event(dump_json(chunk)));
     }
 
     void stream_output(int index, Choice& choice, const std::string& delta, const RequestOutput& output) {
         if (m_api == Api::kCompletion) {
             json c = {{"index", index}, {"text", delta}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
-            if (want_logprobs) c["logprobs"] = completion_logprobs(output.logprobs, choice.text_offset);
+            if (want_logprobs)
+                c["logprobs"] = completion_logprobs(output.logprobs, choice.text_offset);
             if (choice.finished) {
                 c["finish_reason"] = choice.finish_reason;
                 c["stop_reason"] = stop_reason_json(choice.stop_reason);
             }
-            if (!delta.empty() || choice.finished || !output.logprobs.empty()) send_chunk(std::move(c));
+            if (!delta.empty() || choice.finished || !output.logprobs.empty())
+                send_chunk(std::move(c));
             return;
         }
         if (!choice.started) {
@@ -270,15 +310,20 @@ private:
             StreamDelta parsed = std::move(choice.pending);
             choice.pending = {};
             merge_delta(parsed, choice.parser->push(delta));
-            if (choice.finished) merge_delta(parsed, choice.parser->finish());
-            if (!parsed.content.empty()) d["content"] = parsed.content;
+            if (choice.finished)
+                merge_delta(parsed, choice.parser->finish());
+            if (!parsed.content.empty())
+                d["content"] = parsed.content;
             if (!parsed.tool_calls.empty()) {
                 json calls = json::array();
                 for (const ToolCallDelta& t : parsed.tool_calls) {
                     json call = {{"index", t.index}, {"function", {{"arguments", t.arguments}}}};
-                    if (t.id) call["id"] = *t.id;
-                    if (t.id) call["type"] = "function";
-                    if (t.name) call["function"]["name"] = *t.name;
+                    if (t.id)
+                        call["id"] = *t.id;
+                    if (t.id)
+                        call["type"] = "function";
+                    if (t.name)
+                        call["function"]["name"] = *t.name;
                     calls.push_back(std::move(call));
                 }
                 d["tool_calls"] = std::move(calls);
@@ -286,9 +331,11 @@ private:
         } else if (!delta.empty()) {
             d["content"] = delta;
         }
-        if (d.empty() && !choice.finished && output.logprobs.empty()) return;  // vLLM sends no empty deltas
+        if (d.empty() && !choice.finished && output.logprobs.empty())
+            return;  // vLLM sends no empty deltas
         json c = {{"index", index}, {"delta", d}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
-        if (want_logprobs && !output.logprobs.empty()) c["logprobs"] = chat_logprobs(output.logprobs);
+        if (want_logprobs && !output.logprobs.empty())
+            c["logprobs"] = chat_logprobs(output.logprobs);
         if (choice.finished) {
             c["finish_reason"] = final_reason(choice, choice.parser && choice.parser->tools_called());
             c["stop_reason"] = stop_reason_json(choice.stop_reason);
@@ -297,13 +344,15 @@ private:
     }
 
     std::string final_reason(const Choice& choice, bool tools_called) const {
-        if (tools_called && choice.finish_reason != "length") return "tool_calls";
+        if (tools_called && choice.finish_reason != "length")
+            return "tool_calls";
         return choice.finish_reason;
     }
 
     void fail(const std::string& message) {
         K2_ERROR("request {} failed: {}", id, message);
-        for (const SubRequest& sub : m_subs) m_handle->engine->abort(sub.engine_id);
+        for (const SubRequest& sub : m_subs)
+            m_handle->engine->abort(sub.engine_id);
         if (stream) {
             m_writer->write(sse_event(dump_json(error_json(500, message, "InternalServerError"))));
             m_writer->write(kSseDone);
@@ -327,7 +376,8 @@ private:
         } else {
             m_writer->send(json_response(200, m_api == Api::kChat ? chat_response() : completion_response()));
         }
-        if (m_server.config().enable_log_requests) K2_INFO("Finished request {}.", id);
+        if (m_server.config().enable_log_requests)
+            K2_INFO("Finished request {}.", id);
         finish_job();
     }
 
@@ -335,17 +385,25 @@ private:
         json choices = json::array();
         for (size_t i = 0; i < m_choices.size(); ++i) {
             const Choice& choice = m_choices[i];
-            json message = {{"role", m_server.config().response_role}, {"content", nullptr}, {"refusal", nullptr},
-                            {"annotations", nullptr}, {"audio", nullptr}, {"function_call", nullptr},
-                            {"tool_calls", json::array()}, {"reasoning_content", nullptr}};
+            json message = {{"role", m_server.config().response_role},
+                            {"content", nullptr},
+                            {"refusal", nullptr},
+                            {"annotations", nullptr},
+                            {"audio", nullptr},
+                            {"function_call", nullptr},
+                            {"tool_calls", json::array()},
+                            {"reasoning_content", nullptr}};
             bool tools_called = false;
             if (tools_active) {
                 const ToolParseResult parsed = parse_kimi_k2_tool_calls(forced_prefix + choice.text);
                 tools_called = parsed.tools_called;
-                if (parsed.content) message["content"] = *parsed.content;
+                if (parsed.content)
+                    message["content"] = *parsed.content;
                 for (const ToolCall& call : parsed.tool_calls) {
                     message["tool_calls"].push_back(
-                        {{"id", call.id}, {"type", "function"}, {"function", {{"name", call.name}, {"arguments", call.arguments}}}});
+                        {{"id", call.id},
+                         {"type", "function"},
+                         {"function", {{"name", call.name}, {"arguments", call.arguments}}}});
                 }
             } else {
                 message["content"] = choice.text;
@@ -356,11 +414,16 @@ private:
                                {"finish_reason", final_reason(choice, tools_called)},
                                {"stop_reason", stop_reason_json(choice.stop_reason)}});
         }
-        return {{"id", id},           {"object", "chat.completion"},
-                {"created", m_created}, {"model", model_name},
-                {"choices", choices}, {"service_tier", nullptr},
-                {"system_fingerprint", nullptr}, {"usage", usage_json()},
-                {"prompt_logprobs", nullptr}, {"kv_transfer_params", nullptr}};
+        return {{"id", id},
+                {"object", "chat.completion"},
+                {"created", m_created},
+                {"model", model_name},
+                {"choices", choices},
+                {"service_tier", nullptr},
+                {"system_fingerprint", nullptr},
+                {"usage", usage_json()},
+                {"prompt_logprobs", nullptr},
+                {"kv_transfer_params", nullptr}};
     }
 
     json completion_response() const {
@@ -368,16 +431,22 @@ private:
         for (size_t i = 0; i < m_choices.size(); ++i) {
             const Choice& choice = m_choices[i];
             size_t offset = 0;
-            choices.push_back({{"index", i},
-                               {"text", choice.text},
-                               {"logprobs", want_logprobs ? completion_logprobs(choice.logprobs, offset) : json(nullptr)},
-                               {"finish_reason", choice.finish_reason},
-                               {"stop_reason", stop_reason_json(choice.stop_reason)},
-                               {"prompt_logprobs", nullptr}});
+            choices.push_back(
+                {{"index", i},
+                 {"text", choice.text},
+                 {"logprobs", want_logprobs ? completion_logprobs(choice.logprobs, offset) : json(nullptr)},
+                 {"finish_reason", choice.finish_reason},
+                 {"stop_reason", stop_reason_json(choice.stop_reason)},
+                 {"prompt_logprobs", nullptr}});
         }
-        return {{"id", id},           {"object", "text_completion"}, {"created", m_created},
-                {"model", model_name}, {"choices", choices},         {"usage", usage_json()},
-                {"system_fingerprint", nullptr}, {"kv_transfer_params", nullptr}};
+        return {{"id", id},
+                {"object", "text_completion"},
+                {"created", m_created},
+                {"model", model_name},
+                {"choices", choices},
+                {"usage", usage_json()},
+                {"system_fingerprint", nullptr},
+                {"kv_transfer_params", nullptr}};
     }
 
     OpenAiServer& m_server;
@@ -393,8 +462,10 @@ private:
 
 std::string request_id_for(const HttpRequest& request, const std::string& body_request_id, const char* prefix) {
     std::string header = request.header("x-request-id");
-    if (!body_request_id.empty()) header = body_request_id;
-    if (header.empty() || header.size() > 256) return std::string(prefix) + random_hex(32);
+    if (!body_request_id.empty())
+        header = body_request_id;
+    if (header.empty() || header.size() > 256)
+        return std::string(prefix) + random_hex(32);
     return std::string(prefix) + header;
 }
 
@@ -405,13 +476,15 @@ std::string engine_request_id(const std::string& job_id, size_t prompt_idx) {
 
 std::string render_chat_prompt(const OpenAiServer& server, const Tokenizer& tokenizer, const ChatRequest& req) {
     json request = json::object();
-    if (req.chat_template_kwargs.is_object()) request = req.chat_template_kwargs;
+    if (req.chat_template_kwargs.is_object())
+        request = req.chat_template_kwargs;
     request["messages"] = req.messages;
     request["add_generation_prompt"] = req.add_generation_prompt;
-    if (req.tools.is_array() && !req.tools.empty()) request["tools"] = req.tools;
+    if (req.tools.is_array() && !req.tools.empty())
+        request["tools"] = req.tools;
     try {
         const std::string& source = server.config().chat_template;
-        return source.empty() ? tokenizer.apply_chat_template(request)
+        return source.empty() ? tokenizer.apply_chat_template_ordered(request)
                               : tokenizer.apply_chat_template(request, source, "--chat-template");
     } catch (const Error& e) {
         throw ApiError(400, fmt::format("Error rendering the chat template: {}", e.message()), "BadRequestError",
@@ -427,7 +500,8 @@ void start_chat_completion(OpenAiServer& server, const HttpRequest& request, con
     const OpenAiServerConfig& config = server.config();
     ProtocolLimits limits = config.limits;
     limits.vocab_size = handle->tokenizer->vocab_size();
-    const ChatRequest req = parse_chat_request(body, config.generation_defaults, limits, config.enable_auto_tool_choice);
+    const ChatRequest req =
+        parse_chat_request(body, config.generation_defaults, limits, config.enable_auto_tool_choice);
     const Tokenizer& tokenizer = *handle->tokenizer;
     auto job = std::make_shared<GenerationJob>(server, handle, std::move(writer), Api::kChat);
     job->id = request_id_for(request, req.request_id, "chatcmpl-");
@@ -449,7 +523,8 @@ void start_chat_completion(OpenAiServer& server, const HttpRequest& request, con
     engine_request.request_id = engine_request_id(job->id, 0);
     engine_request.prompt_token_ids = tokenizer.encode(prompt, /*allow_special=*/true);
     engine_request.params = req.params;
-    if (job->tools_active) engine_request.params.skip_special_tokens = false;  // the parser needs the markers
+    if (job->tools_active)
+        engine_request.params.skip_special_tokens = false;  // the parser needs the markers
     const int num_prompt = static_cast<int>(engine_request.prompt_token_ids.size());
     engine_request.params.max_tokens = resolve_max_tokens(num_prompt, req.max_tokens, handle->engine->max_model_len(),
                                                           config.generation_defaults.max_new_tokens);
@@ -488,8 +563,8 @@ void start_completion(OpenAiServer& server, const HttpRequest& request, const js
         }
         engine_request.params = req.params;
         const int num_prompt = static_cast<int>(engine_request.prompt_token_ids.size());
-        engine_request.params.max_tokens = resolve_max_tokens(num_prompt, req.max_tokens, handle->engine->max_model_len(),
-                                                              config.generation_defaults.max_new_tokens);
+        engine_request.params.max_tokens = resolve_max_tokens(
+            num_prompt, req.max_tokens, handle->engine->max_model_len(), config.generation_defaults.max_new_tokens);
         if (req.echo) {
             job->echo_texts.push_back(prompt.text ? *prompt.text
                                                   : tokenizer.decode(prompt.token_ids, /*skip_special_tokens=*/false));

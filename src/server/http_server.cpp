@@ -1,10 +1,10 @@
 // The only translation unit that includes Beast (compile time on small machines matters).
 #include "server/http_server.h"
 
+#include <array>
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-#include <array>
 #include <optional>
 #include <thread>
 
@@ -20,12 +20,13 @@ using tcp = asio::ip::tcp;
 
 namespace {
 
-constexpr size_t kMaxWatchBufferBytes = 64u << 10;     // stop reading ahead of a pipelining client here
-constexpr size_t kMaxDiscardBytes = 256u << 20;         // bytes of an oversized body read and dropped
+constexpr size_t kMaxWatchBufferBytes = 64u << 10;  // stop reading ahead of a pipelining client here
+constexpr size_t kMaxDiscardBytes = 256u << 20;     // bytes of an oversized body read and dropped
 constexpr std::chrono::seconds kDiscardTimeout{10};
 
 bool iequals(std::string_view a, std::string_view b) {
-    if (a.size() != b.size()) return false;
+    if (a.size() != b.size())
+        return false;
     for (size_t i = 0; i < a.size(); ++i) {
         if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) {
             return false;
@@ -34,12 +35,14 @@ bool iequals(std::string_view a, std::string_view b) {
     return true;
 }
 
-std::string serialize_head(int status, const std::string& content_type, const HttpHeaders& headers,
-                           bool keep_alive, std::optional<size_t> content_length) {
+std::string serialize_head(int status, const std::string& content_type, const HttpHeaders& headers, bool keep_alive,
+                           std::optional<size_t> content_length) {
     std::string head = fmt::format("HTTP/1.1 {} {}\r\n", status, http_status_text(status));
     head += "Server: k2\r\n";
-    if (!content_type.empty()) head += fmt::format("Content-Type: {}\r\n", content_type);
-    for (const auto& [name, value] : headers) head += fmt::format("{}: {}\r\n", name, value);
+    if (!content_type.empty())
+        head += fmt::format("Content-Type: {}\r\n", content_type);
+    for (const auto& [name, value] : headers)
+        head += fmt::format("{}: {}\r\n", name, value);
     if (content_length) {
         head += fmt::format("Content-Length: {}\r\n", *content_length);
     } else {
@@ -53,25 +56,38 @@ std::string serialize_head(int status, const std::string& content_type, const Ht
 
 std::string HttpRequest::header(std::string_view name) const {
     for (const auto& [key, value] : headers) {
-        if (iequals(key, name)) return value;
+        if (iequals(key, name))
+            return value;
     }
     return {};
 }
 
 std::string_view http_status_text(int status) {
     switch (status) {
-        case 100: return "Continue";
-        case 200: return "OK";
-        case 400: return "Bad Request";
-        case 401: return "Unauthorized";
-        case 404: return "Not Found";
-        case 405: return "Method Not Allowed";
-        case 413: return "Payload Too Large";
-        case 431: return "Request Header Fields Too Large";
-        case 500: return "Internal Server Error";
-        case 501: return "Not Implemented";
-        case 503: return "Service Unavailable";
-        default: return "Unknown";
+        case 100:
+            return "Continue";
+        case 200:
+            return "OK";
+        case 400:
+            return "Bad Request";
+        case 401:
+            return "Unauthorized";
+        case 404:
+            return "Not Found";
+        case 405:
+            return "Method Not Allowed";
+        case 413:
+            return "Payload Too Large";
+        case 431:
+            return "Request Header Fields Too Large";
+        case 500:
+            return "Internal Server Error";
+        case 501:
+            return "Not Implemented";
+        case 503:
+            return "Service Unavailable";
+        default:
+            return "Unknown";
     }
 }
 
@@ -102,27 +118,32 @@ public:
 
     // --- ResponseWriter operations, always on the strand; `serial` names the request they belong to.
     void send(uint64_t serial, HttpResponse response) {
-        if (!current(serial)) return;
+        if (!current(serial))
+            return;
         queue(serialize_head(response.status, response.content_type, response.headers, m_keep_alive,
                              response.body.size()) +
               response.body);
         finish_response();
     }
     void start_stream(uint64_t serial, int status, const std::string& content_type, const HttpHeaders& headers) {
-        if (!current(serial)) return;
+        if (!current(serial))
+            return;
         queue(serialize_head(status, content_type, headers, m_keep_alive, std::nullopt));
     }
     void write(uint64_t serial, const std::string& data) {
-        if (!current(serial) || data.empty()) return;
+        if (!current(serial) || data.empty())
+            return;
         queue(fmt::format("{:x}\r\n", data.size()) + data + "\r\n");
     }
     void end(uint64_t serial) {
-        if (!current(serial)) return;
+        if (!current(serial))
+            return;
         queue("0\r\n\r\n");
         finish_response();
     }
     void set_on_disconnect(uint64_t serial, std::function<void()> fn) {
-        if (serial != m_serial) return;
+        if (serial != m_serial)
+            return;
         if (m_closed && m_response_active) {
             asio::post(m_socket.get_executor(), std::move(fn));
             return;
@@ -135,7 +156,8 @@ private:
     bool current(uint64_t serial) const { return serial == m_serial && m_response_active && !m_closed; }
 
     void read_header() {
-        if (m_closed) return;
+        if (m_closed)
+            return;
         m_parser.emplace();
         m_parser->body_limit(m_server.options.max_body_bytes);
         m_parser->header_limit(static_cast<uint32_t>(m_server.options.max_header_bytes));
@@ -144,7 +166,8 @@ private:
     }
 
     void on_header(beast::error_code ec) {
-        if (ec) return on_read_error(ec);
+        if (ec)
+            return on_read_error(ec);
         const auto& req = m_parser->get();
         if (iequals(std::string(req[http::field::expect]), "100-continue")) {
             queue("HTTP/1.1 100 Continue\r\n\r\n");
@@ -154,17 +177,20 @@ private:
     }
 
     void on_body(beast::error_code ec) {
-        if (ec) return on_read_error(ec);
+        if (ec)
+            return on_read_error(ec);
         http::request<http::string_body> req = m_parser->release();
         HttpRequest request;
         request.method = std::string(req.method_string());
         request.target = std::string(req.target());
         request.path = request.target.substr(0, request.target.find('?'));
-        for (const auto& field : req) request.headers.emplace_back(field.name_string(), field.value());
+        for (const auto& field : req)
+            request.headers.emplace_back(field.name_string(), field.value());
         request.body = std::move(req.body());
         beast::error_code endpoint_ec;
         const tcp::endpoint remote = m_socket.remote_endpoint(endpoint_ec);
-        if (!endpoint_ec) request.remote = fmt::format("{}:{}", remote.address().to_string(), remote.port());
+        if (!endpoint_ec)
+            request.remote = fmt::format("{}:{}", remote.address().to_string(), remote.port());
         m_keep_alive = req.keep_alive();
         ++m_serial;
         m_response_active = true;
@@ -174,9 +200,12 @@ private:
             m_server.handler(std::move(request), writer);
         } catch (const std::exception& e) {
             K2_ERROR("unhandled error in HTTP handler: {}", e.what());
-            send(m_serial, {500, "application/json",
-                            R"({"error":{"message":"internal server error","type":"InternalServerError","param":null,"code":500}})",
-                            {}});
+            send(
+                m_serial,
+                {500,
+                 "application/json",
+                 R"({"error":{"message":"internal server error","type":"InternalServerError","param":null,"code":500}})",
+                 {}});
         }
     }
 
@@ -188,8 +217,8 @@ private:
                                     m_server.options.max_body_bytes));
         } else if (ec == http::error::header_limit) {
             reject(431, "Request headers are too large.");
-        } else if (ec == http::error::end_of_stream || ec == asio::error::eof ||
-                   ec == asio::error::connection_reset || ec == asio::error::operation_aborted) {
+        } else if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
+                   ec == asio::error::operation_aborted) {
             close();
         } else {
             reject(400, fmt::format("Malformed HTTP request: {}", ec.message()));
@@ -212,15 +241,18 @@ private:
     static std::string escape(const std::string& text) {
         std::string out;
         for (char c : text) {
-            if (c == '"' || c == '\\') out += '\\';
-            if (static_cast<unsigned char>(c) >= 0x20) out += c;
+            if (c == '"' || c == '\\')
+                out += '\\';
+            if (static_cast<unsigned char>(c) >= 0x20)
+                out += c;
         }
         return out;
     }
 
     // While a response is produced, a read stays pending so that a disconnect is noticed at once.
     void watch() {
-        if (m_watching || m_closed || m_buffer.size() >= kMaxWatchBufferBytes) return;
+        if (m_watching || m_closed || m_buffer.size() >= kMaxWatchBufferBytes)
+            return;
         m_watching = true;
         m_socket.async_read_some(m_buffer.prepare(4096), [self = shared_from_this()](beast::error_code ec, size_t n) {
             self->on_watch(ec, n);
@@ -229,7 +261,8 @@ private:
 
     void on_watch(beast::error_code ec, size_t n) {
         m_watching = false;
-        if (m_closed) return;
+        if (m_closed)
+            return;
         if (ec) {
             disconnected();
             return;
@@ -256,16 +289,19 @@ private:
         m_on_disconnect = nullptr;
         if (!m_keep_alive) {
             m_close_after_write = true;
-            if (!m_writing) after_writes();
+            if (!m_writing)
+                after_writes();
         } else if (!m_watching) {
             read_header();
         }
     }
 
     void queue(std::string data) {
-        if (m_closed) return;
+        if (m_closed)
+            return;
         m_out_pending += data;
-        if (!m_writing) do_write();
+        if (!m_writing)
+            do_write();
     }
 
     void do_write() {
@@ -299,25 +335,27 @@ private:
         m_socket.shutdown(tcp::socket::shutdown_send, ignored);
         m_discard_timer.expires_after(kDiscardTimeout);
         m_discard_timer.async_wait([self = shared_from_this()](beast::error_code ec) {
-            if (!ec) self->close();
+            if (!ec)
+                self->close();
         });
         discard();
     }
 
     void discard() {
-        m_socket.async_read_some(asio::buffer(m_discard_buffer), [self = shared_from_this()](beast::error_code ec,
-                                                                                              size_t n) {
-            self->m_discarded_bytes += n;
-            if (ec || self->m_discarded_bytes > kMaxDiscardBytes) {
-                self->close();
-            } else {
-                self->discard();
-            }
-        });
+        m_socket.async_read_some(asio::buffer(m_discard_buffer),
+                                 [self = shared_from_this()](beast::error_code ec, size_t n) {
+                                     self->m_discarded_bytes += n;
+                                     if (ec || self->m_discarded_bytes > kMaxDiscardBytes) {
+                                         self->close();
+                                     } else {
+                                         self->discard();
+                                     }
+                                 });
     }
 
     void close() {
-        if (m_closed) return;
+        if (m_closed)
+            return;
         m_closed = true;
         beast::error_code ignored;
         m_discard_timer.cancel();
@@ -356,10 +394,8 @@ public:
         });
     }
     void start_stream(int status, std::string content_type, HttpHeaders headers) override {
-        asio::dispatch(m_connection->executor(), [c = m_connection, s = m_serial, status,
-                                                  ct = std::move(content_type), h = std::move(headers)] {
-            c->start_stream(s, status, ct, h);
-        });
+        asio::dispatch(m_connection->executor(), [c = m_connection, s = m_serial, status, ct = std::move(content_type),
+                                                  h = std::move(headers)] { c->start_stream(s, status, ct, h); });
     }
     void write(std::string data) override {
         asio::dispatch(m_connection->executor(),
@@ -389,7 +425,8 @@ std::shared_ptr<ResponseWriter> Connection::make_writer() {
 void HttpServer::Impl::do_accept() {
     acceptor.async_accept(asio::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
         if (ec) {
-            if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
+            if (ec == asio::error::operation_aborted || !acceptor.is_open())
+                return;
             // Out of file descriptors and the like: keep accepting, after a short pause.
             K2_WARN("accept failed: {}", ec.message());
             std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -407,7 +444,9 @@ HttpServer::HttpServer(HttpServerOptions options, HttpHandler handler) : m_impl(
     m_impl->handler = std::move(handler);
 }
 
-HttpServer::~HttpServer() { stop(); }
+HttpServer::~HttpServer() {
+    stop();
+}
 
 void HttpServer::start() {
     Impl& impl = *m_impl;
@@ -426,11 +465,23 @@ void HttpServer::start() {
     impl.work.emplace(impl.ioc.get_executor());
     impl.do_accept();
     for (int i = 0; i < std::max(1, impl.options.num_threads); ++i) {
-        impl.threads.emplace_back([&impl] { impl.ioc.run(); });
+        impl.threads.emplace_back([&impl] {
+            // A handler that throws must not take the I/O thread (and the process) down.
+            while (true) {
+                try {
+                    impl.ioc.run();
+                    return;
+                } catch (const std::exception& e) {
+                    K2_ERROR("unhandled error on an HTTP thread: {}", e.what());
+                }
+            }
+        });
     }
 }
 
-int HttpServer::port() const { return m_impl->bound_port; }
+int HttpServer::port() const {
+    return m_impl->bound_port;
+}
 
 void HttpServer::stop_accepting() {
     asio::post(m_impl->ioc, [impl = m_impl.get()] {
@@ -440,13 +491,17 @@ void HttpServer::stop_accepting() {
 }
 
 void HttpServer::stop() {
-    if (m_impl->threads.empty()) return;
+    if (m_impl->threads.empty())
+        return;
     m_impl->work.reset();
     m_impl->ioc.stop();
-    for (std::thread& thread : m_impl->threads) thread.join();
+    for (std::thread& thread : m_impl->threads)
+        thread.join();
     m_impl->threads.clear();
 }
 
-size_t HttpServer::num_connections() const { return m_impl->num_connections.load(); }
+size_t HttpServer::num_connections() const {
+    return m_impl->num_connections.load();
+}
 
 }  // namespace k2::server

@@ -35,11 +35,15 @@ Match find_first(std::string_view text, size_t from, const std::array<std::strin
     return best;
 }
 
-bool is_space(char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; }
+bool is_space(char c) {
+    return std::isspace(static_cast<unsigned char>(c)) != 0;
+}
 
 std::string_view trim(std::string_view s) {
-    while (!s.empty() && is_space(s.front())) s.remove_prefix(1);
-    while (!s.empty() && is_space(s.back())) s.remove_suffix(1);
+    while (!s.empty() && is_space(s.front()))
+        s.remove_prefix(1);
+    while (!s.empty() && is_space(s.back()))
+        s.remove_suffix(1);
     return s;
 }
 
@@ -68,11 +72,13 @@ std::string name_from_id(std::string_view id) {
         return {};
     }
     for (size_t i = colon + 1; i < id.size(); ++i) {
-        if (!std::isdigit(static_cast<unsigned char>(id[i]))) return {};
+        if (!std::isdigit(static_cast<unsigned char>(id[i])))
+            return {};
     }
     std::string_view head = id.substr(0, id.find(':'));
     const size_t dot = head.rfind('.');
-    if (dot != std::string_view::npos) head.remove_prefix(dot + 1);
+    if (dot != std::string_view::npos)
+        head.remove_prefix(dot + 1);
     return std::string(trim(head));
 }
 
@@ -99,7 +105,8 @@ size_t parse_call(std::string_view text, size_t pos, bool final, ParseState& sta
     const Match section_end = find_first(text, pos, kSectionEnds);
     if (arg_begin == std::string_view::npos || arg_begin > std::min(next_call.pos, section_end.pos)) {
         // No arguments for this call: skip it (or wait for more text).
-        if (next_call.found() || section_end.found()) return std::min(next_call.pos, section_end.pos);
+        if (next_call.found() || section_end.found())
+            return std::min(next_call.pos, section_end.pos);
         return std::string_view::npos;
     }
     const std::string_view id = trim(text.substr(pos, arg_begin - pos));
@@ -111,17 +118,22 @@ size_t parse_call(std::string_view text, size_t pos, bool final, ParseState& sta
     const std::string name = name_from_id(id);
     if (args_end == std::string_view::npos) {
         std::string_view args = text.substr(args_start);
-        while (!args.empty() && is_space(args.front())) args.remove_prefix(1);
+        while (!args.empty() && is_space(args.front()))
+            args.remove_prefix(1);
         if (!final) {
             args.remove_suffix(partial_marker_suffix(
-                args, std::array<std::string_view, 4>{kToolCallEnd, kToolCallBegin, kToolSectionEnd, kSingularSectionEnd}));
+                args,
+                std::array<std::string_view, 4>{kToolCallEnd, kToolCallBegin, kToolSectionEnd, kSingularSectionEnd}));
         }
-        while (!args.empty() && is_space(args.back())) args.remove_suffix(1);
-        if (!name.empty()) state.calls.push_back({std::string(id), name, std::string(args)});
+        while (!args.empty() && is_space(args.back()))
+            args.remove_suffix(1);
+        if (!name.empty())
+            state.calls.push_back({std::string(id), name, std::string(args)});
         return std::string_view::npos;
     }
     if (!name.empty()) {
-        state.calls.push_back({std::string(id), name, std::string(trim(text.substr(args_start, args_end - args_start)))});
+        state.calls.push_back(
+            {std::string(id), name, std::string(trim(text.substr(args_start, args_end - args_start)))});
     }
     return args_end == call_end ? call_end + kToolCallEnd.size() : args_end;
 }
@@ -143,15 +155,18 @@ size_t parse_section(std::string_view text, size_t body_start, bool final, Parse
         const Match end = find_first(text, pos, kSectionEnds);
         if (call != std::string_view::npos && call < end.pos) {
             pos = parse_call(text, call + kToolCallBegin.size(), final, state);
-            if (pos == std::string_view::npos) return pos;
+            if (pos == std::string_view::npos)
+                return pos;
             continue;
         }
         const bool has_calls = state.calls.size() > num_calls_before;
         if (end.found()) {
-            if (!has_calls) state.content += strip_section_markers(text.substr(body_start, end.pos - body_start));
+            if (!has_calls)
+                state.content += strip_section_markers(text.substr(body_start, end.pos - body_start));
             return end.end();
         }
-        if (final && !has_calls) state.content += strip_section_markers(text.substr(body_start));
+        if (final && !has_calls)
+            state.content += strip_section_markers(text.substr(body_start));
         return std::string_view::npos;
     }
 }
@@ -163,7 +178,8 @@ ParseState parse(std::string_view text, bool final) {
         const Match begin = find_first(text, pos, kSectionBegins);
         if (!begin.found()) {
             std::string_view rest = text.substr(pos);
-            if (!final) rest.remove_suffix(partial_marker_suffix(rest, kSectionBegins));
+            if (!final)
+                rest.remove_suffix(partial_marker_suffix(rest, kSectionBegins));
             state.content += rest;
             break;
         }
@@ -189,7 +205,8 @@ ToolParseResult parse_kimi_k2_tool_calls(std::string_view text) {
     ToolParseResult result;
     result.tools_called = !state.calls.empty();
     result.tool_calls = std::move(state.calls);
-    if (!state.content.empty()) result.content = std::move(state.content);
+    if (!state.content.empty())
+        result.content = std::move(state.content);
     return result;
 }
 
@@ -198,7 +215,9 @@ StreamDelta KimiK2StreamingToolParser::push(std::string_view delta) {
     return emit(/*final=*/false);
 }
 
-StreamDelta KimiK2StreamingToolParser::finish() { return emit(/*final=*/true); }
+StreamDelta KimiK2StreamingToolParser::finish() {
+    return emit(/*final=*/true);
+}
 
 void KimiK2StreamingToolParser::reset() {
     m_text.clear();
@@ -222,8 +241,8 @@ StreamDelta KimiK2StreamingToolParser::emit(bool final) {
             m_sent_argument_bytes.push_back(call.arguments.size());
             ++m_num_sent_calls;
         } else if (call.arguments.size() > m_sent_argument_bytes[i]) {
-            out.tool_calls.push_back({static_cast<int>(i), std::nullopt, std::nullopt,
-                                      call.arguments.substr(m_sent_argument_bytes[i])});
+            out.tool_calls.push_back(
+                {static_cast<int>(i), std::nullopt, std::nullopt, call.arguments.substr(m_sent_argument_bytes[i])});
             m_sent_argument_bytes[i] = call.arguments.size();
         }
     }

@@ -12,7 +12,8 @@ namespace {
 std::string escape_label(const std::string& value) {
     std::string out;
     for (const char c : value) {
-        if (c == '\\' || c == '"') out += '\\';
+        if (c == '\\' || c == '"')
+            out += '\\';
         if (c == '\n') {
             out += "\\n";
             continue;
@@ -22,7 +23,9 @@ std::string escape_label(const std::string& value) {
     return out;
 }
 
-std::string format_value(double value) { return fmt::format("{}", value); }
+std::string format_value(double value) {
+    return fmt::format("{}", value);
+}
 
 class Writer {
 public:
@@ -67,8 +70,7 @@ std::string render_prometheus(const EngineStats& stats, const std::string& model
     w.gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", stats.num_waiting);
     w.gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", stats.kv_usage);
     w.gauge("vllm:gpu_cache_usage_perc", "KV-cache usage (old name). 1 means 100 percent usage.", stats.kv_usage);
-    w.gauge("k2:kv_cache_used_blocks", "KV blocks held by requests.",
-            stats.num_total_blocks - stats.num_free_blocks);
+    w.gauge("k2:kv_cache_used_blocks", "KV blocks held by requests.", stats.num_total_blocks - stats.num_free_blocks);
     w.gauge("k2:kv_cache_total_blocks", "KV blocks in the pool.", stats.num_total_blocks);
     w.counter("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.",
               static_cast<double>(stats.prefix_cache_queries));
@@ -91,8 +93,8 @@ std::string render_prometheus(const EngineStats& stats, const std::string& model
                 stats.inter_token_latency_seconds);
     w.histogram("vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.",
                 stats.inter_token_latency_seconds);
-    w.histogram("vllm:request_time_per_output_token_seconds",
-                "Histogram of time_per_output_token_seconds per request.", stats.time_per_output_token_seconds);
+    w.histogram("vllm:request_time_per_output_token_seconds", "Histogram of time_per_output_token_seconds per request.",
+                stats.time_per_output_token_seconds);
     w.histogram("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
                 stats.e2e_request_latency_seconds);
     w.histogram("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",
@@ -109,11 +111,12 @@ std::string render_prometheus(const EngineStats& stats, const std::string& model
     w.histogram("vllm:request_prompt_tokens", "Number of prefill tokens processed.", stats.request_prompt_tokens);
     w.histogram("vllm:request_generation_tokens", "Number of generation tokens processed.",
                 stats.request_generation_tokens);
-    w.histogram("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.", stats.iteration_tokens);
+    w.histogram("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.",
+                stats.iteration_tokens);
     w.header("vllm:cache_config_info", "gauge", "Information of the LLMEngine CacheConfig");
-    w.raw(fmt::format("vllm:cache_config_info{{{},block_size=\"{}\",enable_prefix_caching=\"{}\",num_gpu_blocks=\"{}\"}} 1\n",
-                      w.labels(), kKvBlockSize, config.enable_prefix_caching ? "True" : "False",
-                      stats.num_total_blocks));
+    w.raw(fmt::format(
+        "vllm:cache_config_info{{{},block_size=\"{}\",enable_prefix_caching=\"{}\",num_gpu_blocks=\"{}\"}} 1\n",
+        w.labels(), kKvBlockSize, config.enable_prefix_caching ? "True" : "False", stats.num_total_blocks));
     return w.take();
 }
 

@@ -7,7 +7,7 @@
 
 namespace k2::server {
 
-using nlohmann::json;
+using json = nlohmann::ordered_json;
 
 namespace {
 
@@ -17,39 +17,47 @@ ApiError bad_request(const std::string& message, std::optional<std::string> para
 
 const json* find(const json& body, const char* key) {
     const auto it = body.find(key);
-    if (it == body.end() || it->is_null()) return nullptr;
+    if (it == body.end() || it->is_null())
+        return nullptr;
     return &*it;
 }
 
 std::optional<double> get_number(const json& body, const char* key) {
     const json* v = find(body, key);
-    if (!v) return std::nullopt;
-    if (!v->is_number()) throw bad_request(fmt::format("'{}' must be a number", key), key);
+    if (!v)
+        return std::nullopt;
+    if (!v->is_number())
+        throw bad_request(fmt::format("'{}' must be a number", key), key);
     const double d = v->get<double>();
-    if (!std::isfinite(d)) throw bad_request(fmt::format("'{}' must be finite", key), key);
+    if (!std::isfinite(d))
+        throw bad_request(fmt::format("'{}' must be finite", key), key);
     return d;
 }
 
 // Integers as pydantic takes them (an integral float such as 3.0 is fine), range-checked before any use.
 std::optional<int64_t> get_int64(const json& body, const char* key) {
     const json* v = find(body, key);
-    if (!v) return std::nullopt;
+    if (!v)
+        return std::nullopt;
     if (v->is_number_integer()) {
-        if (v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+        if (v->is_number_unsigned() &&
+            v->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
             throw bad_request(fmt::format("'{}' is out of range", key), key);
         }
         return v->get<int64_t>();
     }
     if (v->is_number_float()) {
         const double d = v->get<double>();
-        if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.0e18) return static_cast<int64_t>(d);
+        if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.0e18)
+            return static_cast<int64_t>(d);
     }
     throw bad_request(fmt::format("'{}' must be an integer", key), key);
 }
 
 std::optional<int> get_int(const json& body, const char* key) {
     const std::optional<int64_t> v = get_int64(body, key);
-    if (!v) return std::nullopt;
+    if (!v)
+        return std::nullopt;
     if (*v < std::numeric_limits<int>::min() || *v > std::numeric_limits<int>::max()) {
         throw bad_request(fmt::format("'{}' is out of range: {}", key, *v), key);
     }
@@ -58,15 +66,19 @@ std::optional<int> get_int(const json& body, const char* key) {
 
 std::optional<bool> get_bool(const json& body, const char* key) {
     const json* v = find(body, key);
-    if (!v) return std::nullopt;
-    if (!v->is_boolean()) throw bad_request(fmt::format("'{}' must be a boolean", key), key);
+    if (!v)
+        return std::nullopt;
+    if (!v->is_boolean())
+        throw bad_request(fmt::format("'{}' must be a boolean", key), key);
     return v->get<bool>();
 }
 
 std::optional<std::string> get_string(const json& body, const char* key) {
     const json* v = find(body, key);
-    if (!v) return std::nullopt;
-    if (!v->is_string()) throw bad_request(fmt::format("'{}' must be a string", key), key);
+    if (!v)
+        return std::nullopt;
+    if (!v->is_string())
+        throw bad_request(fmt::format("'{}' must be a string", key), key);
     return v->get<std::string>();
 }
 
@@ -75,8 +87,10 @@ SamplingParams parse_common_sampling(const json& body, const GenerationDefaults&
                                      const ProtocolLimits& limits) {
     SamplingParams p;
     p.n = get_int(body, "n").value_or(1);
-    if (p.n < 1) throw bad_request(fmt::format("n must be at least 1, got {}.", p.n), "n");
-    if (p.n > limits.max_n) throw bad_request(fmt::format("n must be at most {}, got {}.", limits.max_n, p.n), "n");
+    if (p.n < 1)
+        throw bad_request(fmt::format("n must be at least 1, got {}.", p.n), "n");
+    if (p.n > limits.max_n)
+        throw bad_request(fmt::format("n must be at most {}, got {}.", limits.max_n, p.n), "n");
     p.temperature = get_number(body, "temperature").value_or(defaults.temperature.value_or(1.0));
     if (p.temperature < 0.0) {
         throw bad_request(fmt::format("temperature must be non-negative, got {}.", p.temperature), "temperature");
@@ -89,7 +103,8 @@ SamplingParams parse_common_sampling(const json& body, const GenerationDefaults&
     if (p.top_k < -1) {
         throw bad_request(fmt::format("top_k must be 0 (disable), or at least 1, got {}.", p.top_k), "top_k");
     }
-    if (p.top_k == -1) p.top_k = 0;
+    if (p.top_k == -1)
+        p.top_k = 0;
     p.min_p = get_number(body, "min_p").value_or(defaults.min_p.value_or(0.0));
     if (!(p.min_p >= 0.0 && p.min_p <= 1.0)) {
         throw bad_request(fmt::format("min_p must be in [0, 1], got {}.", p.min_p), "min_p");
@@ -115,19 +130,22 @@ SamplingParams parse_common_sampling(const json& body, const GenerationDefaults&
             p.stop.push_back(stop->get<std::string>());
         } else if (stop->is_array()) {
             for (const json& s : *stop) {
-                if (!s.is_string()) throw bad_request("'stop' must be a string or a list of strings", "stop");
+                if (!s.is_string())
+                    throw bad_request("'stop' must be a string or a list of strings", "stop");
                 p.stop.push_back(s.get<std::string>());
             }
         } else {
             throw bad_request("'stop' must be a string or a list of strings", "stop");
         }
         for (const std::string& s : p.stop) {
-            if (s.empty()) throw bad_request("stop cannot contain an empty string.", "stop");
+            if (s.empty())
+                throw bad_request("stop cannot contain an empty string.", "stop");
         }
     }
     p.include_stop_str_in_output = get_bool(body, "include_stop_str_in_output").value_or(false);
     if (const json* ids = find(body, "stop_token_ids")) {
-        if (!ids->is_array()) throw bad_request("'stop_token_ids' must be a list of integers", "stop_token_ids");
+        if (!ids->is_array())
+            throw bad_request("'stop_token_ids' must be a list of integers", "stop_token_ids");
         for (const json& id : *ids) {
             if (!id.is_number_integer() || id.get<int64_t>() < 0 ||
                 (limits.vocab_size > 0 && id.get<int64_t>() >= limits.vocab_size)) {
@@ -145,7 +163,8 @@ SamplingParams parse_common_sampling(const json& body, const GenerationDefaults&
     }
     p.skip_special_tokens = get_bool(body, "skip_special_tokens").value_or(true);
     if (const std::optional<int> prompt_logprobs = get_int(body, "prompt_logprobs")) {
-        if (*prompt_logprobs < 0) throw bad_request("`prompt_logprobs` must be a positive value.", "prompt_logprobs");
+        if (*prompt_logprobs < 0)
+            throw bad_request("`prompt_logprobs` must be a positive value.", "prompt_logprobs");
         p.prompt_logprobs = prompt_logprobs;
     }
     return p;
@@ -163,9 +182,12 @@ void check_logprobs_limit(int requested, const ProtocolLimits& limits, const cha
 void parse_stream(const json& body, bool& stream, bool& include_usage, bool& continuous_usage_stats) {
     stream = get_bool(body, "stream").value_or(false);
     const json* options = find(body, "stream_options");
-    if (!options) return;
-    if (!stream) throw bad_request("Stream options can only be defined when `stream=True`.", "stream_options");
-    if (!options->is_object()) throw bad_request("'stream_options' must be an object", "stream_options");
+    if (!options)
+        return;
+    if (!stream)
+        throw bad_request("Stream options can only be defined when `stream=True`.", "stream_options");
+    if (!options->is_object())
+        throw bad_request("'stream_options' must be an object", "stream_options");
     include_usage = get_bool(*options, "include_usage").value_or(true);
     continuous_usage_stats = get_bool(*options, "continuous_usage_stats").value_or(false);
 }
@@ -175,28 +197,30 @@ void check_max_tokens_and_min_tokens(std::optional<int> max_tokens, const Sampli
         throw bad_request(fmt::format("max_tokens must be at least 1, got {}.", *max_tokens), "max_tokens");
     }
     if (max_tokens && p.min_tokens > *max_tokens) {
-        throw bad_request(fmt::format("min_tokens must be less than or equal to max_tokens={}, got {}.", *max_tokens,
-                                      p.min_tokens),
-                          "min_tokens");
+        throw bad_request(
+            fmt::format("min_tokens must be less than or equal to max_tokens={}, got {}.", *max_tokens, p.min_tokens),
+            "min_tokens");
     }
 }
 
 void parse_tool_choice(const json& body, ChatRequest& req, bool enable_auto_tool_choice) {
     const json* tools = find(body, "tools");
     if (tools) {
-        if (!tools->is_array()) throw bad_request("'tools' must be a list", "tools");
+        if (!tools->is_array())
+            throw bad_request("'tools' must be a list", "tools");
         for (const json& tool : *tools) {
             if (!tool.is_object() || !tool.contains("function") || !tool["function"].is_object() ||
                 !tool["function"].contains("name") || !tool["function"]["name"].is_string()) {
-                throw bad_request("each entry of 'tools' must be {\"type\": \"function\", \"function\": {\"name\": ...}}",
-                                  "tools");
+                throw bad_request(
+                    "each entry of 'tools' must be {\"type\": \"function\", \"function\": {\"name\": ...}}", "tools");
             }
         }
         req.tools = *tools;
     }
     const bool has_tools = tools && !tools->empty();
     const json* choice = find(body, "tool_choice");
-    if (choice && !tools) throw bad_request("When using `tool_choice`, `tools` must be set.", "tool_choice");
+    if (choice && !tools)
+        throw bad_request("When using `tool_choice`, `tools` must be set.", "tool_choice");
     if (!choice) {
         req.tool_choice = has_tools ? ToolChoice::kAuto : ToolChoice::kNone;
     } else if (choice->is_string()) {
@@ -218,7 +242,8 @@ void parse_tool_choice(const json& body, ChatRequest& req, bool enable_auto_tool
         req.named_tool = (*choice)["function"]["name"].get<std::string>();
         req.tool_choice = ToolChoice::kNamed;
         bool found = false;
-        for (const json& tool : req.tools) found = found || tool["function"]["name"] == req.named_tool;
+        for (const json& tool : req.tools)
+            found = found || tool["function"]["name"] == req.named_tool;
         if (!found) {
             throw bad_request("The tool specified in `tool_choice` does not match any of the specified `tools`",
                               "tool_choice");
@@ -236,27 +261,35 @@ void parse_tool_choice(const json& body, ChatRequest& req, bool enable_auto_tool
 
 json error_json(int status, const std::string& message, const std::string& type,
                 const std::optional<std::string>& param) {
-    return {{"error",
-             {{"message", message}, {"type", type}, {"param", param ? json(*param) : json(nullptr)}, {"code", status}}}};
+    return {
+        {"error",
+         {{"message", message}, {"type", type}, {"param", param ? json(*param) : json(nullptr)}, {"code", status}}}};
 }
 
-std::string dump_json(const json& value) { return value.dump(-1, ' ', false, json::error_handler_t::replace); }
+std::string dump_json(const json& value) {
+    return value.dump(-1, ' ', false, json::error_handler_t::replace);
+}
 
-std::string sse_event(const std::string& payload) { return "data: " + payload + "\n\n"; }
+std::string sse_event(const std::string& payload) {
+    return "data: " + payload + "\n\n";
+}
 
 GenerationDefaults parse_generation_defaults(const json& config) {
     GenerationDefaults d;
-    if (!config.is_object()) return d;
+    if (!config.is_object())
+        return d;
     auto number = [&](const char* key) -> std::optional<double> {
         const auto it = config.find(key);
         return it != config.end() && it->is_number() ? std::optional<double>(it->get<double>()) : std::nullopt;
     };
     d.temperature = number("temperature");
     d.top_p = number("top_p");
-    if (auto v = number("top_k")) d.top_k = static_cast<int>(*v);
+    if (auto v = number("top_k"))
+        d.top_k = static_cast<int>(*v);
     d.min_p = number("min_p");
     d.repetition_penalty = number("repetition_penalty");
-    if (auto v = number("max_new_tokens")) d.max_new_tokens = static_cast<int>(*v);
+    if (auto v = number("max_new_tokens"))
+        d.max_new_tokens = static_cast<int>(*v);
     return d;
 }
 
@@ -265,8 +298,10 @@ ChatRequest parse_chat_request(const json& body, const GenerationDefaults& defau
     ChatRequest req;
     req.model = get_string(body, "model").value_or("");
     const json* messages = find(body, "messages");
-    if (!messages) throw bad_request("Field required: 'messages'", "messages");
-    if (!messages->is_array() || messages->empty()) throw bad_request("'messages' must be a non-empty list", "messages");
+    if (!messages)
+        throw bad_request("Field required: 'messages'", "messages");
+    if (!messages->is_array() || messages->empty())
+        throw bad_request("'messages' must be a non-empty list", "messages");
     for (const json& m : *messages) {
         if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) {
             throw bad_request("each message must be an object with a string 'role'", "messages");
@@ -278,7 +313,8 @@ ChatRequest parse_chat_request(const json& body, const GenerationDefaults& defau
     req.params = parse_common_sampling(body, defaults, limits);
     req.logprobs = get_bool(body, "logprobs").value_or(false);
     req.top_logprobs = get_int(body, "top_logprobs").value_or(0);
-    if (req.top_logprobs < 0) throw bad_request("`top_logprobs` must be a positive value.", "top_logprobs");
+    if (req.top_logprobs < 0)
+        throw bad_request("`top_logprobs` must be a positive value.", "top_logprobs");
     if (req.top_logprobs > 0 && !req.logprobs) {
         throw bad_request("when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs");
     }
@@ -287,7 +323,8 @@ ChatRequest parse_chat_request(const json& body, const GenerationDefaults& defau
         req.params.logprobs = req.top_logprobs;
     }
     req.max_tokens = get_int(body, "max_completion_tokens");
-    if (!req.max_tokens) req.max_tokens = get_int(body, "max_tokens");
+    if (!req.max_tokens)
+        req.max_tokens = get_int(body, "max_tokens");
     check_max_tokens_and_min_tokens(req.max_tokens, req.params);
     req.add_generation_prompt = get_bool(body, "add_generation_prompt").value_or(true);
     req.continue_final_message = get_bool(body, "continue_final_message").value_or(false);
@@ -296,7 +333,8 @@ ChatRequest parse_chat_request(const json& body, const GenerationDefaults& defau
     }
     req.echo = get_bool(body, "echo").value_or(false);
     if (const json* kwargs = find(body, "chat_template_kwargs")) {
-        if (!kwargs->is_object()) throw bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs");
+        if (!kwargs->is_object())
+            throw bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs");
         req.chat_template_kwargs = *kwargs;
     }
     req.request_id = get_string(body, "request_id").value_or("");
@@ -308,18 +346,21 @@ CompletionRequest parse_completion_request(const json& body, const GenerationDef
     CompletionRequest req;
     req.model = get_string(body, "model").value_or("");
     const json* prompt = find(body, "prompt");
-    if (!prompt) throw bad_request("Either prompt or prompt_embeds must be provided and non-empty.", "prompt");
+    if (!prompt)
+        throw bad_request("Either prompt or prompt_embeds must be provided and non-empty.", "prompt");
     auto token_list = [&](const json& list) {
         CompletionPrompt p;
         for (const json& id : list) {
-            if (!id.is_number_integer()) throw bad_request("'prompt' token ids must be integers", "prompt");
+            if (!id.is_number_integer())
+                throw bad_request("'prompt' token ids must be integers", "prompt");
             const int64_t value = id.get<int64_t>();
             if (value < 0 || (limits.vocab_size > 0 && value >= limits.vocab_size)) {
                 throw bad_request(fmt::format("Token id {} is out of vocabulary", value), "prompt");
             }
             p.token_ids.push_back(static_cast<int32_t>(value));
         }
-        if (p.token_ids.empty()) throw bad_request("The prompt cannot be empty.", "prompt");
+        if (p.token_ids.empty())
+            throw bad_request("The prompt cannot be empty.", "prompt");
         return p;
     };
     if (prompt->is_string()) {
@@ -335,23 +376,27 @@ CompletionRequest parse_completion_request(const json& body, const GenerationDef
                 } else if (item.is_array()) {
                     req.prompts.push_back(token_list(item));
                 } else {
-                    throw bad_request("'prompt' must be a string, a list of strings, a list of token ids or a list "
-                                      "of token-id lists",
-                                      "prompt");
+                    throw bad_request(
+                        "'prompt' must be a string, a list of strings, a list of token ids or a list "
+                        "of token-id lists",
+                        "prompt");
                 }
             }
         }
     } else {
-        throw bad_request("'prompt' must be a non-empty string, a list of strings, a list of token ids or a list of "
-                          "token-id lists",
-                          "prompt");
+        throw bad_request(
+            "'prompt' must be a non-empty string, a list of strings, a list of token ids or a list of "
+            "token-id lists",
+            "prompt");
     }
-    if (req.prompts.size() > 1024) throw bad_request("at most 1024 prompts per request", "prompt");
+    if (req.prompts.size() > 1024)
+        throw bad_request("at most 1024 prompts per request", "prompt");
     parse_stream(body, req.stream, req.include_usage, req.continuous_usage_stats);
     req.params = parse_common_sampling(body, defaults, limits);
     req.echo = get_bool(body, "echo").value_or(false);
     if (const std::optional<int> logprobs = get_int(body, "logprobs")) {
-        if (*logprobs < 0) throw bad_request("`logprobs` must be a positive value.", "logprobs");
+        if (*logprobs < 0)
+            throw bad_request("`logprobs` must be a positive value.", "logprobs");
         check_logprobs_limit(*logprobs, limits, "logprobs");
         req.logprobs = logprobs;
         req.params.logprobs = logprobs;
@@ -362,7 +407,8 @@ CompletionRequest parse_completion_request(const json& body, const GenerationDef
     }
     check_max_tokens_and_min_tokens(req.max_tokens, req.params);
     req.add_special_tokens = get_bool(body, "add_special_tokens").value_or(true);
-    if (get_string(body, "suffix")) throw bad_request("suffix is not currently supported", "suffix");
+    if (get_string(body, "suffix"))
+        throw bad_request("suffix is not currently supported", "suffix");
     req.request_id = get_string(body, "request_id").value_or("");
     return req;
 }
@@ -370,16 +416,17 @@ CompletionRequest parse_completion_request(const json& body, const GenerationDef
 int resolve_max_tokens(int num_prompt_tokens, std::optional<int> requested, int max_model_len,
                        std::optional<int> generation_max_new_tokens) {
     if (num_prompt_tokens >= max_model_len) {
-        throw bad_request(fmt::format("This model's maximum context length is {} tokens. However, your request has {} "
-                                      "input tokens. Please reduce the length of the input messages.",
-                                      max_model_len, num_prompt_tokens));
+        throw bad_request(
+            fmt::format("This model's maximum context length is {} tokens. However, your request has {} "
+                        "input tokens. Please reduce the length of the input messages.",
+                        max_model_len, num_prompt_tokens));
     }
     const int remaining = max_model_len - num_prompt_tokens;
     if (requested && *requested > remaining) {
-        throw bad_request(fmt::format("'max_tokens' or 'max_completion_tokens' is too large: {}. This model's maximum "
-                                      "context length is {} tokens and your request has {} input tokens ({} > {} - {}).",
-                                      *requested, max_model_len, num_prompt_tokens, *requested, max_model_len,
-                                      num_prompt_tokens));
+        throw bad_request(
+            fmt::format("'max_tokens' or 'max_completion_tokens' is too large: {}. This model's maximum "
+                        "context length is {} tokens and your request has {} input tokens ({} > {} - {}).",
+                        *requested, max_model_len, num_prompt_tokens, *requested, max_model_len, num_prompt_tokens));
     }
     int max_tokens = requested.value_or(remaining);
     if (generation_max_new_tokens && *generation_max_new_tokens > 0) {
@@ -393,7 +440,8 @@ json parse_body(const std::string& body) {
     if (value.is_discarded()) {
         throw ApiError(400, "The request body is not valid JSON.", "BadRequestError");
     }
-    if (!value.is_object()) throw ApiError(400, "The request body must be a JSON object.", "BadRequestError");
+    if (!value.is_object())
+        throw ApiError(400, "The request body must be a JSON object.", "BadRequestError");
     return value;
 }
 
@@ -412,7 +460,8 @@ bool constant_time_equals(const std::string& a, const std::string& b) {
 int64_t parse_human_int(const std::string& text, const std::string& flag) {
     K2_CHECK(!text.empty(), "{}: empty value", flag);
     size_t digits_end = 0;
-    while (digits_end < text.size() && (std::isdigit(static_cast<unsigned char>(text[digits_end])) || text[digits_end] == '.')) {
+    while (digits_end < text.size() &&
+           (std::isdigit(static_cast<unsigned char>(text[digits_end])) || text[digits_end] == '.')) {
         ++digits_end;
     }
     const std::string number = text.substr(0, digits_end);
@@ -423,13 +472,30 @@ int64_t parse_human_int(const std::string& text, const std::string& flag) {
     bool binary = false;
     if (!suffix.empty()) {
         switch (suffix[0]) {
-            case 'k': multiplier = 1e3; break;
-            case 'm': multiplier = 1e6; break;
-            case 'g': multiplier = 1e9; break;
-            case 'K': multiplier = 1024.0; binary = true; break;
-            case 'M': multiplier = 1024.0 * 1024.0; binary = true; break;
-            case 'G': multiplier = 1024.0 * 1024.0 * 1024.0; binary = true; break;
-            default: K2_FAIL("{}: unknown suffix '{}' in '{}' (k, m, g = 10^3, 10^6, 10^9; K, M, G = 2^10, 2^20, 2^30)", flag, suffix, text);
+            case 'k':
+                multiplier = 1e3;
+                break;
+            case 'm':
+                multiplier = 1e6;
+                break;
+            case 'g':
+                multiplier = 1e9;
+                break;
+            case 'K':
+                multiplier = 1024.0;
+                binary = true;
+                break;
+            case 'M':
+                multiplier = 1024.0 * 1024.0;
+                binary = true;
+                break;
+            case 'G':
+                multiplier = 1024.0 * 1024.0 * 1024.0;
+                binary = true;
+                break;
+            default:
+                K2_FAIL("{}: unknown suffix '{}' in '{}' (k, m, g = 10^3, 10^6, 10^9; K, M, G = 2^10, 2^20, 2^30)",
+                        flag, suffix, text);
         }
     }
     K2_CHECK(!(binary && number.find('.') != std::string::npos),

@@ -31,11 +31,11 @@ private:
 };
 
 // {"error": {"message", "type", "param", "code"}} (vLLM >= 0.10).
-nlohmann::json error_json(int status, const std::string& message, const std::string& type,
+nlohmann::ordered_json error_json(int status, const std::string& message, const std::string& type,
                           const std::optional<std::string>& param = std::nullopt);
 
 // Dumps JSON for the wire; invalid UTF-8 (a token's raw bytes) becomes U+FFFD instead of throwing.
-std::string dump_json(const nlohmann::json& value);
+std::string dump_json(const nlohmann::ordered_json& value);
 
 // One SSE event: "data: <payload>\n\n".
 std::string sse_event(const std::string& payload);
@@ -51,7 +51,7 @@ struct GenerationDefaults {
     std::optional<double> repetition_penalty;
     std::optional<int> max_new_tokens;
 };
-GenerationDefaults parse_generation_defaults(const nlohmann::json& generation_config);
+GenerationDefaults parse_generation_defaults(const nlohmann::ordered_json& generation_config);
 
 struct ProtocolLimits {
     int max_logprobs = 20;  // --max-logprobs; -1: no limit
@@ -63,8 +63,8 @@ enum class ToolChoice { kNone, kAuto, kRequired, kNamed };
 
 struct ChatRequest {
     std::string model;
-    nlohmann::json messages;
-    nlohmann::json tools;  // array or null
+    nlohmann::ordered_json messages;
+    nlohmann::ordered_json tools;  // array or null
     ToolChoice tool_choice = ToolChoice::kNone;
     std::string named_tool;
     bool stream = false;
@@ -76,7 +76,7 @@ struct ChatRequest {
     bool add_generation_prompt = true;
     bool continue_final_message = false;
     bool echo = false;
-    nlohmann::json chat_template_kwargs;
+    nlohmann::ordered_json chat_template_kwargs;
     std::string request_id;  // vLLM's request_id field, if given
     SamplingParams params;   // max_tokens filled in later, once the prompt length is known
 };
@@ -102,9 +102,9 @@ struct CompletionRequest {
 };
 
 // Both throw ApiError(400) with vLLM's message for invalid requests. Unknown fields are ignored.
-ChatRequest parse_chat_request(const nlohmann::json& body, const GenerationDefaults& defaults,
+ChatRequest parse_chat_request(const nlohmann::ordered_json& body, const GenerationDefaults& defaults,
                                const ProtocolLimits& limits, bool enable_auto_tool_choice);
-CompletionRequest parse_completion_request(const nlohmann::json& body, const GenerationDefaults& defaults,
+CompletionRequest parse_completion_request(const nlohmann::ordered_json& body, const GenerationDefaults& defaults,
                                            const ProtocolLimits& limits);
 
 // vLLM's context-length rules (§2.5): throws ApiError(400) when the prompt does not fit or the requested
@@ -113,7 +113,7 @@ int resolve_max_tokens(int num_prompt_tokens, std::optional<int> requested, int 
                        std::optional<int> generation_max_new_tokens);
 
 // Parses a JSON body; throws ApiError(400) for malformed JSON or a non-object.
-nlohmann::json parse_body(const std::string& body);
+nlohmann::ordered_json parse_body(const std::string& body);
 
 // Constant-time comparison of a presented secret (CVE-2025-59425).
 bool constant_time_equals(const std::string& a, const std::string& b);

@@ -23,9 +23,9 @@ namespace k2::server {
 
 struct OpenAiServerConfig {
     std::vector<std::string> served_model_names;  // first one is echoed in responses
-    std::string model_root;                        // `root` of /v1/models cards
-    std::vector<std::string> api_keys;             // empty: no authentication
-    bool enable_auto_tool_choice = false;          // with --tool-call-parser kimi_k2
+    std::string model_root;                       // `root` of /v1/models cards
+    std::vector<std::string> api_keys;            // empty: no authentication
+    bool enable_auto_tool_choice = false;         // with --tool-call-parser kimi_k2
     std::string response_role = "assistant";
     std::string chat_template;  // template source; empty: the tokenizer's
     GenerationDefaults generation_defaults;
@@ -60,8 +60,8 @@ private:
     void handle_health(const std::shared_ptr<ResponseWriter>& writer) const;
     HttpResponse models() const;
     HttpResponse metrics() const;
-    HttpResponse tokenize(const nlohmann::json& body) const;
-    HttpResponse detokenize(const nlohmann::json& body) const;
+    HttpResponse tokenize(const nlohmann::ordered_json& body) const;
+    HttpResponse detokenize(const nlohmann::ordered_json& body) const;
     void check_model(const std::string& model) const;
 
     OpenAiServerConfig m_config;
@@ -71,13 +71,13 @@ private:
     int64_t m_created = 0;
 };
 
-HttpResponse json_response(int status, const nlohmann::json& body);
+HttpResponse json_response(int status, const nlohmann::ordered_json& body);
 HttpResponse error_response(const ApiError& error);
 
 // Generation routes (generation.cpp). Throw ApiError for request errors before anything is sent.
-void start_chat_completion(OpenAiServer& server, const HttpRequest& request, const nlohmann::json& body,
+void start_chat_completion(OpenAiServer& server, const HttpRequest& request, const nlohmann::ordered_json& body,
                            std::shared_ptr<ResponseWriter> writer);
-void start_completion(OpenAiServer& server, const HttpRequest& request, const nlohmann::json& body,
+void start_completion(OpenAiServer& server, const HttpRequest& request, const nlohmann::ordered_json& body,
                       std::shared_ptr<ResponseWriter> writer);
 
 }  // namespace k2::server

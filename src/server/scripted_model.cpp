@@ -10,7 +10,7 @@
 
 namespace k2::server {
 
-using nlohmann::json;
+using json = nlohmann::ordered_json;
 
 std::vector<ScriptEntry> load_script(const std::filesystem::path& file, const Tokenizer& tokenizer) {
     std::ifstream in(file);
@@ -72,7 +72,8 @@ int32_t ScriptedModel::next_token(const std::vector<int32_t>& context, size_t nu
     const std::vector<int32_t> prompt(context.begin(), context.begin() + static_cast<std::ptrdiff_t>(num_prompt));
     const std::string prompt_text = m_tokenizer->decode(prompt, /*skip_special_tokens=*/false);
     for (const ScriptEntry& entry : m_entries) {
-        if (prompt_text.find(entry.prompt_contains) == std::string::npos) continue;
+        if (prompt_text.find(entry.prompt_contains) == std::string::npos)
+            continue;
         const std::vector<int32_t>& output = entry.echo ? prompt : entry.output;
         delay_ms = std::max(delay_ms, entry.delay_ms);
         return num_generated < output.size() ? output[num_generated] : m_eos;
@@ -83,8 +84,8 @@ int32_t ScriptedModel::next_token(const std::vector<int32_t>& context, size_t nu
 Tensor ScriptedModel::forward(const ForwardBatch& batch) {
     const int num_seqs = batch.num_seqs();
     auto slot_of = [&](int seq_idx, int32_t position) -> int64_t {
-        const int32_t block = batch.block_tables[static_cast<size_t>(seq_idx) * batch.max_blocks_per_seq +
-                                                 position / kKvBlockSize];
+        const int32_t block =
+            batch.block_tables[static_cast<size_t>(seq_idx) * batch.max_blocks_per_seq + position / kKvBlockSize];
         return static_cast<int64_t>(block) * kKvBlockSize + position % kKvBlockSize;
     };
     // Write every new token into its slot; it was generated iff logits were produced at the position before.
@@ -103,17 +104,21 @@ Tensor ScriptedModel::forward(const ForwardBatch& batch) {
     for (int64_t row = 0; row < num_logits; ++row) {
         const int32_t t = batch.logits_indices[row];
         int s = 0;
-        while (s + 1 < num_seqs && batch.query_start[s + 1] <= t) ++s;
+        while (s + 1 < num_seqs && batch.query_start[s + 1] <= t)
+            ++s;
         const int32_t position = batch.positions[t];
         std::vector<int32_t> context(static_cast<size_t>(position) + 1);
         size_t num_generated = 0;
-        for (int32_t p = 0; p <= position; ++p) context[p] = m_slot_tokens[slot_of(s, p)];
-        for (int32_t p = position; p >= 0 && m_slot_generated[slot_of(s, p)]; --p) ++num_generated;
+        for (int32_t p = 0; p <= position; ++p)
+            context[p] = m_slot_tokens[slot_of(s, p)];
+        for (int32_t p = position; p >= 0 && m_slot_generated[slot_of(s, p)]; --p)
+            ++num_generated;
         m_slot_sampled_at[batch.slot_mapping[t]] = 1;
         const int32_t token = next_token(context, num_generated, delay_ms);
         logits.data_as<float>()[row * m_config.vocab_size + token] = 100.0f;
     }
-    if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    if (delay_ms > 0)
+        std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
     return logits;
 }
 

@@ -2,10 +2,10 @@
 // until SIGTERM/SIGINT, drain, exit 0.
 #include "server/serve.h"
 
+#include <fmt/ranges.h>
 #include <sys/resource.h>
 
 #include <chrono>
-#include <fmt/ranges.h>
 #include <condition_variable>
 #include <csignal>
 #include <cstdlib>
@@ -26,7 +26,7 @@
 namespace k2::server {
 
 namespace fs = std::filesystem;
-using nlohmann::json;
+using json = nlohmann::ordered_json;
 
 namespace {
 
@@ -48,8 +48,10 @@ std::string read_file(const fs::path& path) {
 }
 
 GenerationDefaults load_generation_defaults(const ServeOptions& options) {
-    if (options.generation_config == "vllm") return {};
-    const fs::path dir = options.generation_config == "auto" ? fs::path(options.model) : fs::path(options.generation_config);
+    if (options.generation_config == "vllm")
+        return {};
+    const fs::path dir =
+        options.generation_config == "auto" ? fs::path(options.model) : fs::path(options.generation_config);
     const fs::path file = dir / "generation_config.json";
     if (!fs::exists(file)) {
         K2_CHECK(options.generation_config == "auto", "--generation-config: {} does not exist", file.string());
@@ -66,18 +68,24 @@ GenerationDefaults load_generation_defaults(const ServeOptions& options) {
 }
 
 std::string load_chat_template(const std::string& value) {
-    if (value.empty()) return {};
-    if (fs::exists(value)) return read_file(value);
+    if (value.empty())
+        return {};
+    if (fs::exists(value))
+        return read_file(value);
     K2_CHECK(value.find("{{") != std::string::npos || value.find("{%") != std::string::npos,
              "--chat-template: {} is neither a file nor a template", value);
     return value;
 }
 
 KvCacheDType parse_kv_cache_dtype(const std::string& value, const std::string& device) {
-    if (value == "auto") return device == "cpu" ? KvCacheDType::F32 : KvCacheDType::BF16;
-    if (value == "fp8" || value == "fp8_e4m3") return KvCacheDType::FP8_E4M3;
-    if (value == "bfloat16" || value == "bf16") return KvCacheDType::BF16;
-    if (value == "float32" || value == "float") return KvCacheDType::F32;
+    if (value == "auto")
+        return device == "cpu" ? KvCacheDType::F32 : KvCacheDType::BF16;
+    if (value == "fp8" || value == "fp8_e4m3")
+        return KvCacheDType::FP8_E4M3;
+    if (value == "bfloat16" || value == "bf16")
+        return KvCacheDType::BF16;
+    if (value == "float32" || value == "float")
+        return KvCacheDType::F32;
     K2_FAIL("--kv-cache-dtype {} is not supported (auto, fp8, fp8_e4m3, bfloat16, float32)", value);
 }
 
@@ -85,7 +93,8 @@ uint64_t checkpoint_bytes(const fs::path& dir) {
     uint64_t total = 0;
     std::error_code ec;
     for (const auto& entry : fs::directory_iterator(dir, ec)) {
-        if (entry.path().extension() == ".safetensors") total += entry.file_size(ec);
+        if (entry.path().extension() == ".safetensors")
+            total += entry.file_size(ec);
     }
     return total;
 }
@@ -105,15 +114,18 @@ std::unique_ptr<Model> load(const ServeOptions& options, const std::shared_ptr<c
     std::unique_ptr<Model> model = load_model(options.model, model_options);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     K2_INFO("Loading weights took {:.2f} seconds ({:.2f} GiB, {:.2f} GiB/s)", seconds,
-            static_cast<double>(bytes) / (1ull << 30), static_cast<double>(bytes) / (1ull << 30) / std::max(seconds, 1e-6));
+            static_cast<double>(bytes) / (1ull << 30),
+            static_cast<double>(bytes) / (1ull << 30) / std::max(seconds, 1e-6));
     return model;
 }
 
 // vLLM's periodic line: throughput since the last line, queue sizes and KV usage.
 class StatsLogger {
 public:
-    StatsLogger(std::shared_ptr<Engine> engine, double interval_s) : m_engine(std::move(engine)), m_interval_s(interval_s) {
-        if (interval_s > 0) m_thread = std::thread([this] { run(); });
+    StatsLogger(std::shared_ptr<Engine> engine, double interval_s)
+        : m_engine(std::move(engine)), m_interval_s(interval_s) {
+        if (interval_s > 0)
+            m_thread = std::thread([this] { run(); });
     }
     ~StatsLogger() {
         {
@@ -121,7 +133,8 @@ public:
             m_stop = true;
         }
         m_cv.notify_all();
-        if (m_thread.joinable()) m_thread.join();
+        if (m_thread.joinable())
+            m_thread.join();
     }
 
 private:
@@ -136,15 +149,17 @@ private:
             const bool idle = now.num_running == 0 && now.num_waiting == 0 && now.prompt_tokens == last.prompt_tokens &&
                               now.generation_tokens == last.generation_tokens;
             if (!idle) {
-                const double hit_rate = now.prefix_cache_queries > last.prefix_cache_queries
-                                            ? 100.0 * static_cast<double>(now.prefix_cache_hits - last.prefix_cache_hits) /
-                                                  static_cast<double>(now.prefix_cache_queries - last.prefix_cache_queries)
-                                            : 0.0;
-                K2_INFO("Engine 000: Avg prompt throughput: {:.1f} tokens/s, Avg generation throughput: {:.1f} tokens/s, "
-                        "Running: {} reqs, Waiting: {} reqs, KV cache usage: {:.1f}%, Prefix cache hit rate: {:.1f}%",
-                        static_cast<double>(now.prompt_tokens - last.prompt_tokens) / dt,
-                        static_cast<double>(now.generation_tokens - last.generation_tokens) / dt, now.num_running,
-                        now.num_waiting, 100.0 * now.kv_usage, hit_rate);
+                const double hit_rate =
+                    now.prefix_cache_queries > last.prefix_cache_queries
+                        ? 100.0 * static_cast<double>(now.prefix_cache_hits - last.prefix_cache_hits) /
+                              static_cast<double>(now.prefix_cache_queries - last.prefix_cache_queries)
+                        : 0.0;
+                K2_INFO(
+                    "Engine 000: Avg prompt throughput: {:.1f} tokens/s, Avg generation throughput: {:.1f} tokens/s, "
+                    "Running: {} reqs, Waiting: {} reqs, KV cache usage: {:.1f}%, Prefix cache hit rate: {:.1f}%",
+                    static_cast<double>(now.prompt_tokens - last.prompt_tokens) / dt,
+                    static_cast<double>(now.generation_tokens - last.generation_tokens) / dt, now.num_running,
+                    now.num_waiting, 100.0 * now.kv_usage, hit_rate);
             }
             last = now;
             last_time = now_time;
@@ -158,6 +173,42 @@ private:
     bool m_stop = false;
     std::thread m_thread;
 };
+
+OpenAiServerConfig make_server_config(const ServeOptions& options) {
+    OpenAiServerConfig config;
+    config.served_model_names =
+        options.served_model_names.empty() ? std::vector<std::string>{options.model} : options.served_model_names;
+    config.model_root = options.model;
+    config.api_keys = options.api_keys;
+    config.enable_auto_tool_choice = options.enable_auto_tool_choice;
+    config.response_role = options.response_role;
+    config.chat_template = load_chat_template(options.chat_template);
+    config.generation_defaults = load_generation_defaults(options);
+    config.limits.max_logprobs = options.max_logprobs;
+    config.limits.max_n = options.max_n;
+    config.enable_log_requests = options.enable_log_requests;
+    config.enable_force_include_usage = options.enable_force_include_usage;
+    config.version = K2_SERVER_VERSION;
+    return config;
+}
+
+std::shared_ptr<Engine> make_engine(const ServeOptions& options, const std::shared_ptr<const Tokenizer>& tokenizer) {
+    std::unique_ptr<Model> model = load(options, tokenizer);
+    EngineConfig engine_config;
+    engine_config.max_num_seqs = options.max_num_seqs;
+    engine_config.max_num_batched_tokens = options.max_num_batched_tokens;
+    engine_config.max_model_len = options.max_model_len;
+    engine_config.num_kv_blocks = options.num_gpu_blocks_override;
+    engine_config.kv_cache_memory_bytes = options.kv_cache_memory_bytes;
+    engine_config.enable_prefix_caching = options.enable_prefix_caching;
+    engine_config.max_waiting = options.max_num_queued_reqs;
+    engine_config.scheduling_policy = options.scheduling_policy;
+    engine_config.max_logprobs =
+        options.max_logprobs < 0 ? static_cast<int>(model->config().vocab_size) : options.max_logprobs;
+    engine_config.seed = options.seed;
+    auto engine = std::make_shared<Engine>(engine_config, std::move(model), tokenizer);
+    return engine;
+}
 
 }  // namespace
 
@@ -176,20 +227,7 @@ int run_serve(const ServeOptions& options) {
                  "the environment variable K2_ENABLE_TEST_MODEL=1");
     }
 
-    OpenAiServerConfig config;
-    config.served_model_names = options.served_model_names.empty() ? std::vector<std::string>{options.model}
-                                                                   : options.served_model_names;
-    config.model_root = options.model;
-    config.api_keys = options.api_keys;
-    config.enable_auto_tool_choice = options.enable_auto_tool_choice;
-    config.response_role = options.response_role;
-    config.chat_template = load_chat_template(options.chat_template);
-    config.generation_defaults = load_generation_defaults(options);
-    config.limits.max_logprobs = options.max_logprobs;
-    config.limits.max_n = options.max_n;
-    config.enable_log_requests = options.enable_log_requests;
-    config.enable_force_include_usage = options.enable_force_include_usage;
-    config.version = K2_SERVER_VERSION;
+    const OpenAiServerConfig config = make_server_config(options);
     auto server = std::make_shared<OpenAiServer>(config);
 
     HttpServerOptions http_options;
@@ -205,32 +243,20 @@ int run_serve(const ServeOptions& options) {
             http.port());
 
     auto tokenizer = Tokenizer::load(options.model);
-    std::unique_ptr<Model> model = load(options, tokenizer);
-    EngineConfig engine_config;
-    engine_config.max_num_seqs = options.max_num_seqs;
-    engine_config.max_num_batched_tokens = options.max_num_batched_tokens;
-    engine_config.max_model_len = options.max_model_len;
-    engine_config.num_kv_blocks = options.num_gpu_blocks_override;
-    engine_config.kv_cache_memory_bytes = options.kv_cache_memory_bytes;
-    engine_config.enable_prefix_caching = options.enable_prefix_caching;
-    engine_config.max_waiting = options.max_num_queued_reqs;
-    engine_config.scheduling_policy = options.scheduling_policy;
-    engine_config.max_logprobs =
-        options.max_logprobs < 0 ? static_cast<int>(model->config().vocab_size) : options.max_logprobs;
-    engine_config.seed = options.seed;
-    auto engine = std::make_shared<Engine>(engine_config, std::move(model), tokenizer);
+    auto engine = make_engine(options, tokenizer);
     engine->start();
     server->set_engine({engine, tokenizer});
     K2_INFO("Model {} served as {}; max_model_len {}", options.model, fmt::join(config.served_model_names, ", "),
             engine->max_model_len());
-    K2_INFO("Application startup complete. Routes: /v1/chat/completions, /v1/completions, /v1/models, /tokenize, "
-            "/detokenize, /health, /ping, /version, /metrics");
+    K2_INFO(
+        "Application startup complete. Routes: /v1/chat/completions, /v1/completions, /v1/models, /tokenize, "
+        "/detokenize, /health, /ping, /version, /metrics");
     {
         StatsLogger stats_logger(engine, options.log_stats_interval_s);
         int signal_number = 0;
         sigwait(&signals, &signal_number);
-        K2_INFO("Received signal {}: no new connections; draining {} running request(s)", signal_number == SIGINT ? "SIGINT" : "SIGTERM",
-                server->num_active_requests());
+        K2_INFO("Received signal {}: no new connections; draining {} running request(s)",
+                signal_number == SIGINT ? "SIGINT" : "SIGTERM", server->num_active_requests());
         http.stop_accepting();
         engine->stop(/*drain=*/true);
         // The last outputs still have to reach their clients.

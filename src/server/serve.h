@@ -10,7 +10,7 @@ namespace k2::server {
 
 struct ServeOptions {
     std::string model = "tests/fixtures/tiny-kimi-k2";  // checkpoint directory
-    std::vector<std::string> served_model_names;       // empty: the model argument
+    std::vector<std::string> served_model_names;        // empty: the model argument
     std::string host = "0.0.0.0";
     int port = 8000;
     std::vector<std::string> api_keys;  // empty: no authentication

@@ -3,6 +3,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <cstring>
 #include <fstream>
 #include <queue>
 
@@ -74,14 +75,17 @@ BpeRanks BpeRanks::load(const std::filesystem::path& path) {
     ranks.m_token_bytes.resize(static_cast<size_t>(max_rank) + 1);
     size_t capacity = 1;
     while (capacity < entries.size() * 2) capacity <<= 1;
+    size_t total_bytes = 0;
+    for (const auto& e : entries) total_bytes += e.first.size();
+    ranks.m_blob.reserve(total_bytes);
     ranks.m_slots.assign(capacity, Slot{});
     ranks.m_mask = capacity - 1;
     ranks.m_pair_rank.assign(65536, kNoRank);
     std::fill(std::begin(ranks.m_byte_rank), std::end(ranks.m_byte_rank), kNoRank);
     for (auto& [token, rank] : entries) {
         K2_CHECK(ranks.m_token_bytes[rank].empty(), "{}: rank {} appears twice", path.string(), rank);
-        ranks.insert(token, rank);
         ranks.m_token_bytes[rank] = std::move(token);
+        ranks.insert(ranks.m_token_bytes[rank], rank);
     }
     return ranks;
 }
@@ -92,14 +96,25 @@ void BpeRanks::insert(std::string_view bytes, uint32_t rank) {
         m_pair_rank[static_cast<size_t>(static_cast<uint8_t>(bytes[0])) << 8 | static_cast<uint8_t>(bytes[1])] = rank;
     }
     uint64_t h = hash_bytes(bytes);
+    const size_t offset = m_blob.size();
+    K2_CHECK(offset < (size_t{1} << 24), "BPE vocabulary larger than 16 MiB of token bytes");
+    const uint32_t len = bytes.size() < kLongToken ? static_cast<uint32_t>(bytes.size()) : kLongToken;
+    m_blob.append(bytes);
     for (uint64_t i = h & m_mask;; i = (i + 1) & m_mask) {
         Slot& slot = m_slots[i];
         if (slot.rank == kNoRank) {
-            slot = Slot{h, rank};
+            slot = Slot{h, rank, len << 24 | static_cast<uint32_t>(offset)};
             return;
         }
-        K2_CHECK(!(slot.hash == h && m_token_bytes[slot.rank] == bytes), "BPE token of rank {} is duplicated", rank);
+        K2_CHECK(!slot_matches(slot, h, bytes), "BPE token of rank {} is duplicated", rank);
     }
+}
+
+bool BpeRanks::slot_matches(const Slot& slot, uint64_t hash, std::string_view bytes) const {
+    if (slot.hash != hash) return false;
+    const uint32_t len = slot.where >> 24;
+    if (len == kLongToken) return m_token_bytes[slot.rank] == bytes;
+    return len == bytes.size() && std::memcmp(m_blob.data() + (slot.where & 0xffffff), bytes.data(), len) == 0;
 }
 
 uint32_t BpeRanks::rank(std::string_view bytes) const {
@@ -111,7 +126,7 @@ uint32_t BpeRanks::rank(std::string_view bytes) const {
     for (uint64_t i = h & m_mask;; i = (i + 1) & m_mask) {
         const Slot& slot = m_slots[i];
         if (slot.rank == kNoRank) return kNoRank;
-        if (slot.hash == h && m_token_bytes[slot.rank] == bytes) return slot.rank;
+        if (slot_matches(slot, h, bytes)) return slot.rank;
     }
 }
 

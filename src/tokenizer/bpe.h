@@ -26,14 +26,19 @@ public:
     void encode_piece(std::string_view piece, std::vector<int32_t>& out, std::vector<uint64_t>& scratch) const;
 
 private:
+    // 16 bytes: the probe compares the hash, then the bytes in m_blob (one cache miss for a hit).
     struct Slot {
         uint64_t hash = 0;
         uint32_t rank = kNoRank;  // kNoRank: empty slot
+        uint32_t where = 0;       // length (8 bits, 255 = look in m_token_bytes) << 24 | offset in m_blob
     };
+    static constexpr uint32_t kLongToken = 255;
+    bool slot_matches(const Slot& slot, uint64_t hash, std::string_view bytes) const;
     void insert(std::string_view bytes, uint32_t rank);
     void merge_long(std::string_view piece, std::vector<int32_t>& out) const;
 
     std::vector<std::string> m_token_bytes;  // by rank; empty for ranks the file skips
+    std::string m_blob;                      // every token's bytes, back to back
     std::vector<Slot> m_slots;               // power-of-two size, linear probing
     uint64_t m_mask = 0;
     std::vector<uint32_t> m_pair_rank;  // [65536]: rank of every two-byte token, the hottest lookup

@@ -157,96 +157,107 @@ List to_list(const Value& v) {
     }
 }
 
-// A bound method of a str, dict or list value.
-Value method(const Value& self, const std::string& name) {
-    if (self.is_string()) {
-        const std::string s = self.s;
-        if (name == "strip" || name == "lstrip" || name == "rstrip") {
-            return Value::make_function([s, name](CallArgs& a) {
-                return Value::string(strip(s, name != "rstrip", name != "lstrip", a.get(0, "chars")));
-            });
-        }
-        if (name == "lower") return Value::make_function([s](CallArgs&) { return Value::string(to_lower(s)); });
-        if (name == "upper") return Value::make_function([s](CallArgs&) { return Value::string(to_upper(s)); });
-        if (name == "startswith" || name == "endswith") {
-            return Value::make_function([s, name](CallArgs& a) {
-                const Value* x = a.get(0, "prefix");
-                if (x == nullptr) fail(name + "() takes at least 1 argument");
-                List options = x->kind == Kind::List ? *x->list : List{*x};
-                for (const auto& o : options) {
-                    if (!o.is_string()) fail(name + "() argument must be str");
-                    bool hit = name == "startswith" ? s.compare(0, o.s.size(), o.s) == 0
-                                                    : s.size() >= o.s.size() &&
-                                                          s.compare(s.size() - o.s.size(), o.s.size(), o.s) == 0;
-                    if (hit) return Value::boolean(true);
-                }
-                return Value::boolean(false);
-            });
-        }
-        if (name == "split") {
-            return Value::make_function([s](CallArgs& a) { return split(s, a.get(0, "sep"), a.get(1, "maxsplit")); });
-        }
-        if (name == "replace") {
-            return Value::make_function([s](CallArgs& a) {
-                const Value* from = a.get(0, "old");
-                const Value* to = a.get(1, "new");
-                const Value* count = a.get(2, "count");
-                if (from == nullptr || to == nullptr || !from->is_string() || !to->is_string()) {
-                    fail("replace() takes two string arguments");
-                }
-                return Value::string(replace_all(s, from->s, to->s, count && count->kind == Kind::Int ? count->i : -1));
-            });
-        }
-        if (name == "join") {
-            return Value::make_function([s](CallArgs& a) {
-                const Value* items = a.get(0, "iterable");
-                if (items == nullptr) fail("join() takes one argument");
-                std::string out;
-                bool first = true;
-                for (const auto& item : to_list(*items)) {
-                    if (!item.is_string()) fail("join() expects strings");
-                    if (!first) out += s;
-                    first = false;
-                    out += item.s;
-                }
-                return Value::string(out);
-            });
-        }
-        if (name == "title" || name == "capitalize") {
-            return Value::make_function([s, name](CallArgs&) {
-                std::string out = to_lower(s);
-                bool start = true;
-                for (auto& c : out) {
-                    if (start && std::isalpha(static_cast<unsigned char>(c))) {
-                        c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-                    }
-                    start = name == "title" ? !std::isalpha(static_cast<unsigned char>(c)) : false;
-                }
-                return Value::string(out);
-            });
-        }
+// Bound methods of a str (strip, split, replace, startswith, join, ...).
+Value string_method(const Value& self, const std::string& name) {
+    const std::string s = self.s;
+    if (name == "strip" || name == "lstrip" || name == "rstrip") {
+        return Value::make_function([s, name](CallArgs& a) {
+            return Value::string(strip(s, name != "rstrip", name != "lstrip", a.get(0, "chars")));
+        });
     }
+    if (name == "lower") return Value::make_function([s](CallArgs&) { return Value::string(to_lower(s)); });
+    if (name == "upper") return Value::make_function([s](CallArgs&) { return Value::string(to_upper(s)); });
+    if (name == "startswith" || name == "endswith") {
+        return Value::make_function([s, name](CallArgs& a) {
+            const Value* x = a.get(0, "prefix");
+            if (x == nullptr) fail(name + "() takes at least 1 argument");
+            List options = x->kind == Kind::List ? *x->list : List{*x};
+            for (const auto& o : options) {
+                if (!o.is_string()) fail(name + "() argument must be str");
+                bool hit = name == "startswith" ? s.compare(0, o.s.size(), o.s) == 0
+                                                : s.size() >= o.s.size() &&
+                                                      s.compare(s.size() - o.s.size(), o.s.size(), o.s) == 0;
+                if (hit) return Value::boolean(true);
+            }
+            return Value::boolean(false);
+        });
+    }
+    if (name == "split") {
+        return Value::make_function([s](CallArgs& a) { return split(s, a.get(0, "sep"), a.get(1, "maxsplit")); });
+    }
+    if (name == "replace") {
+        return Value::make_function([s](CallArgs& a) {
+            const Value* from = a.get(0, "old");
+            const Value* to = a.get(1, "new");
+            const Value* count = a.get(2, "count");
+            if (from == nullptr || to == nullptr || !from->is_string() || !to->is_string()) {
+                fail("replace() takes two string arguments");
+            }
+            return Value::string(replace_all(s, from->s, to->s, count && count->kind == Kind::Int ? count->i : -1));
+        });
+    }
+    if (name == "join") {
+        return Value::make_function([s](CallArgs& a) {
+            const Value* items = a.get(0, "iterable");
+            if (items == nullptr) fail("join() takes one argument");
+            std::string out;
+            bool first = true;
+            for (const auto& item : to_list(*items)) {
+                if (!item.is_string()) fail("join() expects strings");
+                if (!first) out += s;
+                first = false;
+                out += item.s;
+            }
+            return Value::string(out);
+        });
+    }
+    if (name == "title" || name == "capitalize") {
+        return Value::make_function([s, name](CallArgs&) {
+            std::string out = to_lower(s);
+            bool start = true;
+            for (auto& c : out) {
+                if (start && std::isalpha(static_cast<unsigned char>(c))) {
+                    c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+                }
+                start = name == "title" ? !std::isalpha(static_cast<unsigned char>(c)) : false;
+            }
+            return Value::string(out);
+        });
+    }
+    return Value::undefined(name);
+}
+
+// Bound methods of a dict (get, items, keys, values).
+Value dict_method(const Value& self, const std::string& name) {
+    const Value d = self;
+    if (name == "get") {
+        return Value::make_function([d](CallArgs& a) {
+            const Value* key = a.get(0, "key");
+            if (key == nullptr) fail("get() takes at least 1 argument");
+            const Value* found = key->is_string() ? d.find(key->s) : nullptr;
+            if (found != nullptr) return *found;
+            const Value* fallback = a.get(1, "default");
+            return fallback != nullptr ? *fallback : Value::none();
+        });
+    }
+    if (name == "items") return Value::make_function([d](CallArgs&) { return Value::make_list(items_of(d)); });
+    if (name == "keys") return Value::make_function([d](CallArgs&) { return Value::make_list(to_list(d)); });
+    if (name == "values") {
+        return Value::make_function([d](CallArgs&) {
+            List values;
+            for (const auto& entry : *d.dict) values.push_back(entry.second);
+            return Value::make_list(std::move(values));
+        });
+    }
+    return Value::undefined(name);
+}
+
+// A bound method of a str, dict or list value; mutating methods fail as in jinja2's sandbox.
+Value method(const Value& self, const std::string& name) {
+    if (self.is_string()) return string_method(self, name);
     if (self.kind == Kind::Dict && !self.is_namespace) {
-        const Value d = self;
-        if (name == "get") {
-            return Value::make_function([d](CallArgs& a) {
-                const Value* key = a.get(0, "key");
-                if (key == nullptr) fail("get() takes at least 1 argument");
-                const Value* found = key->is_string() ? d.find(key->s) : nullptr;
-                if (found != nullptr) return *found;
-                const Value* fallback = a.get(1, "default");
-                return fallback != nullptr ? *fallback : Value::none();
-            });
-        }
-        if (name == "items") return Value::make_function([d](CallArgs&) { return Value::make_list(items_of(d)); });
-        if (name == "keys") return Value::make_function([d](CallArgs&) { return Value::make_list(to_list(d)); });
-        if (name == "values") {
-            return Value::make_function([d](CallArgs&) {
-                List values;
-                for (const auto& entry : *d.dict) values.push_back(entry.second);
-                return Value::make_list(std::move(values));
-            });
-        }
+        Value m = dict_method(self, name);
+        if (!m.is_undefined()) return m;
     }
     if (self.kind == Kind::List || self.kind == Kind::Dict) {
         static const char* const kMutators[] = {"append", "extend", "pop", "insert", "remove", "clear", "update",

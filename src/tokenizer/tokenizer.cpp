@@ -301,14 +301,15 @@ bool Tokenizer::has_chat_template() const { return m_impl->chat_template != null
 namespace {
 
 // The variables transformers passes to a chat template: messages, tools (None when absent),
-// add_generation_prompt, the special-token strings and any chat_template_kwargs.
+// add_generation_prompt, the special-token strings, the request's other top-level keys and the entries of
+// chat_template_kwargs.
 template <typename Json>
 nlohmann::ordered_json template_context(const Json& request, const nlohmann::ordered_json& tokens) {
     K2_CHECK(request.is_object(), "chat request must be a JSON object");
     K2_CHECK(request.contains("messages") && request["messages"].is_array(), "chat request: `messages` must be a list");
     nlohmann::ordered_json context = nlohmann::ordered_json::object();
-    context["messages"] = nlohmann::ordered_json::parse(request["messages"].dump());
-    context["tools"] = request.contains("tools") ? nlohmann::ordered_json::parse(request["tools"].dump())
+    context["messages"] = nlohmann::ordered_json(request["messages"]);
+    context["tools"] = request.contains("tools") ? nlohmann::ordered_json(request["tools"])
                                                  : nlohmann::ordered_json();
     context["add_generation_prompt"] = false;
     if (request.contains("add_generation_prompt")) {
@@ -316,9 +317,16 @@ nlohmann::ordered_json template_context(const Json& request, const nlohmann::ord
         context["add_generation_prompt"] = request["add_generation_prompt"].template get<bool>();
     }
     for (const auto& [key, value] : tokens.items()) context[key] = value;
+    // Other top-level keys are template variables too (transformers passes extra kwargs through).
+    for (const auto& [key, value] : request.items()) {
+        if (key == "messages" || key == "tools" || key == "add_generation_prompt" || key == "chat_template_kwargs") {
+            continue;
+        }
+        context[key] = nlohmann::ordered_json(value);
+    }
     if (request.contains("chat_template_kwargs") && request["chat_template_kwargs"].is_object()) {
         for (const auto& [key, value] : request["chat_template_kwargs"].items()) {
-            context[key] = nlohmann::ordered_json::parse(value.dump());
+            context[key] = nlohmann::ordered_json(value);
         }
     }
     return context;

@@ -138,6 +138,20 @@ TEST(BenchRequest, StreamsChunkedSseAndMeasuresGaps) {
     EXPECT_NE(server.request().find("x-request-id: r-1"), std::string::npos);
 }
 
+TEST(BenchRequest, DoneEndsTheRequestWithoutWaitingForTheBodyEnd) {
+    // The server sends [DONE] but holds the body open for another 800 ms: the request completes at [DONE].
+    const std::string e1 = "data: {\"choices\":[{\"index\":0,\"text\":\"a\"}]}\n\n";
+    OneShotServer server({"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk(e1) + chunk("data: [DONE]\n\n"),
+                          "0\r\n\r\n"},
+                         800);
+    RequestInput input;
+    input.url = Url::parse(fmt::format("http://127.0.0.1:{}/v1/completions", server.port()));
+    const Clock::time_point start = Clock::now();
+    const RequestOutput out = send_request(input, Backend::kCompletions, start);
+    EXPECT_TRUE(out.success) << out.error;
+    EXPECT_LT(std::chrono::duration<double>(Clock::now() - start).count(), 0.5);
+}
+
 TEST(BenchRequest, HttpErrorIsAFailureWithItsMessage) {
     const std::string body = R"({"error":{"message":"too long","type":"BadRequestError","code":400}})";
     OneShotServer server({fmt::format("HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\n\r\n{}", body.size(), body)},

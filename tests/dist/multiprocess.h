@@ -13,24 +13,37 @@
 #include <cstdio>
 #include <exception>
 #include <functional>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
 namespace k2::dist::testing {
 
-// A currently free loopback TCP port (the kernel picks it; it can in principle be taken again before use).
-inline int free_port() {
+inline bool can_bind(int port) {
     const int fd = socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = 0;
-    bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-    socklen_t len = sizeof(addr);
-    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
     close(fd);
-    return ntohs(addr.sin_port);
+    return ok;
+}
+
+// A loopback port P with P and P + 1 currently free (the launcher uses P for the rendezvous store and P + 1 for
+// control). Chosen below Linux's ephemeral range (32768+), so the kernel does not hand it to the Gloo and
+// ZeroMQ connections of tests running in parallel; the random start keeps parallel tests apart.
+inline int free_port() {
+    static std::mt19937 rng(static_cast<unsigned>(getpid()) * 2654435761u ^
+                            static_cast<unsigned>(std::chrono::steady_clock::now().time_since_epoch().count()));
+    for (int attempt = 0; attempt < 1000; ++attempt) {
+        const int port = 20000 + static_cast<int>(rng() % 12000);
+        if (can_bind(port) && can_bind(port + 1)) {
+            return port;
+        }
+    }
+    return 0;
 }
 
 // Returns "" when every rank exited 0, else a description of the failures.

@@ -153,6 +153,11 @@ void send_recv_broadcast_case(Communicator& comm) {
     comm.barrier();
 }
 
+void comm_sum_check(Communicator& comm, std::vector<float> x, float want) {
+    comm.all_reduce_sum(x);
+    K2_CHECK(x[4] == want, "{}-rank group: sum {} expected {}", comm.size(), x[4], want);
+}
+
 class GlooCollectives : public ::testing::TestWithParam<int> {};
 
 TEST_P(GlooCollectives, MatchSingleProcessReference) {
@@ -190,6 +195,29 @@ TEST(GlooCollectives, DeadPeerRaisesInsteadOfHanging) {
             return;
         }
         K2_FAIL("all_reduce with a dead peer returned normally");
+    });
+    EXPECT_EQ(failures, "");
+}
+
+// Subgroups over the world's store: TP pairs {0,1},{2,3} and DP pairs {0,2},{1,3} of a world of 4, each group's
+// all-reduce summing only its members.
+TEST(GlooCollectives, SubgroupsShareTheWorldStore) {
+    const std::string failures = run_ranks(4, [](int rank, int port) {
+        auto world = make_comm(rank, 4, port);
+        GlooOptions tp;
+        tp.rank = rank % 2;
+        tp.world_size = 2;
+        tp.prefix = fmt::format("tp{}", rank / 2);
+        tp.store = world->store();
+        GlooCommunicator tp_comm(tp);
+        GlooOptions dp = tp;
+        dp.rank = rank / 2;
+        dp.prefix = fmt::format("dp{}", rank % 2);
+        GlooCommunicator dp_comm(dp);
+        std::vector<float> x(5, static_cast<float>(1 << rank));  // rank r contributes bit r
+        comm_sum_check(tp_comm, x, static_cast<float>((1 << (rank / 2 * 2)) + (1 << (rank / 2 * 2 + 1))));
+        comm_sum_check(dp_comm, x, static_cast<float>((1 << (rank % 2)) + (1 << (rank % 2 + 2))));
+        comm_sum_check(*world, x, 15.0f);
     });
     EXPECT_EQ(failures, "");
 }

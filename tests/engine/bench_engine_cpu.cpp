@@ -1,7 +1,7 @@
 // bench_engine_cpu: output tokens/s of the Engine on the CPU backend at several concurrency levels.
 // Each level submits `concurrency` requests at once (random prompts of --prompt-len tokens, greedy,
 // --max-tokens tokens each, ignore_eos) to a fresh engine with its loop thread, and measures the wall
-// time until all finished. Prints a Markdown table (docs/perf/cpu.md).
+// time until all finished, after one unreported warm-up request. Prints a Markdown table (docs/perf/cpu.md).
 //   bench_engine_cpu [--model DIR] [--prompt-len 32] [--max-tokens 32] [--concurrency 1,8,32] [--threads N]
 #include <sys/resource.h>
 
@@ -121,6 +121,11 @@ int main(int argc, char** argv) {
         k2::set_log_level(k2::LogLevel::WARNING);
         std::printf("model: %s, prompt %d tokens, %d output tokens per request (greedy, ignore_eos)\n\n",
                     args.model_dir.c_str(), args.prompt_len, args.max_tokens);
+        // Warm-up (not reported): the first forward of a process pays for page faults on the mmap'ed
+        // weights and the OpenMP thread pool.
+        BenchArgs warmup = args;
+        warmup.max_tokens = 2;
+        run_level(warmup, 1);
         std::printf("| concurrency | output tokens | wall s | output tok/s | CPU s | output tok per CPU s | mean TTFT ms "
                     "| mean ITL ms | steps |\n");
         std::printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");

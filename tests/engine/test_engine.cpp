@@ -401,6 +401,40 @@ TEST(Engine, ConcurrentSubmitAndAbortFromManyThreads) {
     EXPECT_EQ(stats.requests_finished_by_reason.count("error"), 0u);
 }
 
+TEST(Engine, StopWithoutDrainAbortsEverything) {
+    auto engine = make_engine({.max_num_seqs = 1});
+    engine->start();
+    auto running = engine->submit(make_request("running", {1, 2, 3}, 3000));
+    auto waiting = engine->submit(make_request("waiting", {4, 5}, 10));
+    engine->stop(false);
+    for (const auto& stream : {running, waiting}) {
+        EXPECT_TRUE(stream->all_finished());
+        EXPECT_EQ(collect(*stream)[0].finish_reason, "abort");
+    }
+    EXPECT_EQ(engine->stats().num_free_blocks, engine->stats().num_total_blocks);
+}
+
+TEST(Engine, PriorityPolicyServesLowerValuesFirst) {
+    auto engine = make_engine({.max_num_seqs = 1, .scheduling_policy = "priority"});
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (const int priority : {3, 1, 2}) {
+        auto request = make_request("p" + std::to_string(priority), {7, 8, 9}, 2);
+        request.priority = priority;
+        streams.push_back(engine->submit(request));
+    }
+    std::vector<int> finish_order;
+    while (engine->has_unfinished_requests()) {
+        engine->step();
+        for (int i = 0; i < 3; ++i) {
+            for (const RequestOutput& output : streams[static_cast<size_t>(i)]->try_pop()) {
+                if (output.finished) finish_order.push_back(i);
+            }
+        }
+    }
+    EXPECT_EQ(finish_order, (std::vector<int>{1, 2, 0}));
+    EXPECT_THROW(make_engine({.scheduling_policy = "lifo"}), Error);
+}
+
 TEST(Histogram, CumulativeVllmBuckets) {
     Histogram histogram(ttft_buckets());
     histogram.observe(0.001);

@@ -97,7 +97,11 @@ struct RawShard {
     }
 };
 
-inline nlohmann::json read_json(const fs::path& path) { return nlohmann::json::parse(read_file(path)); }
-inline void write_json(const fs::path& path, const nlohmann::json& j) { write_file(path, j.dump(1)); }
+inline nlohmann::json read_json(const fs::path& path) {
+    return nlohmann::json::parse(read_file(path));
+}
+inline void write_json(const fs::path& path, const nlohmann::json& j) {
+    write_file(path, j.dump(1));
+}
 
 }  // namespace k2::test

@@ -46,7 +46,9 @@ protected:
     fs::path m_dir;
 };
 
-TEST_F(BrokenCheckpoint, IntactFixtureIsValid) { EXPECT_EQ(validation_error(m_dir), ""); }
+TEST_F(BrokenCheckpoint, IntactFixtureIsValid) {
+    EXPECT_EQ(validation_error(m_dir), "");
+}
 
 TEST_F(BrokenCheckpoint, TruncatedShard) {
     const RawShard raw = RawShard::load(shard(kShard2));

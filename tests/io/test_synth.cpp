@@ -98,7 +98,8 @@ TEST_F(SynthSmall, ValidatesWithNothingMissingOrExtra) {
 
 TEST_F(SynthSmall, HeadersAreAlignedAndMarkedPt) {
     for (const auto& entry : fs::directory_iterator(dir())) {
-        if (entry.path().extension() != ".safetensors") continue;
+        if (entry.path().extension() != ".safetensors")
+            continue;
         const std::string bytes = test::read_file(entry.path());
         uint64_t n = 0;
         std::memcpy(&n, bytes.data(), 8);

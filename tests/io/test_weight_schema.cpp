@@ -126,8 +126,7 @@ TEST(WeightSchema, NoQLoraAndUnquantizedVariants) {
     // 16 heads x (32 + 16), straight from hidden 384; shared experts 2 x 128 wide.
     EXPECT_EQ(by_name.at("model.layers.0.self_attn.q_proj.weight").shape, (std::vector<int64_t>{768, 384}));
     EXPECT_EQ(by_name.count("model.layers.0.self_attn.q_a_proj.weight"), 0u);
-    EXPECT_EQ(by_name.at("model.layers.3.mlp.shared_experts.down_proj.weight").shape,
-              (std::vector<int64_t>{384, 256}));
+    EXPECT_EQ(by_name.at("model.layers.3.mlp.shared_experts.down_proj.weight").shape, (std::vector<int64_t>{384, 256}));
 }
 
 TEST(WeightSchema, IgnoresRotaryBuffersAndMtpLayers) {
@@ -144,10 +143,10 @@ TEST(WeightSchema, ExtraTensorsAreWarningsNotErrors) {
     // Rename a scale-less norm into an MTP layer and add an unknown name: both via the header + index.
     test::RawShard raw = test::RawShard::load(dir / "model-00001-of-00002.safetensors");
     nlohmann::json index = test::read_json(dir / "model.safetensors.index.json");
-    raw.header["model.layers.0.self_attn.rotary_emb.inv_freq"] = {{"dtype", "F32"}, {"shape", {1}},
-                                                                  {"data_offsets", {raw.data.size(), raw.data.size() + 4}}};
-    raw.header["model.layers.0.extra.weight"] = {{"dtype", "F32"}, {"shape", {1}},
-                                                 {"data_offsets", {raw.data.size() + 4, raw.data.size() + 8}}};
+    raw.header["model.layers.0.self_attn.rotary_emb.inv_freq"] = {
+        {"dtype", "F32"}, {"shape", {1}}, {"data_offsets", {raw.data.size(), raw.data.size() + 4}}};
+    raw.header["model.layers.0.extra.weight"] = {
+        {"dtype", "F32"}, {"shape", {1}}, {"data_offsets", {raw.data.size() + 4, raw.data.size() + 8}}};
     raw.data += std::string(8, '\0');
     raw.save(dir / "model-00001-of-00002.safetensors");
     index["weight_map"]["model.layers.0.self_attn.rotary_emb.inv_freq"] = "model-00001-of-00002.safetensors";

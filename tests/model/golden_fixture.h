@@ -2,6 +2,8 @@
 // transformers' DeepseekV3ForCausalLM in float32, and the comparison rule of the acceptance tests.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <cstdint>
 #include <fstream>
@@ -9,8 +11,6 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "core/tensor.h"
 #include "model/model.h"

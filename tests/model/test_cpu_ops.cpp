@@ -67,7 +67,8 @@ TEST(CpuRope, DeepseekYarnBlendsBetweenTenAndTwentyThree) {
 
 TEST(CpuRope, RotatesInterleavedPairs) {
     std::vector<float> x = {1.0f, 0.0f, 0.0f, 1.0f};  // [1 token, 1 head, 4]
-    const std::vector<float> inv_freq = {static_cast<float>(std::numbers::pi / 2), static_cast<float>(std::numbers::pi)};
+    const std::vector<float> inv_freq = {static_cast<float>(std::numbers::pi / 2),
+                                         static_cast<float>(std::numbers::pi)};
     const int32_t pos = 1;
     rope_interleaved(x.data(), 1, 1, 4, 4, 4, &pos, inv_freq.data());
     EXPECT_NEAR(x[0], 0.0f, 1e-6f);  // (1, 0) by 90 degrees
@@ -165,7 +166,7 @@ TEST(CpuMoeRouter, MaskedGroupsScoreZeroNotMinusInfinity) {
     a.correction_bias = bias.data();
     a.num_tokens = 1;
     a.num_experts = 6;
-    a.n_group = 2;       // group sums of the top 2: 1.8 vs 1.6, so group 0 is kept
+    a.n_group = 2;  // group sums of the top 2: 1.8 vs 1.6, so group 0 is kept
     a.topk_group = 1;
     a.top_k = 3;
     a.routed_scaling_factor = 2.0f;
@@ -205,7 +206,7 @@ TEST(CpuMoeRouter, BiasSelectsButDoesNotWeight) {
 TEST(CpuAttention, PagedCausalAbsorbedAttention) {
     const int64_t lat = 2;
     const int64_t rope = 2;
-    std::vector<float> cache(4 * 4, -100.0f);  // [4 slots, 4]
+    std::vector<float> cache(4 * 4, -100.0f);                                 // [4 slots, 4]
     const std::vector<float> entries = {1, 0, 0, 0, 0, 1, 0, 0, 3, 3, 0, 0};  // positions 0, 1, 2
     const std::vector<int64_t> slots = {2, 3, 0};
     LatentCacheView view{cache.data(), DType::F32, 4, lat + rope, 1.0f};
@@ -253,7 +254,7 @@ TEST(CpuAttention, Bf16AndFp8CacheRoundTrip) {
     write_latent_cache(entry.data(), 1, &slot, {fp8.data(), DType::F8_E4M3, 1, 4, 1.0f});
     read_latent_entry({fp8.data(), DType::F8_E4M3, 1, 4, 1.0f}, 0, back.data());
     EXPECT_EQ(back[0], 1.0f);
-    EXPECT_EQ(back[1], -2.5f);  // 1.25 x 2^1 is exact in e4m3
+    EXPECT_EQ(back[1], -2.5f);   // 1.25 x 2^1 is exact in e4m3
     EXPECT_EQ(back[3], 448.0f);  // saturates at the e4m3 maximum
 }
 
@@ -266,7 +267,8 @@ namespace {
 // Every e4m3 byte dequantizes as core's table-free reference conversion does (incl. subnormals, NaN).
 TEST(CpuLinear, DequantizesAllFp8Codes) {
     std::vector<uint8_t> w(256);
-    for (int i = 0; i < 256; ++i) w[static_cast<size_t>(i)] = static_cast<uint8_t>(i);
+    for (int i = 0; i < 256; ++i)
+        w[static_cast<size_t>(i)] = static_cast<uint8_t>(i);
     std::vector<float> ones = {1.0f, 1.0f};
     const Tensor weight = Tensor::view(DType::F8_E4M3, {1, 256}, w.data());
     const Tensor scale = Tensor::view(DType::F32, {1, 2}, ones.data());

@@ -32,7 +32,8 @@ void send_all(int fd, const std::string& data) {
     size_t sent = 0;
     while (sent < data.size()) {
         const ssize_t n = ::send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
-        if (n <= 0) return;
+        if (n <= 0)
+            return;
         sent += static_cast<size_t>(n);
     }
 }
@@ -43,7 +44,8 @@ std::string read_until(int fd, const std::string& marker) {
     char buf[4096];
     while (out.find(marker) == std::string::npos) {
         const ssize_t n = recv(fd, buf, sizeof(buf), 0);
-        if (n <= 0) break;
+        if (n <= 0)
+            break;
         out.append(buf, static_cast<size_t>(n));
     }
     return out;
@@ -57,21 +59,22 @@ protected:
         options.port = 0;
         options.num_threads = 2;
         options.max_body_bytes = 1000;
-        m_server = std::make_unique<HttpServer>(options, [this](HttpRequest request, std::shared_ptr<ResponseWriter> writer) {
-            if (request.path == "/stream") {
-                writer->start_stream(200, "text/event-stream");
-                writer->write("data: a\n\n");
-                writer->write("data: b\n\n");
-                writer->end();
-            } else if (request.path == "/hang") {
-                writer->on_disconnect([this] { m_disconnected = true; });
-                writer->start_stream(200, "text/event-stream");
-                writer->write("data: first\n\n");
-                m_hanging = writer;  // never ends until the client leaves
-            } else {
-                writer->send({200, "text/plain", request.method + " " + request.target + " " + request.body, {}});
-            }
-        });
+        m_server =
+            std::make_unique<HttpServer>(options, [this](HttpRequest request, std::shared_ptr<ResponseWriter> writer) {
+                if (request.path == "/stream") {
+                    writer->start_stream(200, "text/event-stream");
+                    writer->write("data: a\n\n");
+                    writer->write("data: b\n\n");
+                    writer->end();
+                } else if (request.path == "/hang") {
+                    writer->on_disconnect([this] { m_disconnected = true; });
+                    writer->start_stream(200, "text/event-stream");
+                    writer->write("data: first\n\n");
+                    m_hanging = writer;  // never ends until the client leaves
+                } else {
+                    writer->send({200, "text/plain", request.method + " " + request.target + " " + request.body, {}});
+                }
+            });
         m_server->start();
     }
     void TearDown() override {
@@ -109,7 +112,8 @@ TEST_F(HttpServerTest, StreamingUsesChunkedEncoding) {
     send_all(fd, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n");
     const std::string response = read_until(fd, "0\r\n\r\n");
     EXPECT_NE(response.find("Transfer-Encoding: chunked"), std::string::npos);
-    EXPECT_NE(response.find("\r\n\r\n9\r\ndata: a\n\n\r\n9\r\ndata: b\n\n\r\n0\r\n\r\n"), std::string::npos) << response;
+    EXPECT_NE(response.find("\r\n\r\n9\r\ndata: a\n\n\r\n9\r\ndata: b\n\n\r\n0\r\n\r\n"), std::string::npos)
+        << response;
     close(fd);
 }
 
@@ -119,7 +123,8 @@ TEST_F(HttpServerTest, ClientDisconnectIsReported) {
     EXPECT_NE(read_until(fd, "first").find("data: first"), std::string::npos);
     EXPECT_FALSE(m_disconnected.load());
     close(fd);
-    for (int i = 0; i < 200 && !m_disconnected.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    for (int i = 0; i < 200 && !m_disconnected.load(); ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
     EXPECT_TRUE(m_disconnected.load());
 }
 

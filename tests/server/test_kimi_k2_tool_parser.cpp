@@ -1,7 +1,7 @@
 // The kimi_k2 tool parser against the unit-test cases of vLLM's parser (reference/vllm.md §3.4).
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -16,7 +16,9 @@ const std::string kCB = "<|tool_call_begin|>";
 const std::string kAB = "<|tool_call_argument_begin|>";
 const std::string kCE = "<|tool_call_end|>";
 
-std::string call(const std::string& id, const std::string& args) { return kCB + id + " " + kAB + args + kCE; }
+std::string call(const std::string& id, const std::string& args) {
+    return kCB + id + " " + kAB + args + kCE;
+}
 
 struct Streamed {
     std::string content;
@@ -30,22 +32,28 @@ Streamed stream(const std::vector<std::string>& deltas, bool finish = true) {
     auto apply = [&](const StreamDelta& d) {
         out.content += d.content;
         for (const ToolCallDelta& tc : d.tool_calls) {
-            if (tc.index >= static_cast<int>(out.calls.size())) out.calls.resize(tc.index + 1);
+            if (tc.index >= static_cast<int>(out.calls.size()))
+                out.calls.resize(tc.index + 1);
             ToolCall& c = out.calls[tc.index];
-            if (tc.id) c.id = *tc.id;
-            if (tc.name) c.name = *tc.name;
+            if (tc.id)
+                c.id = *tc.id;
+            if (tc.name)
+                c.name = *tc.name;
             c.arguments += tc.arguments;
         }
     };
-    for (const std::string& d : deltas) apply(parser.push(d));
-    if (finish) apply(parser.finish());
+    for (const std::string& d : deltas)
+        apply(parser.push(d));
+    if (finish)
+        apply(parser.finish());
     return out;
 }
 
 // Splits text into pieces of n bytes.
 std::vector<std::string> pieces(const std::string& text, size_t n) {
     std::vector<std::string> out;
-    for (size_t i = 0; i < text.size(); i += n) out.push_back(text.substr(i, n));
+    for (size_t i = 0; i < text.size(); i += n)
+        out.push_back(text.substr(i, n));
     return out;
 }
 
@@ -71,8 +79,8 @@ TEST(KimiK2ToolParser, PlainTextHasNoCalls) {
 }
 
 TEST(KimiK2ToolParser, SingleCallWithContent) {
-    const std::string text = "I'll help you check the weather. " + kSB +
-                             call("functions.get_weather:0", R"({"city": "Beijing"})") + kSE;
+    const std::string text =
+        "I'll help you check the weather. " + kSB + call("functions.get_weather:0", R"({"city": "Beijing"})") + kSE;
     const ToolParseResult r = parse_kimi_k2_tool_calls(text);
     EXPECT_TRUE(r.tools_called);
     ASSERT_EQ(r.tool_calls.size(), 1u);
@@ -215,7 +223,8 @@ TEST(KimiK2ToolParser, StreamEndingInsideSectionKeepsTextAtFinish) {
 }
 
 TEST(KimiK2ToolParser, ArgumentsInTinyPiecesAccumulate) {
-    const Streamed s = stream({kSB, kCB, "functions.get_weather:0", kAB, R"({"ci)", R"(ty": "Be)", R"(ijing"})", kCE, kSE});
+    const Streamed s =
+        stream({kSB, kCB, "functions.get_weather:0", kAB, R"({"ci)", R"(ty": "Be)", R"(ijing"})", kCE, kSE});
     ASSERT_EQ(s.calls.size(), 1u);
     EXPECT_EQ(s.calls[0].arguments, R"({"city": "Beijing"})");
     EXPECT_EQ(s.calls[0].id, "functions.get_weather:0");
@@ -241,7 +250,8 @@ TEST(KimiK2ToolParser, MalformedSectionLosesNoText) {
 }
 
 TEST(KimiK2ToolParser, WhitespaceAroundMarkersIsTolerated) {
-    const std::string text = "x\n" + kSB + "\n  " + kCB + " functions.f:0 \n" + kAB + "\n {\"a\": 1} \n" + kCE + "\n" + kSE;
+    const std::string text =
+        "x\n" + kSB + "\n  " + kCB + " functions.f:0 \n" + kAB + "\n {\"a\": 1} \n" + kCE + "\n" + kSE;
     const ToolParseResult r = parse_kimi_k2_tool_calls(text);
     ASSERT_EQ(r.tool_calls.size(), 1u);
     EXPECT_EQ(r.tool_calls[0].id, "functions.f:0");

@@ -35,15 +35,16 @@ TEST(OpenAiProtocol, ChatValidationMessagesMatchVllm) {
     EXPECT_EQ(chat_error(chat({{"tools", tools}})),
               "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set");
     EXPECT_EQ(chat_error(chat({{"tools", tools}}), /*auto_tools=*/true), "");
-    EXPECT_EQ(chat_error(chat({{"tools", tools}, {"tool_choice", {{"type", "function"}, {"function", {{"name", "g"}}}}}})),
-              "The tool specified in `tool_choice` does not match any of the specified `tools`");
+    EXPECT_EQ(
+        chat_error(chat({{"tools", tools}, {"tool_choice", {{"type", "function"}, {"function", {{"name", "g"}}}}}})),
+        "The tool specified in `tool_choice` does not match any of the specified `tools`");
     EXPECT_EQ(chat_error(chat({{"logprobs", true}, {"top_logprobs", 21}})),
               "Requested sample logprobs of 21, which is greater than max allowed: 20");
     EXPECT_EQ(chat_error(chat({{"n", 0}})), "n must be at least 1, got 0.");
     EXPECT_EQ(chat_error(chat({{"top_p", 0}})), "top_p must be in (0, 1], got 0.");
     EXPECT_EQ(chat_error(chat({{"top_k", -2}})), "top_k must be 0 (disable), or at least 1, got -2.");
     EXPECT_EQ(chat_error(chat({{"max_tokens", 0}})), "max_tokens must be at least 1, got 0.");
-    EXPECT_FALSE(chat_error(chat({{"max_tokens", 1e30}})).empty());  // never reaches int arithmetic
+    EXPECT_FALSE(chat_error(chat({{"max_tokens", 1e30}})).empty());           // never reaches int arithmetic
     EXPECT_EQ(chat_error(chat({{"stop_token_ids", {100}}})).empty(), false);  // outside the vocabulary
     EXPECT_EQ(chat_error(json{{"model", "m"}}), "Field required: 'messages'");
     EXPECT_EQ(chat_error(chat({{"add_generation_prompt", true}, {"continue_final_message", true}})),
@@ -54,19 +55,26 @@ TEST(OpenAiProtocol, ChatFieldsAndDefaults) {
     GenerationDefaults defaults;
     defaults.temperature = 0.6;
     const json tools = json::array({{{"type", "function"}, {"function", {{"name", "f"}}}}});
-    const ChatRequest r = parse_chat_request(
-        chat({{"max_tokens", 5}, {"max_completion_tokens", 7}, {"stream", true}, {"stream_options", json::object()},
-              {"top_k", -1}, {"tools", tools}, {"tool_choice", "required"}, {"unknown_field", 1}, {"seed", 3}}),
-        defaults, {}, false);
-    EXPECT_EQ(r.max_tokens, 7);  // max_completion_tokens wins
+    const ChatRequest r = parse_chat_request(chat({{"max_tokens", 5},
+                                                   {"max_completion_tokens", 7},
+                                                   {"stream", true},
+                                                   {"stream_options", json::object()},
+                                                   {"top_k", -1},
+                                                   {"tools", tools},
+                                                   {"tool_choice", "required"},
+                                                   {"unknown_field", 1},
+                                                   {"seed", 3}}),
+                                             defaults, {}, false);
+    EXPECT_EQ(r.max_tokens, 7);    // max_completion_tokens wins
     EXPECT_TRUE(r.include_usage);  // default true when stream_options is present
     EXPECT_EQ(r.params.top_k, 0);
     EXPECT_DOUBLE_EQ(r.params.temperature, 0.6);  // generation_config.json default
     EXPECT_EQ(r.tool_choice, ToolChoice::kRequired);
     EXPECT_EQ(r.params.seed, 3);
     // "required" with an empty tool list is "none", as in vLLM.
-    EXPECT_EQ(parse_chat_request(chat({{"tools", json::array()}, {"tool_choice", "required"}}), {}, {}, false).tool_choice,
-              ToolChoice::kNone);
+    EXPECT_EQ(
+        parse_chat_request(chat({{"tools", json::array()}, {"tool_choice", "required"}}), {}, {}, false).tool_choice,
+        ToolChoice::kNone);
 }
 
 TEST(OpenAiProtocol, CompletionPromptForms) {
@@ -77,7 +85,7 @@ TEST(OpenAiProtocol, CompletionPromptForms) {
     ASSERT_EQ(ids.prompts.size(), 1u);
     EXPECT_EQ(ids.prompts[0].token_ids, (std::vector<int32_t>{1, 2, 3}));
     EXPECT_EQ(parse_completion_request({{"prompt", {{1, 2}, {3}}}}, {}, limits).prompts.size(), 2u);
-    EXPECT_EQ(ids.max_tokens, 16);  // completions default
+    EXPECT_EQ(ids.max_tokens, 16);                                                         // completions default
     EXPECT_THROW(parse_completion_request({{"prompt", {1, 200}}}, {}, limits), ApiError);  // out of vocabulary
     EXPECT_THROW(parse_completion_request({{"prompt", json::array()}}, {}, limits), ApiError);
     EXPECT_THROW(parse_completion_request({{"prompt", 5}}, {}, limits), ApiError);
@@ -89,15 +97,17 @@ TEST(OpenAiProtocol, ContextLengthMessages) {
         resolve_max_tokens(10, std::nullopt, 10, std::nullopt);
         FAIL();
     } catch (const ApiError& e) {
-        EXPECT_STREQ(e.what(), "This model's maximum context length is 10 tokens. However, your request has 10 input "
-                               "tokens. Please reduce the length of the input messages.");
+        EXPECT_STREQ(e.what(),
+                     "This model's maximum context length is 10 tokens. However, your request has 10 input "
+                     "tokens. Please reduce the length of the input messages.");
     }
     try {
         resolve_max_tokens(4, 8, 10, std::nullopt);
         FAIL();
     } catch (const ApiError& e) {
-        EXPECT_STREQ(e.what(), "'max_tokens' or 'max_completion_tokens' is too large: 8. This model's maximum context "
-                               "length is 10 tokens and your request has 4 input tokens (8 > 10 - 4).");
+        EXPECT_STREQ(e.what(),
+                     "'max_tokens' or 'max_completion_tokens' is too large: 8. This model's maximum context "
+                     "length is 10 tokens and your request has 4 input tokens (8 > 10 - 4).");
     }
     EXPECT_EQ(resolve_max_tokens(4, std::nullopt, 10, std::nullopt), 6);
     EXPECT_EQ(resolve_max_tokens(4, std::nullopt, 10, 3), 3);
@@ -106,7 +116,9 @@ TEST(OpenAiProtocol, ContextLengthMessages) {
 
 TEST(OpenAiProtocol, ErrorEnvelopeAndSse) {
     const json e = error_json(404, "The model `x` does not exist.", "NotFoundError", "model");
-    EXPECT_EQ(e.dump(), R"({"error":{"code":404,"message":"The model `x` does not exist.","param":"model","type":"NotFoundError"}})");
+    EXPECT_EQ(
+        e.dump(),
+        R"({"error":{"code":404,"message":"The model `x` does not exist.","param":"model","type":"NotFoundError"}})");
     EXPECT_EQ(sse_event("{}"), "data: {}\n\n");
     EXPECT_STREQ(kSseDone, "data: [DONE]\n\n");
     // A token's raw bytes may be invalid UTF-8; the dump must not throw.

@@ -10,6 +10,8 @@ namespace k2::cpu {
 // out: [rows, cols] contiguous (may alias gate when in_stride == cols).
 void silu_mul(const float* gate, const float* up, int64_t rows, int64_t cols, int64_t in_stride, float* out);
 
-inline void silu_mul(const float* gate, const float* up, int64_t n, float* out) { silu_mul(gate, up, 1, n, n, out); }
+inline void silu_mul(const float* gate, const float* up, int64_t n, float* out) {
+    silu_mul(gate, up, 1, n, n, out);
+}
 
 }  // namespace k2::cpu

@@ -15,10 +15,56 @@ const float* entry_ptr_f32(const LatentCacheView& cache, int64_t slot) {
     return static_cast<const float*>(cache.data) + slot * cache.entry_dim;
 }
 
+// The entry at `slot` as fp32: a pointer into an F32 cache, else converted into `buf` [entry_dim].
+const float* fetch_entry(const LatentCacheView& cache, int64_t slot, std::vector<float>& buf) {
+    if (cache.dtype == DType::F32) {
+        return entry_ptr_f32(cache, slot);
+    }
+    read_latent_entry(cache, slot, buf.data());
+    return buf.data();
+}
+
 void check_cache(const LatentCacheView& cache) {
     K2_CHECK(cache.data != nullptr || cache.num_slots == 0, "latent cache is not allocated");
     K2_CHECK(cache.dtype == DType::F32 || cache.dtype == DType::BF16 || cache.dtype == DType::F8_E4M3,
              "latent cache: unsupported storage dtype {}", dtype_name(cache.dtype));
+}
+
+// Token t (of sequence s), head h: softmax over positions 0..positions[t], output the weighted latents.
+void attend_one(const MlaAttentionArgs& a, int64_t t, int64_t h, int64_t s, std::vector<float>& scores,
+                std::vector<float>& entry) {
+    const int64_t lat = a.kv_lora_rank;
+    const int64_t qd = a.kv_lora_rank + a.rope_dim;
+    const int64_t len = int64_t{a.positions[t]} + 1;
+    const float* q = a.q + (t * a.num_heads + h) * qd;
+    const int32_t* table = a.block_tables + s * a.max_blocks_per_seq;
+    scores.resize(static_cast<size_t>(len));
+    float max_score = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < len; ++j) {
+        const int64_t slot = int64_t{table[j / a.block_size]} * a.block_size + j % a.block_size;
+        const float* e = fetch_entry(a.cache, slot, entry);
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t i = 0; i < qd; ++i)
+            dot += q[i] * e[i];
+        scores[static_cast<size_t>(j)] = dot * a.softmax_scale;
+        max_score = std::max(max_score, scores[static_cast<size_t>(j)]);
+    }
+    float denom = 0.0f;
+    for (int64_t j = 0; j < len; ++j) {
+        scores[static_cast<size_t>(j)] = std::exp(scores[static_cast<size_t>(j)] - max_score);
+        denom += scores[static_cast<size_t>(j)];
+    }
+    float* o = a.out + (t * a.num_heads + h) * lat;
+    std::fill(o, o + lat, 0.0f);
+    for (int64_t j = 0; j < len; ++j) {
+        const int64_t slot = int64_t{table[j / a.block_size]} * a.block_size + j % a.block_size;
+        const float* e = fetch_entry(a.cache, slot, entry);
+        const float p = scores[static_cast<size_t>(j)] / denom;
+#pragma omp simd
+        for (int64_t i = 0; i < lat; ++i)
+            o[i] += p * e[i];
+    }
 }
 
 }  // namespace
@@ -41,13 +87,15 @@ void write_latent_cache(const float* kv, int64_t num_tokens, const int64_t* slot
                 break;
             case DType::BF16: {
                 uint16_t* dst = static_cast<uint16_t*>(cache.data) + slot * d;
-                for (int64_t i = 0; i < d; ++i) dst[i] = float_to_bf16(src[i]);
+                for (int64_t i = 0; i < d; ++i)
+                    dst[i] = float_to_bf16(src[i]);
                 break;
             }
             default: {
                 uint8_t* dst = static_cast<uint8_t*>(cache.data) + slot * d;
                 const float inv = 1.0f / cache.kv_scale;
-                for (int64_t i = 0; i < d; ++i) dst[i] = float_to_fp8_e4m3(src[i] * inv);
+                for (int64_t i = 0; i < d; ++i)
+                    dst[i] = float_to_fp8_e4m3(src[i] * inv);
                 break;
             }
         }
@@ -64,12 +112,14 @@ void read_latent_entry(const LatentCacheView& cache, int64_t slot, float* out) {
         }
         case DType::BF16: {
             const uint16_t* src = static_cast<const uint16_t*>(cache.data) + slot * d;
-            for (int64_t i = 0; i < d; ++i) out[i] = bf16_to_float(src[i]);
+            for (int64_t i = 0; i < d; ++i)
+                out[i] = bf16_to_float(src[i]);
             return;
         }
         default: {
             const uint8_t* src = static_cast<const uint8_t*>(cache.data) + slot * d;
-            for (int64_t i = 0; i < d; ++i) out[i] = fp8_e4m3_to_float(src[i]) * cache.kv_scale;
+            for (int64_t i = 0; i < d; ++i)
+                out[i] = fp8_e4m3_to_float(src[i]) * cache.kv_scale;
             return;
         }
     }
@@ -77,7 +127,6 @@ void read_latent_entry(const LatentCacheView& cache, int64_t slot, float* out) {
 
 void mla_attention_absorbed(const MlaAttentionArgs& a) {
     check_cache(a.cache);
-    const int64_t lat = a.kv_lora_rank;
     const int64_t qd = a.kv_lora_rank + a.rope_dim;
     K2_CHECK(a.cache.entry_dim == qd, "mla attention: cache entries of {} values, queries of {}", a.cache.entry_dim,
              qd);
@@ -86,7 +135,8 @@ void mla_attention_absorbed(const MlaAttentionArgs& a) {
     // Token -> sequence, so (token, head) pairs can be spread over threads.
     std::vector<int32_t> seq_of(static_cast<size_t>(a.num_tokens));
     for (int64_t s = 0; s < a.num_seqs; ++s) {
-        for (int32_t t = a.query_start[s]; t < a.query_start[s + 1]; ++t) seq_of[static_cast<size_t>(t)] = static_cast<int32_t>(s);
+        for (int32_t t = a.query_start[s]; t < a.query_start[s + 1]; ++t)
+            seq_of[static_cast<size_t>(t)] = static_cast<int32_t>(s);
     }
     // Validate every slot up front: nothing may throw inside the parallel region.
     for (int64_t t = 0; t < a.num_tokens; ++t) {
@@ -107,48 +157,8 @@ void mla_attention_absorbed(const MlaAttentionArgs& a) {
         std::vector<float> entry(static_cast<size_t>(qd));  // [entry_dim]
 #pragma omp for schedule(dynamic, 1)
         for (int64_t w = 0; w < work; ++w) {
-            const int64_t t = w / a.num_heads;
-            const int64_t h = w % a.num_heads;
-            const int64_t s = seq_of[static_cast<size_t>(t)];
-            const int64_t len = int64_t{a.positions[t]} + 1;
-            const float* q = a.q + (t * a.num_heads + h) * qd;
-            const int32_t* table = a.block_tables + s * a.max_blocks_per_seq;
-            scores.resize(static_cast<size_t>(len));
-            float max_score = -std::numeric_limits<float>::infinity();
-            for (int64_t j = 0; j < len; ++j) {
-                const int32_t block = table[j / a.block_size];
-                const int64_t slot = int64_t{block} * a.block_size + j % a.block_size;
-                const float* e = entry.data();
-                if (a.cache.dtype == DType::F32) {
-                    e = entry_ptr_f32(a.cache, slot);
-                } else {
-                    read_latent_entry(a.cache, slot, entry.data());
-                }
-                float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-                for (int64_t i = 0; i < qd; ++i) dot += q[i] * e[i];
-                scores[static_cast<size_t>(j)] = dot * a.softmax_scale;
-                max_score = std::max(max_score, scores[static_cast<size_t>(j)]);
-            }
-            float denom = 0.0f;
-            for (int64_t j = 0; j < len; ++j) {
-                scores[static_cast<size_t>(j)] = std::exp(scores[static_cast<size_t>(j)] - max_score);
-                denom += scores[static_cast<size_t>(j)];
-            }
-            float* o = a.out + (t * a.num_heads + h) * lat;
-            std::fill(o, o + lat, 0.0f);
-            for (int64_t j = 0; j < len; ++j) {
-                const int64_t slot = int64_t{table[j / a.block_size]} * a.block_size + j % a.block_size;
-                const float* e = entry.data();
-                if (a.cache.dtype == DType::F32) {
-                    e = entry_ptr_f32(a.cache, slot);
-                } else {
-                    read_latent_entry(a.cache, slot, entry.data());
-                }
-                const float p = scores[static_cast<size_t>(j)] / denom;
-#pragma omp simd
-                for (int64_t i = 0; i < lat; ++i) o[i] += p * e[i];
-            }
+            attend_one(a, w / a.num_heads, w % a.num_heads, seq_of[static_cast<size_t>(w / a.num_heads)], scores,
+                       entry);
         }
     }
 }

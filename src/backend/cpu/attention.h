@@ -10,11 +10,11 @@ namespace k2::cpu {
 
 // Cache storage: F32, BF16, or F8_E4M3 holding value / kv_scale (saturated to +-448).
 struct LatentCacheView {
-    void* data = nullptr;    // [num_slots, entry_dim] where slot = block_id * block_size + offset
+    void* data = nullptr;  // [num_slots, entry_dim] where slot = block_id * block_size + offset
     DType dtype = DType::F32;
     int64_t num_slots = 0;
-    int64_t entry_dim = 0;   // kv_lora_rank + rope_dim
-    float kv_scale = 1.0f;   // F8_E4M3 only: stored = e4m3(value / kv_scale)
+    int64_t entry_dim = 0;  // kv_lora_rank + rope_dim
+    float kv_scale = 1.0f;  // F8_E4M3 only: stored = e4m3(value / kv_scale)
 };
 
 // cache[slot_mapping[t], :] = kv[t, :] for t < num_tokens; kv: [num_tokens, entry_dim] fp32,
@@ -30,15 +30,15 @@ struct MlaAttentionArgs {
     int64_t num_heads = 0;
     int64_t kv_lora_rank = 0;
     int64_t rope_dim = 0;
-    LatentCacheView cache;                // entry_dim == kv_lora_rank + rope_dim
-    int64_t block_size = 64;              // tokens per block
+    LatentCacheView cache;                  // entry_dim == kv_lora_rank + rope_dim
+    int64_t block_size = 64;                // tokens per block
     const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq] block ids, -1 padded
     int64_t max_blocks_per_seq = 0;
-    const int32_t* query_start = nullptr;   // [num_seqs + 1] token range of each sequence
+    const int32_t* query_start = nullptr;  // [num_seqs + 1] token range of each sequence
     int64_t num_seqs = 0;
     const int32_t* positions = nullptr;  // [num_tokens] token t attends to its sequence's positions 0..positions[t]
     float softmax_scale = 1.0f;
-    float* out = nullptr;                // [num_tokens, num_heads, kv_lora_rank] sum_s P(s) c_kv(s)
+    float* out = nullptr;  // [num_tokens, num_heads, kv_lora_rank] sum_s P(s) c_kv(s)
 };
 
 // For each token t (sequence s) and head h: scores(j) = softmax_scale * q[t, h, :] . cache[slot(s, j), :] over

@@ -5,8 +5,8 @@
 namespace k2::cpu {
 
 void embedding(const Tensor& table, const int32_t* ids, int64_t num_tokens, float* out) {
-    K2_CHECK(table.rank() == 2 && table.dtype() != DType::F8_E4M3, "embedding: table {} must be a 2-D F32/BF16/F16 tensor",
-             table.shape_string());
+    K2_CHECK(table.rank() == 2 && table.dtype() != DType::F8_E4M3,
+             "embedding: table {} must be a 2-D F32/BF16/F16 tensor", table.shape_string());
     const int64_t vocab = table.dim(0);
     const int64_t hidden = table.dim(1);
     for (int64_t t = 0; t < num_tokens; ++t) {

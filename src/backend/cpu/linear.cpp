@@ -23,7 +23,9 @@ inline float fp8_e4m3_fast(uint8_t b) {
 }
 
 // bf16 is the upper half of a float32.
-inline float bf16_fast(uint16_t b) { return std::bit_cast<float>(static_cast<uint32_t>(b) << 16); }
+inline float bf16_fast(uint16_t b) {
+    return std::bit_cast<float>(static_cast<uint32_t>(b) << 16);
+}
 
 void check_weight(const Tensor& weight, const Tensor* scale_inv, int64_t k, int64_t block_n, int64_t block_k) {
     K2_CHECK(weight.rank() == 2 && weight.dim(1) == k, "linear: weight {} does not take inputs of width {}",
@@ -58,12 +60,14 @@ void dequantize_row(const Tensor& weight, const Tensor* scale_inv, int64_t row, 
         case DType::BF16: {
             const uint16_t* w = weight.data_as<uint16_t>() + row * k;
 #pragma omp simd
-            for (int64_t j = 0; j < k; ++j) out[j] = bf16_fast(w[j]);
+            for (int64_t j = 0; j < k; ++j)
+                out[j] = bf16_fast(w[j]);
             return;
         }
         case DType::F16: {
             const uint16_t* w = weight.data_as<uint16_t>() + row * k;
-            for (int64_t j = 0; j < k; ++j) out[j] = f16_to_float(w[j]);
+            for (int64_t j = 0; j < k; ++j)
+                out[j] = f16_to_float(w[j]);
             return;
         }
         case DType::F8_E4M3: {
@@ -74,7 +78,8 @@ void dequantize_row(const Tensor& weight, const Tensor* scale_inv, int64_t row, 
                 const float s = scales[kb];
                 const int64_t end = std::min(k, (kb + 1) * block_k);
 #pragma omp simd
-                for (int64_t j = kb * block_k; j < end; ++j) out[j] = fp8_e4m3_fast(w[j]) * s;
+                for (int64_t j = kb * block_k; j < end; ++j)
+                    out[j] = fp8_e4m3_fast(w[j]) * s;
             }
             return;
         }
@@ -122,7 +127,8 @@ void linear(const float* x, int64_t m, int64_t k, const Tensor& weight, const Te
                     a3 += xi[j] * w3[j];
                 }
                 const float acc[kRows] = {a0, a1, a2, a3};
-                for (int64_t r = 0; r < rows; ++r) y[i * n + r0 + r] = acc[r];
+                for (int64_t r = 0; r < rows; ++r)
+                    y[i * n + r0 + r] = acc[r];
             }
         }
     }

@@ -10,13 +10,14 @@ namespace k2::cpu {
 
 namespace {
 
-double get_mscale(double scale, double mscale) { return scale <= 1.0 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0; }
+double get_mscale(double scale, double mscale) {
+    return scale <= 1.0 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
+}
 
 // Dimension index whose wavelength makes `num_rotations` turns over the original context.
 double correction_dim(double num_rotations, int64_t dim, double theta, int64_t max_pos) {
     return static_cast<double>(dim) *
-           std::log(static_cast<double>(max_pos) / (num_rotations * 2.0 * std::numbers::pi)) /
-           (2.0 * std::log(theta));
+           std::log(static_cast<double>(max_pos) / (num_rotations * 2.0 * std::numbers::pi)) / (2.0 * std::log(theta));
 }
 
 }  // namespace

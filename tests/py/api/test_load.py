@@ -11,6 +11,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 NUM_STREAMS = 1024
+NUM_NON_STREAMING = 4
 
 
 def metric_values(text):
@@ -103,7 +104,19 @@ async def disconnect_mid_stream(base, num_clients):
                         got += 1
                     if got >= 3:
                         break  # leaving the block closes the connection mid-stream
-    await asyncio.gather(*(one(i) for i in range(num_clients)))
+    async def one_non_streaming(i):
+        # A non-streaming client that gives up: the closed connection must abort its request as well.
+        body = {"model": "scripted", "prompt": f"SLOW quiet {i}", "max_tokens": 400}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.3)) as session:
+            try:
+                async with session.post(base + "/v1/completions", json=body) as r:
+                    await r.read()
+            except asyncio.TimeoutError:
+                return
+        raise AssertionError("a 400-step scripted output finished within 0.3 s")
+
+    await asyncio.gather(*(one(i) for i in range(num_clients)),
+                         *(one_non_streaming(i) for i in range(NUM_NON_STREAMING)))
 
 
 def test_disconnect_aborts_and_frees_blocks(scripted_server):
@@ -123,5 +136,5 @@ def test_disconnect_aborts_and_frees_blocks(scripted_server):
     assert idle, now
     assert time.time() - started < 8
     aborted = now.get("vllm:request_success_total:abort", 0) - before.get("vllm:request_success_total:abort", 0)
-    assert aborted == num_clients
+    assert aborted == num_clients + NUM_NON_STREAMING
     assert now["k2:http_requests_in_flight"] == 0

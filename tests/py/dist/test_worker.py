@@ -1,6 +1,7 @@
 """The real `k2 worker` launcher (issue 9, acceptance 3): kill -9 one rank of a 4-rank group and the whole
 group must be gone within 10 s, with a message naming the rank and its pid."""
 import os
+import random
 import re
 import signal
 import socket
@@ -12,10 +13,22 @@ import pytest
 K2_BIN = os.environ.get("K2_BIN", "build/k2")
 
 
-def free_port():
+def can_bind(port):
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port():
+    """P with P (rendezvous) and P + 1 (control) free, below the kernel's ephemeral range."""
+    for _ in range(1000):
+        port = random.randrange(20000, 32000)
+        if can_bind(port) and can_bind(port + 1):
+            return port
+    pytest.fail("no free port pair")
 
 
 def alive(pid):
