@@ -8,6 +8,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "io/model_path.h"
 #include "server/openai_protocol.h"
 #include "server/serve.h"
 
@@ -99,10 +100,12 @@ void check_model_flags(const ServeFlags& f) {
              "max_num_batched_tokens ({}) must be greater than or equal to max_num_seqs ({}).",
              o.max_num_batched_tokens, o.max_num_seqs);
     K2_CHECK(f.block_size == 0 || f.block_size == 64, "--block-size {}: MLA uses 64-token KV blocks", f.block_size);
-    const std::filesystem::path config = std::filesystem::path(o.model) / "config.json";
+    // A hub id is looked up in the local HF cache; the error says where it looked.
+    const std::filesystem::path dir = resolve_model_path(o.model, o.revision, o.download_dir);
+    const std::filesystem::path config = dir / "config.json";
     K2_CHECK(std::filesystem::exists(config),
-             "model {}: no config.json there; pass a checkpoint directory (config.json, *.safetensors, tiktoken.model)",
-             o.model);
+             "model {}: no config.json in {}; pass a checkpoint directory (config.json, *.safetensors, tiktoken.model)",
+             o.model, dir.string());
     if (!f.quantization.empty()) {
         K2_CHECK(f.quantization == "fp8", "--quantization {} is not supported (only fp8)", f.quantization);
         const std::string text = [&] {
@@ -122,7 +125,10 @@ void add_serve_command(CLI::App& app) {
     auto flags = std::make_shared<ServeFlags>();
     server::ServeOptions& o = flags->options;
     CLI::App* cmd = app.add_subcommand("serve", "Serve a model with an OpenAI-compatible HTTP API (vLLM's flags)");
-    cmd->add_option("model", o.model, "Checkpoint directory")->capture_default_str();
+    cmd->add_option("model", o.model, "Checkpoint directory, or a hub id (org/name) from the local HF cache")
+        ->capture_default_str();
+    cmd->add_option("--revision", o.revision, "Hub id only: branch, tag or commit of the cached snapshot");
+    cmd->add_option("--download-dir", o.download_dir, "Hub id only: Hugging Face cache root to look in");
     cmd->add_option("--served-model-name", o.served_model_names,
                     "Model name(s) in the API; the first is echoed in responses (default: MODEL)");
     cmd->add_option("--host", o.host, "Bind address")->capture_default_str();

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "io/model_path.h"
 #include "core/log.h"
 #include "engine/engine.h"
 #include "io/model_config.h"
@@ -212,7 +213,22 @@ std::shared_ptr<Engine> make_engine(const ServeOptions& options, const std::shar
 
 }  // namespace
 
-int run_serve(const ServeOptions& options) {
+namespace {
+
+// A hub id becomes its snapshot directory in the local cache; the id stays the served model name.
+ServeOptions resolve_model(const ServeOptions& requested) {
+    ServeOptions options = requested;
+    options.model = resolve_model_path(requested.model, requested.revision, requested.download_dir).string();
+    if (options.served_model_names.empty()) {
+        options.served_model_names = {requested.model};
+    }
+    return options;
+}
+
+}  // namespace
+
+int run_serve(const ServeOptions& requested) {
+    const ServeOptions options = resolve_model(requested);
     // Signals are taken synchronously by this thread (sigwait); every thread started below inherits the mask.
     sigset_t signals;
     sigemptyset(&signals);

@@ -9,7 +9,9 @@
 namespace k2::server {
 
 struct ServeOptions {
-    std::string model = "tests/fixtures/tiny-kimi-k2";  // checkpoint directory
+    std::string model = "tests/fixtures/tiny-kimi-k2";  // checkpoint directory or hub id (org/name)
+    std::string revision;                               // hub id only: branch, tag or commit in the HF cache
+    std::string download_dir;                           // hub id only: cache root instead of $HF_HOME/hub
     std::vector<std::string> served_model_names;        // empty: the model argument
     std::string host = "0.0.0.0";
     int port = 8000;
