@@ -14,10 +14,10 @@
 #include <thread>
 
 #include "core/error.h"
-#include "io/model_path.h"
 #include "core/log.h"
 #include "engine/engine.h"
 #include "io/model_config.h"
+#include "io/model_path.h"
 #include "model/model.h"
 #include "server/http_server.h"
 #include "server/openai_server.h"
@@ -210,10 +210,6 @@ std::shared_ptr<Engine> make_engine(const ServeOptions& options, const std::shar
     auto engine = std::make_shared<Engine>(engine_config, std::move(model), tokenizer);
     return engine;
 }
-
-}  // namespace
-
-namespace {
 
 // A hub id becomes its snapshot directory in the local cache; the id stays the served model name.
 ServeOptions resolve_model(const ServeOptions& requested) {
