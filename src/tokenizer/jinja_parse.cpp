@@ -503,6 +503,7 @@ public:
         }
         expect_op("]");
         if (!is_slice) {
+            if (!parts[0]) fail("empty subscript `[]`");
             auto e = make(ExprKind::Subscript);
             e->children.push_back(std::move(target));
             e->children.push_back(std::move(parts[0]));

@@ -67,6 +67,17 @@ TEST(ChatTemplate, SyntaxErrorNamesLine) {
     }
 }
 
+// Found by fuzz_chat_template: `x[]` used to build a subscript with no index and crash at render time.
+TEST(ChatTemplate, EmptySubscriptIsASyntaxError) {
+    try {
+        jinja::Template t("{{ tools[] | length }}", "empty.jinja");
+        FAIL() << "expected a syntax error";
+    } catch (const Error& e) {
+        EXPECT_NE(e.message().find("empty subscript"), std::string::npos) << e.message();
+        EXPECT_NE(e.message().find("empty.jinja:1"), std::string::npos) << e.message();
+    }
+}
+
 TEST(ChatTemplate, RaiseExceptionNamesLineAndMessage) {
     jinja::Template t("ok\n\n{% if messages | length == 0 %}{{ raise_exception('need messages') }}{% endif %}",
                       "strict.jinja");
