@@ -188,8 +188,10 @@ std::vector<SampleRequest> sample_sharegpt(const std::filesystem::path& path, co
             break;
         }
         const nlohmann::json& turns = (*entry)["conversations"];
-        K2_CHECK(turns[0].contains("value") && turns[1].contains("value"),
-                 "--dataset-path: {}: a conversation turn has no \"value\"", path.string());
+        for (const nlohmann::json* turn : {&turns[0], &turns[1]}) {
+            K2_CHECK(turn->is_object() && turn->contains("value") && (*turn)["value"].is_string(),
+                     "--dataset-path: {}: a conversation turn has no string \"value\"", path.string());
+        }
         const std::string prompt = turns[0]["value"].get<std::string>();
         const auto prompt_len = static_cast<int>(tokenizer.encode(prompt).size());
         const int new_output_len =

@@ -91,6 +91,7 @@ void add_result_flags(CLI::App* cmd, bench::BenchServeOptions& o, RawBenchFlags&
 void add_bench_command(CLI::App& app) {
     CLI::App* bench = app.add_subcommand("bench", "Benchmarks");
     bench->require_subcommand(1);
+    add_bench_step_command(*bench);
     CLI::App* serve =
         bench->add_subcommand("serve", "vLLM's serving benchmark against an OpenAI-compatible server");
     auto options = std::make_shared<bench::BenchServeOptions>();

@@ -40,6 +40,7 @@ struct GenerateOptions {
     bool ignore_eos = false;
     bool timing = false;
     std::string kv_cache_dtype = "auto";
+    std::string device = "cpu";
 };
 
 // tests/fixtures/tiny-kimi-k2 of the source tree: from K2_SOURCE_DIR when compiled in, else searched upwards
@@ -133,6 +134,7 @@ void run_generate(const GenerateOptions& o) {
     K2_CHECK(!prompt.empty(), "the prompt is empty");
     ModelOptions options;
     options.kv_cache_dtype = parse_kv_dtype(o.kv_cache_dtype);
+    options.device = o.device;
     std::unique_ptr<Model> model = load_model(dir, options);
     std::vector<int64_t> stops = model->config().eos_token_ids;
     if (tok) {
@@ -195,7 +197,9 @@ void add_generate_command(CLI::App& app) {
     cmd->add_option("--top-k", o->top_k, "Keep the k most likely tokens (-1: all)")->capture_default_str();
     cmd->add_option("--seed", o->seed, "Sampling seed")->capture_default_str();
     cmd->add_flag("--ignore-eos", o->ignore_eos, "Do not stop at EOS / <|im_end|>");
-    cmd->add_option("--kv-cache-dtype", o->kv_cache_dtype, "auto (float32), bfloat16 or fp8")->capture_default_str();
+    cmd->add_option("--kv-cache-dtype", o->kv_cache_dtype, "auto (float32 on cpu, bfloat16 on cuda), bfloat16 or fp8")
+        ->capture_default_str();
+    cmd->add_option("--device", o->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
     cmd->add_flag("--timing", o->timing, "Print prefill and decode tokens/s to stderr");
     cmd->callback([o] { run_generate(*o); });
 }

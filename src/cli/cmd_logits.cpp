@@ -20,12 +20,19 @@ struct LogitsOptions {
     std::string model;
     std::string token_ids;
     std::string output;
+    std::string device = "cpu";
+    std::string kv_cache_dtype = "auto";
 };
 
 void run_logits(const LogitsOptions& o) {
     const std::vector<int32_t> ids = parse_token_ids(o.token_ids, "--token-ids");
     K2_CHECK(!ids.empty(), "--token-ids: at least one token id is required");
-    std::unique_ptr<Model> model = load_model(resolve_model_path(o.model), ModelOptions{});
+    ModelOptions options;
+    options.device = o.device;
+    options.kv_cache_dtype = o.kv_cache_dtype == "fp8" ? KvCacheDType::FP8_E4M3
+                             : o.kv_cache_dtype == "bfloat16" ? KvCacheDType::BF16
+                                                              : KvCacheDType::F32;  // auto: f32 (cpu), bf16 (cuda)
+    std::unique_ptr<Model> model = load_model(resolve_model_path(o.model), options);
     SingleSequence seq(*model, static_cast<int>(ids.size()));
     const Tensor logits = seq.append(ids, /*all_logits=*/true);  // [n_tokens, vocab]
     std::ofstream out(o.output, std::ios::binary);
@@ -71,6 +78,10 @@ void add_logits_command(CLI::App& app) {
     cmd->add_option("model", opts->model, "Model directory or hub id")->required();
     cmd->add_option("--token-ids", opts->token_ids, "Comma-separated prompt token ids")->required();
     cmd->add_option("--output,-o", opts->output, "Output file (raw little-endian float32)")->required();
+    cmd->add_option("--device", opts->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+    cmd->add_option("--kv-cache-dtype", opts->kv_cache_dtype, "auto, bfloat16 or fp8")
+        ->check(CLI::IsMember({"auto", "bfloat16", "fp8"}))
+        ->capture_default_str();
     cmd->callback([opts] { run_logits(*opts); });
 }
 

@@ -169,7 +169,8 @@ void add_serve_command(CLI::App& app) {
                   "Deprecated: requests are not logged by default");
     cmd->add_flag("--disable-log-stats", flags->disable_log_stats, "No periodic throughput lines");
     cmd->add_flag("--enable-force-include-usage", o.enable_force_include_usage, "Usage chunk in every stream");
-    cmd->add_flag("--enforce-eager", flags->enforce_eager, "Accepted for vLLM compatibility");
+    cmd->add_flag("--disable-web-ui", o.disable_web_ui, "No chat page at / and /chat (the API is unchanged)");
+    cmd->add_flag("--enforce-eager", flags->enforce_eager, "CUDA: no CUDA graphs (every decode step runs eagerly)");
     cmd->add_option("--block-size", flags->block_size, "KV block size (MLA: 64)");
     cmd->add_option("--max-request-body-bytes", flags->max_request_body_bytes, "Larger bodies get 413 (default 32M)");
     cmd->add_option("--tensor-parallel-size", flags->tensor_parallel_size, "TP size (-tp)")->capture_default_str();
@@ -203,11 +204,14 @@ void add_serve_command(CLI::App& app) {
         if (!f.kv_cache_memory_bytes.empty()) {
             opts.kv_cache_memory_bytes =
                 static_cast<size_t>(server::parse_human_int(f.kv_cache_memory_bytes, "--kv-cache-memory-bytes"));
+            opts.kv_cache_memory_bytes_set = true;
         }
         if (!f.max_request_body_bytes.empty()) {
             opts.max_request_body_bytes =
                 static_cast<size_t>(server::parse_human_int(f.max_request_body_bytes, "--max-request-body-bytes"));
         }
+        opts.gpu_memory_utilization = f.gpu_memory_utilization;
+        opts.enforce_eager = f.enforce_eager;
         opts.api_keys = f.api_keys;
         for (const char* env : {"VLLM_API_KEY", "K2_API_KEY"}) {
             const char* value = std::getenv(env);

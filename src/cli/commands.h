@@ -11,6 +11,7 @@ namespace k2::cli {
 
 void add_version_command(CLI::App& app);
 void add_bench_command(CLI::App& app);     // cmd_bench.cpp
+void add_bench_step_command(CLI::App& bench);  // cmd_bench_step.cpp (under `k2 bench`)
 void add_logits_command(CLI::App& app);    // cmd_logits.cpp
 void add_generate_command(CLI::App& app);  // cmd_generate.cpp
 void add_inspect_command(CLI::App& app);   // cmd_inspect.cpp

@@ -4,7 +4,9 @@
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
+#include <exception>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 #include <unordered_set>
@@ -103,7 +105,14 @@ struct Engine::Impl {
     std::unique_ptr<TextStream> make_text_stream(const SamplingParams& params) const;
     void drain_inbox();
     bool run_step();
-    void process_seq(const ScheduledSeq& seq, const SeqLogitRows& rows, const Tensor& logits);
+    // The per-sequence logits work of a step (prompt logprobs, sampling) is pure and runs for all sequences in
+    // parallel (a 163,840-wide softmax per row was the step's largest host cost); the bookkeeping after it does not.
+    struct SeqSample {
+        std::vector<TokenLogprobs> prompt_logprobs;
+        std::optional<SampleResult> sampled;
+    };
+    SeqSample sample_seq(const ScheduledSeq& seq, const SeqLogitRows& rows, const Tensor& logits) const;
+    void process_seq(const ScheduledSeq& seq, SeqSample sample);
     void record_token_timing(Request& request, bool first_token);
     FinishReason check_token_stop(const Request& request, int32_t token_id, RequestOutput& output) const;
     void finish(Request* request, FinishReason reason, RequestOutput output);
@@ -210,6 +219,11 @@ void Engine::Impl::validate(const EngineRequest& request) const {
         K2_CHECK(*p.prompt_logprobs <= config.max_logprobs,
                  "Requested prompt logprobs of {}, which is greater than max allowed: {}", *p.prompt_logprobs,
                  config.max_logprobs);
+    }
+    for (const auto& [id, bias] : p.logit_bias) {
+        K2_CHECK(id >= 0 && id < vocab_size,
+                 "token_id(s) [{}] in logit_bias contain out-of-vocab token ids. Vocabulary size: {}", id, vocab_size);
+        K2_CHECK(std::isfinite(bias), "logit_bias for token {} must be finite, got {}.", id, bias);
     }
     for (const std::string& stop : p.stop) K2_CHECK(!stop.empty(), "stop strings must not be empty.");
     K2_CHECK(p.stop.empty() || tokenizer != nullptr, "stop strings need a tokenizer, and this engine has none.");
@@ -335,25 +349,42 @@ bool Engine::Impl::run_step() {
         stats.num_steps += 1;
         stats.last_step_time = Clock::now();
     }
+    const auto num_seqs = static_cast<int64_t>(output.seqs.size());
+    std::vector<SeqSample> samples(output.seqs.size());
+    std::vector<std::exception_ptr> errors(output.seqs.size());
+#pragma omp parallel for schedule(dynamic) if (num_seqs > 1)
+    for (int64_t i = 0; i < num_seqs; ++i) {
+        try {
+            samples[static_cast<size_t>(i)] = sample_seq(output.seqs[static_cast<size_t>(i)],
+                                                         built.rows[static_cast<size_t>(i)], logits);
+        } catch (...) {
+            errors[static_cast<size_t>(i)] = std::current_exception();  // nothing may leave a parallel region
+        }
+    }
+    for (const std::exception_ptr& error : errors) {
+        if (error) std::rethrow_exception(error);
+    }
     for (size_t seq_idx = 0; seq_idx < output.seqs.size(); ++seq_idx) {
-        process_seq(output.seqs[seq_idx], built.rows[seq_idx], logits);
+        process_seq(output.seqs[seq_idx], std::move(samples[seq_idx]));
     }
     refresh_gauges();
     return true;
 }
 
-void Engine::Impl::process_seq(const ScheduledSeq& seq, const SeqLogitRows& rows, const Tensor& logits) {
-    Request& request = *seq.request;
+Engine::Impl::SeqSample Engine::Impl::sample_seq(const ScheduledSeq& seq, const SeqLogitRows& rows,
+                                                 const Tensor& logits) const {
+    const Request& request = *seq.request;
     auto row_of = [&](int row) {
         return std::span<const float>(logits.data_as<float>() + static_cast<size_t>(row) * vocab_size,
                                       static_cast<size_t>(vocab_size));
     };
+    SeqSample sample;
     for (int r = 0; r < rows.num_prompt_rows; ++r) {
         const auto next_token = request.token_ids[static_cast<size_t>(rows.first_prompt_position + r + 1)];
-        request.prompt_logprobs.push_back(
+        sample.prompt_logprobs.push_back(
             compute_logprobs(row_of(rows.prompt_row_begin + r), next_token, *request.params.prompt_logprobs));
     }
-    if (rows.sample_row < 0) return;  // a prefill chunk that does not reach the end
+    if (rows.sample_row < 0) return sample;  // a prefill chunk that does not reach the end
 
     const std::span<const int32_t> all_ids(request.token_ids);
     SampleContext context;
@@ -363,8 +394,18 @@ void Engine::Impl::process_seq(const ScheduledSeq& seq, const SeqLogitRows& rows
     std::vector<int32_t> masked_ids = request.params.stop_token_ids;
     if (!request.params.ignore_eos) masked_ids.insert(masked_ids.end(), eos_ids.begin(), eos_ids.end());
     context.min_tokens_masked_ids = masked_ids;
-    context.rng = &request.rng;
-    const SampleResult sampled = sample_token(row_of(rows.sample_row), context);
+    context.rng = &seq.request->rng;  // this sequence's own generator: rows may run in parallel
+    sample.sampled = sample_token(row_of(rows.sample_row), context);
+    return sample;
+}
+
+void Engine::Impl::process_seq(const ScheduledSeq& seq, SeqSample sample) {
+    Request& request = *seq.request;
+    for (TokenLogprobs& row : sample.prompt_logprobs) {
+        request.prompt_logprobs.push_back(std::move(row));
+    }
+    if (!sample.sampled.has_value()) return;
+    const SampleResult& sampled = *sample.sampled;
     request.token_ids.push_back(sampled.token_id);
 
     const bool first_token = request.num_output_tokens() == 1;

@@ -32,6 +32,7 @@ struct TopLogprob {
 struct TokenLogprobs {
     int32_t token_id = 0;             // the sampled (or prompt) token
     float logprob = 0.0f;
+    int rank = 0;                     // 1-based rank of token_id in the whole vocabulary (vLLM's rank)
     std::vector<TopLogprob> top;      // highest first, size = requested top count
 };
 

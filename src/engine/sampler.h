@@ -1,5 +1,5 @@
 // Sampler: one token from one row of float logits, with vLLM v1 semantics (vllm/v1/sample/sampler.py):
-// logprobs come from the raw logits; then min_tokens masking, penalties, greedy argmax or temperature,
+// logprobs come from the raw logits; then min_tokens masking, logit_bias, penalties, greedy argmax or temperature,
 // min-p, top-k, top-p and a draw from the request's own generator. Plain CPU code.
 #pragma once
 
@@ -21,6 +21,9 @@ inline constexpr double kGreedyTemperature = 1e-5;
 void apply_penalties(std::span<float> logits, const SamplingParams& params, std::span<const int32_t> prompt_ids,
                      std::span<const int32_t> output_ids);
 
+// Adds the request's logit_bias to `logits` (vLLM applies it, like min_tokens, before the penalties). [vocab_size]
+void apply_logit_bias(std::span<float> logits, const SamplingParams& params);
+
 // The distribution a non-greedy request draws from, given penalized logits: softmax(logits / temperature),
 // then min-p, top-k and top-p masks, renormalized. [vocab_size]
 std::vector<double> sampling_distribution(std::span<const float> logits, const SamplingParams& params);
@@ -28,7 +31,7 @@ std::vector<double> sampling_distribution(std::span<const float> logits, const S
 // Inverse-CDF draw from a (normalized) distribution.
 int32_t draw_token(std::span<const double> probs, std::mt19937_64& rng);
 
-// log_softmax of `logits` at `token_id` plus the `num_top` most likely tokens, highest first.
+// log_softmax of `logits` at `token_id` (with its rank) plus the `num_top` most likely tokens, highest first.
 TokenLogprobs compute_logprobs(std::span<const float> logits, int32_t token_id, int num_top);
 
 struct SampleContext {

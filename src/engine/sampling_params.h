@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace k2 {
@@ -27,6 +28,8 @@ struct SamplingParams {
     std::optional<int> logprobs;         // number of top logprobs per sampled token (0 = sampled only)
     std::optional<int> prompt_logprobs;  // number of top logprobs per prompt token
     bool skip_special_tokens = true;
+    // OpenAI logit_bias: (token id, bias in [-100, 100]) added to the raw logits before penalties and temperature.
+    std::vector<std::pair<int32_t, float>> logit_bias;
 };
 
 }  // namespace k2

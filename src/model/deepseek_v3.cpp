@@ -31,6 +31,13 @@ DType cache_dtype(KvCacheDType d) {
     }
 }
 
+void add_into(float* h, const float* x, size_t n) {
+    for (size_t i = 0; i < n; ++i)
+        h[i] += x[i];
+}
+
+}  // namespace
+
 cpu::YarnParams yarn_params(const RopeScaling& r) {
     cpu::YarnParams p;
     p.yarn = r.type == "yarn";
@@ -42,13 +49,6 @@ cpu::YarnParams yarn_params(const RopeScaling& r) {
     p.original_max_position_embeddings = r.original_max_position_embeddings;
     return p;
 }
-
-void add_into(float* h, const float* x, size_t n) {
-    for (size_t i = 0; i < n; ++i)
-        h[i] += x[i];
-}
-
-}  // namespace
 
 DeepseekV3Model::DeepseekV3Model(ModelConfig config, Checkpoint checkpoint, DeepseekV3Weights weights,
                                  const ModelOptions& options)

@@ -56,6 +56,9 @@ struct DeepseekV3Weights {
     LinearWeight lm_head;  // [vocab, hidden]
 };
 
+// The config's rope_scaling as the RoPE ops take it (shared by the CPU and CUDA models).
+cpu::YarnParams yarn_params(const RopeScaling& rope_scaling);
+
 // Reads every tensor the forward needs from `checkpoint` (views, nothing copied but kv_b_proj's split).
 DeepseekV3Weights load_deepseek_v3_weights(const Checkpoint& checkpoint, const ModelConfig& config);
 

@@ -5,6 +5,9 @@
 #include "io/safetensors.h"
 #include "model/deepseek_v3.h"
 #include "model/weight_schema.h"
+#ifdef K2_HAVE_CUDA_MODEL
+#include "model/cuda/deepseek_v3_cuda.h"
+#endif
 
 namespace k2 {
 
@@ -23,8 +26,11 @@ void check_supported(const ModelConfig& c, const std::filesystem::path& dir) {
 }  // namespace
 
 std::unique_ptr<Model> load_model(const std::filesystem::path& model_dir, const ModelOptions& options) {
-    K2_CHECK(options.device == "cpu", "device \"{}\" is not supported by this build's model loader (use \"cpu\")",
+    K2_CHECK(options.device == "cpu" || options.device == "cuda", "device \"{}\" is not supported (cpu or cuda)",
              options.device);
+#ifndef K2_HAVE_CUDA_MODEL
+    K2_CHECK(options.device == "cpu", "--device cuda: this k2 was built without the CUDA backend (nvcc not found)");
+#endif
     ModelConfig config = load_model_config(model_dir);
     check_supported(config, model_dir);
     Checkpoint checkpoint = Checkpoint::open(model_dir);
@@ -32,6 +38,11 @@ std::unique_ptr<Model> load_model(const std::filesystem::path& model_dir, const 
     if (!extra.empty()) {
         K2_WARN("{}: {} unexpected tensors are ignored (first: {})", model_dir.string(), extra.size(), extra.front());
     }
+#ifdef K2_HAVE_CUDA_MODEL
+    if (options.device == "cuda") {
+        return std::make_unique<DeepseekV3CudaModel>(std::move(config), std::move(checkpoint), options);
+    }
+#endif
     DeepseekV3Weights weights = load_deepseek_v3_weights(checkpoint, config);
     return std::make_unique<DeepseekV3Model>(std::move(config), std::move(checkpoint), std::move(weights), options);
 }

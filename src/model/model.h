@@ -21,6 +21,13 @@ struct ModelOptions {
     std::string device = "cpu";  // "cpu" or "cuda"
     KvCacheDType kv_cache_dtype = KvCacheDType::F32;
     int num_threads = 0;  // CPU backend: 0 = OpenMP default
+    // CUDA backend: activation buffers are sized for this many tokens per step (--max-num-batched-tokens).
+    int max_num_tokens = 8192;
+    // CUDA backend: decode steps replay CUDA graphs captured per padded batch size unless enforce_eager; graphs
+    // cover sequences up to max_model_len tokens (0: the config's max_position_embeddings).
+    bool enforce_eager = false;
+    int max_model_len = 0;
+    int max_num_seqs = 256;
 };
 
 class Model {
@@ -33,6 +40,13 @@ public:
     virtual size_t kv_cache_bytes_per_block() const = 0;
     // (Re)allocates the cache with num_blocks blocks of kKvBlockSize tokens; contents are undefined.
     virtual void allocate_kv_cache(int num_blocks) = 0;
+    // Bytes the KV cache may take so that the process uses at most this fraction of the device's memory
+    // (--gpu-memory-utilization), measured after weights and activations are allocated (>= 1); 0 for models
+    // without device memory (CPU, scripted), whose budget is --kv-cache-memory-bytes.
+    virtual size_t kv_cache_budget_bytes(double gpu_memory_utilization) const {
+        (void)gpu_memory_utilization;
+        return 0;
+    }
 
     // Runs one step. Writes every new token's latent KV at batch.slot_mapping, attends over each
     // sequence's blocks (batch.block_tables) up to batch.seq_lens, and returns float32 logits

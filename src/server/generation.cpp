@@ -84,6 +84,9 @@ struct SubRequest {
     int choice_base = 0;
     int num_prompt_tokens = 0;
     std::string echo_text;
+    bool wants_prompt_logprobs = false;
+    std::vector<TokenLogprobs> prompt_logprobs;  // prompt tokens 1.., from the first output
+    int32_t first_prompt_token = 0;              // echo with logprobs: its entry has no logprob
 };
 
 class GenerationJob : public std::enable_shared_from_this<GenerationJob> {
@@ -109,6 +112,7 @@ public:
     int n = 1;
     std::vector<EngineRequest> requests;
     std::vector<std::string> echo_texts;
+    bool echo_logprobs = false;  // completions echo + logprobs: the prompt's tokens lead the logprobs
 
     // Submits every engine request; throws (nothing sent yet) when the engine refuses one.
     void start() {
@@ -119,6 +123,8 @@ public:
             sub.choice_base = static_cast<int>(i) * n;
             sub.num_prompt_tokens = static_cast<int>(requests[i].prompt_token_ids.size());
             sub.echo_text = i < echo_texts.size() ? echo_texts[i] : "";
+            sub.wants_prompt_logprobs = requests[i].params.prompt_logprobs.has_value();
+            sub.first_prompt_token = requests[i].prompt_token_ids.empty() ? 0 : requests[i].prompt_token_ids[0];
             try {
                 sub.stream = engine.submit(std::move(requests[i]));
             } catch (...) {
@@ -199,12 +205,14 @@ private:
             complete();
     }
 
-    void on_output(const SubRequest& sub, RequestOutput& output) {
+    void on_output(SubRequest& sub, RequestOutput& output) {
         Choice& choice = m_choices.at(sub.choice_base + output.index);
         if (output.finish_reason == "error") {
             fail(output.error.empty() ? "engine error" : output.error);
             return;
         }
+        if (sub.prompt_logprobs.empty() && !output.prompt_logprobs.empty())
+            sub.prompt_logprobs = std::move(output.prompt_logprobs);
         choice.num_output_tokens = output.num_output_tokens;
         for (TokenLogprobs& lp : output.logprobs)
             choice.logprobs.push_back(lp);
@@ -218,7 +226,7 @@ private:
             delta = sub.echo_text + delta;
         choice.text += delta;
         if (stream)
-            stream_output(sub.choice_base + output.index, choice, delta, output);
+            stream_output(sub, sub.choice_base + output.index, choice, delta, output);
         choice.started = true;
     }
 
@@ -271,6 +279,50 @@ private:
             {"text_offset", offsets}, {"token_logprobs", token_logprobs}, {"tokens", tokens}, {"top_logprobs", tops}};
     }
 
+    // vLLM's prompt_logprobs: null for the first prompt token, then per position {"<id>": {logprob, rank,
+    // decoded_token}} for the prompt token followed by the top alternatives (ranks 1..k).
+    json prompt_logprobs_json(const SubRequest& sub) const {
+        if (!sub.wants_prompt_logprobs)
+            return nullptr;
+        const Tokenizer& tokenizer = *m_handle->tokenizer;
+        auto entry = [&](int32_t token_id, float logprob, int rank) {
+            const int32_t ids[] = {token_id};
+            return json{{"logprob", clamp_logprob(logprob)}, {"rank", rank}, {"decoded_token", tokenizer.decode(ids)}};
+        };
+        json positions = json::array({nullptr});
+        for (const TokenLogprobs& e : sub.prompt_logprobs) {
+            json position = json::object();
+            position[std::to_string(e.token_id)] = entry(e.token_id, e.logprob, e.rank);
+            for (size_t r = 0; r < e.top.size(); ++r) {
+                const std::string key = std::to_string(e.top[r].token_id);
+                if (!position.contains(key))
+                    position[key] = entry(e.top[r].token_id, e.top[r].logprob, static_cast<int>(r) + 1);
+            }
+            positions.push_back(std::move(position));
+        }
+        return positions;
+    }
+
+    // vLLM's echo with logprobs: the first prompt token (no logprob, null top), the prompt logprobs, then
+    // the generated tokens' entries.
+    json completion_logprobs_with_prompt(const SubRequest& sub, const std::vector<TokenLogprobs>& entries,
+                                         size_t& text_offset) const {
+        const std::string& first = m_handle->tokenizer->token_bytes(sub.first_prompt_token);
+        json result = {{"text_offset", json::array({text_offset})},
+                       {"token_logprobs", json::array({nullptr})},
+                       {"tokens", json::array({first})},
+                       {"top_logprobs", json::array({nullptr})}};
+        text_offset += first.size();
+        for (const std::vector<TokenLogprobs>* part : {&sub.prompt_logprobs, &entries}) {
+            const json more = completion_logprobs(*part, text_offset);
+            for (auto& [key, values] : result.items()) {
+                for (const json& value : more[key])
+                    values.push_back(value);
+            }
+        }
+        return result;
+    }
+
     json chunk_base() const {
         return {{"id", id},
                 {"object", m_api == Api::kChat ? "chat.completion.chunk" : "text_completion"},
@@ -286,11 +338,15 @@ private:
         m_writer->write(sse_event(dump_json(chunk)));
     }
 
-    void stream_output(int index, Choice& choice, const std::string& delta, const RequestOutput& output) {
+    void stream_output(const SubRequest& sub, int index, Choice& choice, const std::string& delta,
+                       const RequestOutput& output) {
         if (m_api == Api::kCompletion) {
             json c = {{"index", index}, {"text", delta}, {"logprobs", nullptr}, {"finish_reason", nullptr}};
-            if (want_logprobs)
-                c["logprobs"] = completion_logprobs(output.logprobs, choice.text_offset);
+            if (want_logprobs) {
+                c["logprobs"] = echo_logprobs && !choice.started
+                                    ? completion_logprobs_with_prompt(sub, output.logprobs, choice.text_offset)
+                                    : completion_logprobs(output.logprobs, choice.text_offset);
+            }
             if (choice.finished) {
                 c["finish_reason"] = choice.finish_reason;
                 c["stop_reason"] = stop_reason_json(choice.stop_reason);
@@ -422,7 +478,7 @@ private:
                 {"service_tier", nullptr},
                 {"system_fingerprint", nullptr},
                 {"usage", usage_json()},
-                {"prompt_logprobs", nullptr},
+                {"prompt_logprobs", m_subs.empty() ? json(nullptr) : prompt_logprobs_json(m_subs.front())},
                 {"kv_transfer_params", nullptr}};
     }
 
@@ -430,14 +486,19 @@ private:
         json choices = json::array();
         for (size_t i = 0; i < m_choices.size(); ++i) {
             const Choice& choice = m_choices[i];
+            const SubRequest& sub = m_subs.at(i / static_cast<size_t>(n));
             size_t offset = 0;
-            choices.push_back(
-                {{"index", i},
-                 {"text", choice.text},
-                 {"logprobs", want_logprobs ? completion_logprobs(choice.logprobs, offset) : json(nullptr)},
-                 {"finish_reason", choice.finish_reason},
-                 {"stop_reason", stop_reason_json(choice.stop_reason)},
-                 {"prompt_logprobs", nullptr}});
+            json logprobs = nullptr;
+            if (want_logprobs) {
+                logprobs = echo_logprobs ? completion_logprobs_with_prompt(sub, choice.logprobs, offset)
+                                         : completion_logprobs(choice.logprobs, offset);
+            }
+            choices.push_back({{"index", i},
+                               {"text", choice.text},
+                               {"logprobs", logprobs},
+                               {"finish_reason", choice.finish_reason},
+                               {"stop_reason", stop_reason_json(choice.stop_reason)},
+                               {"prompt_logprobs", prompt_logprobs_json(sub)}});
         }
         return {{"id", id},
                 {"object", "text_completion"},
@@ -551,6 +612,7 @@ void start_completion(OpenAiServer& server, const HttpRequest& request, const js
     job->include_usage = req.include_usage || (req.stream && config.enable_force_include_usage);
     job->continuous_usage = req.continuous_usage_stats;
     job->want_logprobs = req.logprobs.has_value();
+    job->echo_logprobs = req.echo && req.logprobs.has_value();
     job->n = req.params.n;
     for (size_t i = 0; i < req.prompts.size(); ++i) {
         const CompletionPrompt& prompt = req.prompts[i];
@@ -562,6 +624,9 @@ void start_completion(OpenAiServer& server, const HttpRequest& request, const js
             throw ApiError(400, "The prompt cannot be empty.", "BadRequestError", "prompt");
         }
         engine_request.params = req.params;
+        // vLLM: echo with logprobs asks for the prompt's logprobs too (the same top count).
+        if (req.echo && req.logprobs && !engine_request.params.prompt_logprobs)
+            engine_request.params.prompt_logprobs = req.logprobs;
         const int num_prompt = static_cast<int>(engine_request.prompt_token_ids.size());
         engine_request.params.max_tokens = resolve_max_tokens(
             num_prompt, req.max_tokens, handle->engine->max_model_len(), config.generation_defaults.max_new_tokens);

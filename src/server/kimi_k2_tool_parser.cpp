@@ -12,6 +12,9 @@ constexpr std::string_view kSingularSectionBegin = "<|tool_call_section_begin|>"
 constexpr std::string_view kSingularSectionEnd = "<|tool_call_section_end|>";
 // A section in which no call begins within this many characters is malformed (vLLM's 8192 limit).
 constexpr size_t kMaxSectionHeaderChars = 8192;
+// The longest marker that ends a section header (a call begin or a section end).
+constexpr size_t kLongestSectionMarker =
+    std::max({kToolCallBegin.size(), kToolSectionEnd.size(), kSingularSectionEnd.size()});
 
 constexpr std::array<std::string_view, 2> kSectionBegins = {kToolSectionBegin, kSingularSectionBegin};
 constexpr std::array<std::string_view, 2> kSectionEnds = {kToolSectionEnd, kSingularSectionEnd};
@@ -145,7 +148,10 @@ size_t parse_section(std::string_view text, size_t body_start, bool final, Parse
     const size_t first_call = text.find(kToolCallBegin, body_start);
     const Match first_end = find_first(text, body_start, kSectionEnds);
     const size_t limit = body_start + kMaxSectionHeaderChars;
-    if (std::min(first_call, first_end.pos) > limit && text.size() > limit) {
+    // While streaming, a marker that begins within the limit may still be incomplete: decide only once any
+    // such marker would be whole, so that the decision is the one the complete text gets.
+    const size_t decidable_size = final ? limit + 1 : limit + kLongestSectionMarker;
+    if (std::min(first_call, first_end.pos) > limit && text.size() >= decidable_size) {
         // Malformed: nothing that looks like a call for too long. The text is content after all.
         return body_start;
     }
@@ -184,16 +190,9 @@ ParseState parse(std::string_view text, bool final) {
             break;
         }
         state.content += text.substr(pos, begin.pos - pos);
-        const size_t resume = parse_section(text, begin.end(), final, state);
-        if (resume == begin.end()) {
-            // An abandoned section: its text (after the marker) is plain content up to the next section.
-            const Match next = find_first(text, begin.end(), kSectionBegins);
-            const size_t stop = next.found() ? next.pos : text.size();
-            state.content += text.substr(begin.end(), stop - begin.end());
-            pos = stop;
-            continue;
-        }
-        pos = resume;
+        // For an abandoned section this is begin.end(): its text is then parsed as outside text, so that a
+        // partial section marker at its end is held back as anywhere else.
+        pos = parse_section(text, begin.end(), final, state);
     }
     return state;
 }

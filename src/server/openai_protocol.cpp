@@ -1,6 +1,10 @@
 #include "server/openai_protocol.h"
 
+#include <fmt/ranges.h>
+
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 #include "core/error.h"
@@ -80,6 +84,112 @@ std::optional<std::string> get_string(const json& body, const char* key) {
     if (!v->is_string())
         throw bad_request(fmt::format("'{}' must be a string", key), key);
     return v->get<std::string>();
+}
+
+// OpenAI logit_bias: {"<token id>": bias}. vLLM converts the keys with int(), clamps the values to
+// [-100, 100] (OpenAI's documented range) and refuses ids outside the model's vocabulary.
+std::vector<std::pair<int32_t, float>> parse_logit_bias(const json& body, const ProtocolLimits& limits) {
+    const json* bias = find(body, "logit_bias");
+    if (!bias)
+        return {};
+    if (!bias->is_object())
+        throw bad_request("'logit_bias' must be an object mapping token ids to bias values", "logit_bias");
+    for (const auto& [key, value] : bias->items()) {
+        if (!value.is_number() || !std::isfinite(value.get<double>())) {
+            throw bad_request(fmt::format("logit_bias.{}: Input should be a valid number, got {}", key, value.dump()),
+                              "logit_bias");
+        }
+    }
+    std::vector<std::pair<int32_t, float>> result;
+    std::vector<std::string> out_of_vocab;
+    for (const auto& [key, value] : bias->items()) {
+        // Python's int(): surrounding whitespace and a sign are fine, nothing else.
+        const size_t begin = key.find_first_not_of(" \t\n\r");
+        const size_t end = key.find_last_not_of(" \t\n\r");
+        const std::string digits = begin == std::string::npos ? "" : key.substr(begin, end - begin + 1);
+        const size_t first_digit = !digits.empty() && (digits[0] == '-' || digits[0] == '+') ? 1 : 0;
+        if (digits.size() <= first_digit || digits.find_first_not_of("0123456789", first_digit) != std::string::npos) {
+            throw bad_request("Found token_id in logit_bias that is not an integer or string representing an integer",
+                              "logit_bias");
+        }
+        std::string magnitude = digits.substr(first_digit);
+        magnitude.erase(0, std::min(magnitude.find_first_not_of('0'), magnitude.size() - 1));
+        if (magnitude.size() > 10) {  // beyond any vocabulary (and int64)
+            out_of_vocab.push_back(digits[0] == '-' ? "-" + magnitude : magnitude);
+            continue;
+        }
+        const int64_t id = (digits[0] == '-' ? -1 : 1) * std::stoll(magnitude);
+        if (id < 0 || id > std::numeric_limits<int32_t>::max() || (limits.vocab_size > 0 && id >= limits.vocab_size)) {
+            out_of_vocab.push_back(std::to_string(id));
+            continue;
+        }
+        const float clamped = static_cast<float>(std::clamp(value.get<double>(), -100.0, 100.0));
+        const auto same = std::find_if(result.begin(), result.end(), [&](const auto& e) { return e.first == id; });
+        if (same != result.end()) {
+            same->second = clamped;  // a dict: the last value for an id wins
+        } else {
+            result.emplace_back(static_cast<int32_t>(id), clamped);
+        }
+    }
+    if (!out_of_vocab.empty()) {
+        throw bad_request(fmt::format("token_id(s) [{}] in logit_bias contain out-of-vocab token ids. Vocabulary "
+                                      "size: {}",
+                                      fmt::join(out_of_vocab, ", "), limits.vocab_size),
+                          "logit_bias");
+    }
+    return result;
+}
+
+// vLLM's prompt_logprobs rules: -1 asks for the whole vocabulary; never with a real stream; capped by
+// --max-logprobs.
+std::optional<int> parse_prompt_logprobs(const json& body, const ProtocolLimits& limits) {
+    std::optional<int> requested = get_int(body, "prompt_logprobs");
+    if (!requested)
+        return std::nullopt;
+    const bool stream = get_bool(body, "stream").value_or(false);
+    if (stream && (*requested > 0 || *requested == -1))
+        throw bad_request("`prompt_logprobs` are not available when `stream=True`.", "prompt_logprobs");
+    if (*requested < 0 && *requested != -1)
+        throw bad_request("`prompt_logprobs` must be a positive value or -1.", "prompt_logprobs");
+    if (stream)
+        return std::nullopt;  // 0 with a stream: accepted, but streamed chunks never carry prompt logprobs
+    if (*requested == -1) {
+        if (limits.vocab_size <= 0)
+            throw bad_request("`prompt_logprobs=-1` needs the model's vocabulary size", "prompt_logprobs");
+        requested = limits.vocab_size;
+    }
+    if (limits.max_logprobs >= 0 && *requested > limits.max_logprobs) {
+        throw bad_request(fmt::format("Requested prompt logprobs of {}, which is greater than max allowed: {}",
+                                      *requested, limits.max_logprobs),
+                          "prompt_logprobs");
+    }
+    return requested;
+}
+
+// Structured output needs constrained decoding, which k2 does not have: refuse rather than return
+// unconstrained text that the client would take for schema-valid JSON.
+void check_response_format(const json& body) {
+    if (const json* format = find(body, "response_format")) {
+        if (!format->is_object() || !format->contains("type") || !(*format)["type"].is_string())
+            throw bad_request("'response_format' must be an object with a string 'type'", "response_format");
+        const std::string type = (*format)["type"].get<std::string>();
+        if (type == "json_object" || type == "json_schema" || type == "structural_tag") {
+            throw bad_request(fmt::format("response_format type '{}' is not supported: k2 has no structured-output "
+                                          "(constrained) decoding; only {{\"type\": \"text\"}} is accepted",
+                                          type),
+                              "response_format");
+        }
+        if (type != "text") {
+            throw bad_request(fmt::format("'response_format.type' must be 'text', 'json_object', 'json_schema' or "
+                                          "'structural_tag', got '{}'",
+                                          type),
+                              "response_format");
+        }
+    }
+    for (const char* key : {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"}) {
+        if (find(body, key))
+            throw bad_request(fmt::format("{} is not supported: k2 has no structured-output decoding", key), key);
+    }
 }
 
 // The fields chat and completions share: vLLM's SamplingParams checks (vllm/sampling_params.py).
@@ -162,11 +272,9 @@ SamplingParams parse_common_sampling(const json& body, const GenerationDefaults&
                           "min_tokens");
     }
     p.skip_special_tokens = get_bool(body, "skip_special_tokens").value_or(true);
-    if (const std::optional<int> prompt_logprobs = get_int(body, "prompt_logprobs")) {
-        if (*prompt_logprobs < 0)
-            throw bad_request("`prompt_logprobs` must be a positive value.", "prompt_logprobs");
-        p.prompt_logprobs = prompt_logprobs;
-    }
+    p.prompt_logprobs = parse_prompt_logprobs(body, limits);
+    p.logit_bias = parse_logit_bias(body, limits);
+    check_response_format(body);
     return p;
 }
 
@@ -435,7 +543,38 @@ int resolve_max_tokens(int num_prompt_tokens, std::optional<int> requested, int 
     return max_tokens;
 }
 
+namespace {
+
+// Deepest array/object nesting of a JSON text (strings skipped), counted before parsing: copying or
+// rendering a parsed value recurses once per level, so a 400 KB body of 200k '[' overflowed the stack
+// (crafted while writing fuzz_openai_request). Python's json gives up near 1000 levels too.
+constexpr size_t kMaxJsonDepth = 512;
+
+size_t json_nesting_depth(const std::string& text) {
+    size_t depth = 0, max_depth = 0;
+    bool in_string = false, escaped = false;
+    for (const char c : text) {
+        if (in_string) {
+            in_string = escaped || c != '"';
+            escaped = !escaped && c == '\\';
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '[' || c == '{') {
+            max_depth = std::max(max_depth, ++depth);
+        } else if ((c == ']' || c == '}') && depth > 0) {
+            --depth;
+        }
+    }
+    return max_depth;
+}
+
+}  // namespace
+
 json parse_body(const std::string& body) {
+    if (json_nesting_depth(body) > kMaxJsonDepth) {
+        throw ApiError(400, fmt::format("The request body nests JSON deeper than {} levels.", kMaxJsonDepth),
+                       "BadRequestError");
+    }
     json value = json::parse(body, nullptr, /*allow_exceptions=*/false);
     if (value.is_discarded()) {
         throw ApiError(400, "The request body is not valid JSON.", "BadRequestError");

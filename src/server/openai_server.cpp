@@ -7,6 +7,7 @@
 #include "core/log.h"
 #include "engine/engine.h"
 #include "server/metrics.h"
+#include "server/web_chat.h"
 #include "tokenizer/tokenizer.h"
 
 namespace k2::server {
@@ -196,6 +197,9 @@ void OpenAiServer::handle(HttpRequest request, std::shared_ptr<ResponseWriter> w
     const std::string& path = request.path;
     const std::string& method = request.method;
     try {
+        // The page holds no secret and its own API calls still need the key, so it is served without one.
+        if (m_config.enable_web_ui && method == "GET" && is_web_chat_path(path))
+            return writer->send(web_chat_response());
         if (!authorized(request)) {
             writer->send(json_response(401, {{"error", "Unauthorized"}}));
             return;

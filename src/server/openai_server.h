@@ -1,5 +1,6 @@
 // The OpenAI-compatible routes over an Engine (reference/vllm.md §2): /v1/chat/completions, /v1/completions,
 // /v1/models, /tokenize, /detokenize, /health, /ping, /version, /metrics. Plugs into HttpServer as its handler.
+// Also the web chat page at / and /chat (server/web_chat.h) unless disabled.
 //
 // Threading: handle() runs on a connection strand and never blocks: generation requests are submitted to
 // the engine, whose thread wakes the strand through RequestStream::set_notify.
@@ -32,6 +33,7 @@ struct OpenAiServerConfig {
     ProtocolLimits limits;
     bool enable_log_requests = false;
     bool enable_force_include_usage = false;
+    bool enable_web_ui = true;  // the chat page at / and /chat (server/web_chat.h)
     std::string version;
 };
 

@@ -112,6 +112,10 @@ std::unique_ptr<Model> load(const ServeOptions& options, const std::shared_ptr<c
     ModelOptions model_options;
     model_options.device = options.device;
     model_options.kv_cache_dtype = parse_kv_cache_dtype(options.kv_cache_dtype, options.device);
+    model_options.max_num_tokens = options.max_num_batched_tokens;
+    model_options.max_num_seqs = options.max_num_seqs;
+    model_options.max_model_len = options.max_model_len;
+    model_options.enforce_eager = options.enforce_eager;
     std::unique_ptr<Model> model = load_model(options.model, model_options);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     K2_INFO("Loading weights took {:.2f} seconds ({:.2f} GiB, {:.2f} GiB/s)", seconds,
@@ -189,8 +193,34 @@ OpenAiServerConfig make_server_config(const ServeOptions& options) {
     config.limits.max_n = options.max_n;
     config.enable_log_requests = options.enable_log_requests;
     config.enable_force_include_usage = options.enable_force_include_usage;
+    config.enable_web_ui = !options.disable_web_ui;
     config.version = K2_SERVER_VERSION;
     return config;
+}
+
+// The KV budget: --kv-cache-memory-bytes when given, else on a GPU what --gpu-memory-utilization leaves after the
+// weights and activations (vLLM's profile step, without the profiling run: activations are preallocated).
+size_t kv_cache_bytes(const ServeOptions& options, const Model& model) {
+    if (options.kv_cache_memory_bytes_set) {
+        return options.kv_cache_memory_bytes;
+    }
+    const size_t budget = model.kv_cache_budget_bytes(options.gpu_memory_utilization);
+    if (options.device != "cuda" || budget == 0) {  // a host model, or the scripted test model
+        return options.kv_cache_memory_bytes;
+    }
+    const size_t per_block = model.kv_cache_bytes_per_block();
+    K2_CHECK(budget >= per_block,
+             "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when initializing the "
+             "engine (it is {:.2f}; the weights and activations leave {} bytes)",
+             options.gpu_memory_utilization, budget);
+    const size_t tokens = budget / per_block * kKvBlockSize;
+    K2_INFO("Available KV cache memory: {:.2f} GiB", static_cast<double>(budget) / (1ull << 30));
+    K2_INFO("GPU KV cache size: {} tokens", tokens);
+    const int max_len = options.max_model_len > 0 ? options.max_model_len
+                                                   : static_cast<int>(model.config().max_position_embeddings);
+    K2_INFO("Maximum concurrency for {} tokens per request: {:.2f}x", max_len,
+            static_cast<double>(tokens) / std::max(max_len, 1));
+    return budget;
 }
 
 std::shared_ptr<Engine> make_engine(const ServeOptions& options, const std::shared_ptr<const Tokenizer>& tokenizer) {
@@ -200,7 +230,7 @@ std::shared_ptr<Engine> make_engine(const ServeOptions& options, const std::shar
     engine_config.max_num_batched_tokens = options.max_num_batched_tokens;
     engine_config.max_model_len = options.max_model_len;
     engine_config.num_kv_blocks = options.num_gpu_blocks_override;
-    engine_config.kv_cache_memory_bytes = options.kv_cache_memory_bytes;
+    engine_config.kv_cache_memory_bytes = kv_cache_bytes(options, *model);
     engine_config.enable_prefix_caching = options.enable_prefix_caching;
     engine_config.max_waiting = options.max_num_queued_reqs;
     engine_config.scheduling_policy = options.scheduling_policy;

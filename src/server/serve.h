@@ -25,7 +25,10 @@ struct ServeOptions {
     int max_num_seqs = 256;
     int max_num_batched_tokens = 8192;
     int num_gpu_blocks_override = 0;
-    size_t kv_cache_memory_bytes = 1ull << 30;
+    size_t kv_cache_memory_bytes = 1ull << 30;  // CPU budget; on a GPU only when kv_cache_memory_bytes_set
+    bool kv_cache_memory_bytes_set = false;
+    double gpu_memory_utilization = 0.9;  // GPU: the KV cache takes what weights + activations leave of this share
+    bool enforce_eager = false;
     int max_logprobs = 20;
     uint64_t seed = 0;
     bool enable_prefix_caching = true;
@@ -40,6 +43,7 @@ struct ServeOptions {
     int max_n = 128;  // upper bound of a request's n (CVE-2026-34756: unbounded fan-out)
     bool enable_log_requests = false;
     bool enable_force_include_usage = false;
+    bool disable_web_ui = false;  // no chat page at / and /chat
     double log_stats_interval_s = 10.0;
     // Test only: a JSON file of scripted outputs replaces the model (needs K2_ENABLE_TEST_MODEL=1).
     std::string test_scripted_output;

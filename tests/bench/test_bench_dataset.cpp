@@ -1,5 +1,6 @@
 // Dataset construction of `k2 bench serve` (reference/vllm.md §4.2): random prompts are cyclic runs of
 // non-special ids after a shared prefix, and re-encode to exactly the recorded length.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -144,6 +145,24 @@ TEST(BenchFileDatasets, ShareGptFiltersAndOversamples) {
     }
     EXPECT_EQ(prompts, (std::set<std::string>{"abcdef", "zyxwv"}));
     EXPECT_THROW(sample_sharegpt("/nonexistent.json", tokenizer, 1, std::nullopt, 0), k2::Error);
+}
+
+// Found by fuzz_bench_dataset: a non-string "value" escaped as nlohmann's type_error instead of a k2::Error
+// naming the file.
+TEST(BenchFileDatasets, ShareGptNonStringValueIsAnErrorNamingTheFile) {
+    const CharTokenizer tokenizer;
+    for (const char* turns : {R"([{"from": "human", "value": "abcdef"}, {"from": "gpt", "value": 42}])",
+                              R"([{"from": "human", "value": ["abcdef"]}, {"from": "gpt", "value": "ghijk"}])",
+                              R"(["abcdef", "ghijk"])"}) {
+        const std::filesystem::path path =
+            write_temp("k2_bench_sharegpt_bad.json", fmt::format(R"([{{"conversations": {}}}])", turns));
+        try {
+            sample_sharegpt(path, tokenizer, 1, std::nullopt, 0);
+            FAIL() << "expected an error for " << turns;
+        } catch (const k2::Error& e) {
+            EXPECT_NE(e.message().find("k2_bench_sharegpt_bad.json"), std::string::npos) << e.message();
+        }
+    }
 }
 
 TEST(BenchFileDatasets, CustomJsonl) {

@@ -252,5 +252,62 @@ TEST(Sampler, LogprobsAreRawLogSoftmax) {
     }
 }
 
+TEST(Sampler, LogitBiasSteersGreedy) {
+    SamplingParams params;
+    params.temperature = 0.0;
+    SampleContext context;
+    context.params = &params;
+    params.logit_bias = {{7, 100.0f}};  // the least likely token (-3.0) becomes the argmax
+    EXPECT_EQ(sample_token(kLogits, context).token_id, 7);
+    params.logit_bias = {{0, -100.0f}};  // -100 bans the argmax: the next one wins
+    EXPECT_EQ(sample_token(kLogits, context).token_id, 1);
+    params.logit_bias = {{0, -100.0f}, {1, -100.0f}, {99, 100.0f}};  // ids outside the row are ignored
+    EXPECT_EQ(sample_token(kLogits, context).token_id, 2);
+}
+
+TEST(Sampler, LogitBiasShiftsTheDistributionBeforeTemperature) {
+    // vLLM adds the bias to the logits, then divides by the temperature: softmax((l + b) / t).
+    SamplingParams params;
+    params.temperature = 0.5;
+    params.logit_bias = {{3, 1.25f}, {0, -1.0f}};
+    std::vector<float> biased = kLogits;
+    biased[3] += 1.25f;
+    biased[0] -= 1.0f;
+    expect_distribution(params, softmax_ref(biased, 0.5));
+}
+
+TEST(Sampler, LogitBiasComesBeforeTheRepetitionPenalty) {
+    // Token 1: logit 1.5, bias -2.5 -> -1.0; the penalty multiplies a negative logit: -1.0 * 2 = -2.0.
+    // Penalty first would give 1.5 / 2 - 2.5 = -1.75. Token 6 (logit -1.0, not seen) sits between the two.
+    SamplingParams params;
+    params.temperature = 0.0;
+    params.repetition_penalty = 2.0;
+    params.logit_bias = {{0, -100.0f}, {2, -100.0f}, {3, -100.0f}, {4, -100.0f}, {5, -100.0f}, {1, -2.5f},
+                         {6, -0.875f}};
+    const std::vector<int32_t> prompt = {1};
+    SampleContext context;
+    context.params = &params;
+    context.prompt_ids = prompt;
+    EXPECT_EQ(sample_token(kLogits, context).token_id, 6);  // -1.875 > -2.0 (penalty first would pick 1)
+}
+
+TEST(Sampler, LogprobsIgnoreTheBiasAndReportTheRank) {
+    SamplingParams params;
+    params.temperature = 0.0;
+    params.logprobs = 0;
+    params.logit_bias = {{5, 100.0f}};
+    SampleContext context;
+    context.params = &params;
+    const SampleResult result = sample_token(kLogits, context);
+    ASSERT_EQ(result.token_id, 5);
+    ASSERT_TRUE(result.logprobs.has_value());
+    EXPECT_NEAR(result.logprobs->logprob, std::log(softmax_ref(kLogits, 1.0)[5]), 1e-5);  // raw logits
+    EXPECT_EQ(result.logprobs->rank, 6);
+    EXPECT_EQ(compute_logprobs(kLogits, 0, 2).rank, 1);
+    const std::vector<float> tied = {1.0f, 3.0f, 3.0f, 0.0f};
+    EXPECT_EQ(compute_logprobs(tied, 2, 0).rank, 2);  // vLLM counts the tokens scoring >= this one
+    EXPECT_EQ(compute_logprobs(tied, 3, 0).rank, 4);
+}
+
 }  // namespace
 }  // namespace k2

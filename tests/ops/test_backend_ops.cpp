@@ -299,12 +299,25 @@ TEST_F(CudaOps, Fp8GemmCublasLt) {
     check_fp8_gemm(runner, cuda::Fp8GemmImpl::Auto, 12, 8320, 256, rng);  // below kCublasLtMinTokens
 }
 
-// cuBLASLt 13.0 at m = 12 returned NaN here on the H200 (2026-11-29); the heuristic keeps m < 16 away from it.
-// Run with --gtest_also_run_disabled_tests to re-check a new cuBLASLt.
-TEST_F(CudaOps, DISABLED_CublasLtSmallM) {
+// cuBLASLt at m = 12, k = 256 returned NaN here (2026-11-29): not the small m but k / 128 = 2 blocks, which cuBLASLt
+// reads from a scale layout padded to 4 k-blocks (PyTorch #166752). With 4 k-blocks m = 12 is fine, and the
+// runner refuses unpadded shapes instead of computing garbage.
+TEST_F(CudaOps, CublasLtSmallM) {
     std::mt19937 rng(9);
     cuda::Fp8GemmRunner runner;
-    check_fp8_gemm(runner, cuda::Fp8GemmImpl::CublasLt, 12, 8320, 256, rng);
+    check_fp8_gemm(runner, cuda::Fp8GemmImpl::CublasLt, 12, 8320, 512, rng);
+}
+
+TEST_F(CudaOps, CublasLtRefusesKBlocksNotAMultipleOfFour) {
+    EXPECT_EQ(cuda::Fp8GemmRunner::choose(64, 256, 256), cuda::Fp8GemmImpl::Decode);
+    EXPECT_EQ(cuda::Fp8GemmRunner::choose(64, 256, 384), cuda::Fp8GemmImpl::Decode);
+    EXPECT_EQ(cuda::Fp8GemmRunner::choose(64, 4096, 7168), cuda::Fp8GemmImpl::CublasLt);
+    cuda::Fp8GemmRunner runner;
+    cuda::Fp8GemmParams p;
+    p.num_tokens = 16;
+    p.n = 256;
+    p.k = 256;
+    EXPECT_THROW(runner.run_cublaslt(p, nullptr), Error);
 }
 
 TEST_F(CudaOps, MoeRouter) {
@@ -314,9 +327,11 @@ TEST_F(CudaOps, MoeRouter) {
         bool norm;
         float scale;
     };
-    // Kimi-K2 (384 experts, one group), DeepSeek-V3 (256 in 8 groups, 4 kept), and an unnormalized variant.
+    // Kimi-K2 (384 experts, one group), DeepSeek-V3 (256 in 8 groups, 4 kept), an unnormalized variant, and expert
+    // counts that do not fill the warp's last slot (the tiny fixture's 16; 40 in 4 groups).
     for (const Config c : {Config{384, 1, 1, 8, true, 2.827f}, Config{256, 8, 4, 8, true, 2.5f},
-                           Config{64, 4, 2, 6, false, 1.0f}}) {
+                           Config{64, 4, 2, 6, false, 1.0f}, Config{16, 1, 1, 4, true, 2.827f},
+                           Config{40, 4, 2, 5, true, 1.5f}}) {
         for (const int64_t num_tokens : {0, 1, 3, 37}) {
             SCOPED_TRACE("experts " + std::to_string(c.experts) + " tokens " + std::to_string(num_tokens));
             const auto logits = random_uniform(static_cast<size_t>(num_tokens * c.experts), rng, -4.0f, 4.0f);

@@ -211,6 +211,28 @@ TEST(KimiK2ToolParser, LongSectionWithoutCallsIsForcedOut) {
     EXPECT_EQ(parser.push(xs).content, xs);
 }
 
+// Found by fuzz_kimi_k2_tool_parser: streaming emitted the start of the next section's begin marker as
+// content while the abandoned section's text was flushed.
+TEST(KimiK2ToolParser, AbandonedSectionHoldsBackAPartialSectionMarker) {
+    const std::string xs(9000, 'x');
+    const std::string text = kSB + xs + kSB + call("functions.f:0", "{}") + kSE;
+    const ToolParseResult whole = parse_kimi_k2_tool_calls(text);
+    EXPECT_EQ(whole.content, xs);
+    ASSERT_EQ(whole.tool_calls.size(), 1u);
+    expect_stream_equals_whole(text);
+}
+
+// Found in review next to fuzz_kimi_k2_tool_parser (which needs a lucky split to hit it; see the corpus's
+// regression_call_begin_straddling_limit): a call-begin marker starting just inside the 8192-character
+// limit but not yet complete made the streaming parser abandon the section that the whole parse keeps.
+TEST(KimiK2ToolParser, CallBeginStraddlingTheSectionLimitIsACall) {
+    const std::string text = "a" + kSB + std::string(8190, ' ') + call("functions.f:0", "{}") + kSE + "b";
+    const ToolParseResult whole = parse_kimi_k2_tool_calls(text);
+    EXPECT_EQ(whole.content, "ab");
+    ASSERT_EQ(whole.tool_calls.size(), 1u);
+    expect_stream_equals_whole(text);
+}
+
 TEST(KimiK2ToolParser, StreamEndingInsideSectionKeepsTextAtFinish) {
     KimiK2StreamingToolParser parser;
     EXPECT_EQ(parser.push("Hello ").content, "Hello ");

@@ -2,6 +2,8 @@
 // and vLLM's human-readable sizes (§1).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "core/error.h"
 #include "server/openai_protocol.h"
 
@@ -127,6 +129,26 @@ TEST(OpenAiProtocol, ErrorEnvelopeAndSse) {
     EXPECT_THROW(parse_body("[1]"), ApiError);
 }
 
+// A deeply nested body is refused before parsing: copying or rendering it would recurse once per level and
+// overflow the stack (200k levels crashed the request path).
+TEST(OpenAiProtocol, DeeplyNestedBodyIsRefused) {
+    const size_t depth = 1000000;
+    const std::string deep =
+        R"({"messages": [{"role": "user", "content": )" + std::string(depth, '[') + std::string(depth, ']') + "}]}";
+    try {
+        parse_body(deep);
+        FAIL() << "expected an ApiError";
+    } catch (const ApiError& e) {
+        EXPECT_EQ(e.status(), 400);
+    }
+    // Brackets inside strings (also after escaped quotes) do not count; 512 levels are fine.
+    const std::string brackets =
+        R"({"messages": [{"role": "user", "content": "\"[[[[)" + std::string(5000, '[') + "\"}]}";
+    EXPECT_TRUE(parse_body(brackets).is_object());
+    EXPECT_TRUE(parse_body("{\"a\": " + std::string(511, '[') + std::string(511, ']') + "}").is_object());
+    EXPECT_THROW(parse_body("{\"a\": " + std::string(512, '[') + std::string(512, ']') + "}"), ApiError);
+}
+
 TEST(OpenAiProtocol, HumanReadableSizes) {
     EXPECT_EQ(parse_human_int("2048", "--max-model-len"), 2048);
     EXPECT_EQ(parse_human_int("32k", "--max-model-len"), 32000);
@@ -144,6 +166,60 @@ TEST(OpenAiProtocol, ConstantTimeEquals) {
     EXPECT_FALSE(constant_time_equals("secret", "secreT"));
     EXPECT_FALSE(constant_time_equals("secret", "secret2"));
     EXPECT_FALSE(constant_time_equals("", "x"));
+}
+
+TEST(OpenAiProtocol, LogitBiasAsVllmTakesIt) {
+    const ProtocolLimits limits{20, 128, 100};
+    const ChatRequest r = parse_chat_request(
+        chat({{"logit_bias", {{"5", 3.5}, {" 7 ", -1000}, {"99", 250}, {"+08", 1}}}}), {}, limits, false);
+    using Bias = std::vector<std::pair<int32_t, float>>;
+    Bias bias = r.params.logit_bias;
+    std::sort(bias.begin(), bias.end());
+    EXPECT_EQ(bias, (Bias{{5, 3.5f}, {7, -100.0f}, {8, 1.0f}, {99, 100.0f}}));  // clamped to [-100, 100]
+    // (nlohmann::json keeps keys sorted: "-1" comes before "100".)
+    EXPECT_EQ(chat_error(chat({{"logit_bias", {{"100", 1}, {"-1", 1}, {"3", 1}}}})),
+              "token_id(s) [-1, 100] in logit_bias contain out-of-vocab token ids. Vocabulary size: 100");
+    EXPECT_EQ(chat_error(chat({{"logit_bias", {{"abc", 1}}}})),
+              "Found token_id in logit_bias that is not an integer or string representing an integer");
+    EXPECT_EQ(chat_error(chat({{"logit_bias", {{"1.5", 1}}}})),
+              "Found token_id in logit_bias that is not an integer or string representing an integer");
+    EXPECT_FALSE(chat_error(chat({{"logit_bias", {{"5", "high"}}}})).empty());
+    EXPECT_FALSE(chat_error(chat({{"logit_bias", json::array({1, 2})}})).empty());
+    EXPECT_EQ(parse_completion_request({{"prompt", "a"}, {"logit_bias", {{"3", -100}}}}, {}, limits).params.logit_bias,
+              (Bias{{3, -100.0f}}));
+}
+
+TEST(OpenAiProtocol, PromptLogprobsRules) {
+    const ProtocolLimits limits{20, 128, 100};
+    EXPECT_EQ(parse_chat_request(chat({{"prompt_logprobs", 3}}), {}, limits, false).params.prompt_logprobs, 3);
+    EXPECT_EQ(chat_error(chat({{"prompt_logprobs", 21}})),
+              "Requested prompt logprobs of 21, which is greater than max allowed: 20");
+    EXPECT_EQ(chat_error(chat({{"prompt_logprobs", -1}})),  // -1 = the whole vocabulary (100 here)
+              "Requested prompt logprobs of 100, which is greater than max allowed: 20");
+    EXPECT_EQ(chat_error(chat({{"prompt_logprobs", -2}})), "`prompt_logprobs` must be a positive value or -1.");
+    EXPECT_EQ(chat_error(chat({{"prompt_logprobs", 1}, {"stream", true}})),
+              "`prompt_logprobs` are not available when `stream=True`.");
+    EXPECT_EQ(chat_error(chat({{"prompt_logprobs", 0}, {"stream", true}})), "");  // vLLM refuses only > 0 or -1
+    const ProtocolLimits unlimited{-1, 128, 100};
+    const CompletionRequest all = parse_completion_request({{"prompt", "a"}, {"prompt_logprobs", -1}}, {}, unlimited);
+    EXPECT_EQ(all.params.prompt_logprobs, 100);
+}
+
+TEST(OpenAiProtocol, ResponseFormat) {
+    EXPECT_EQ(chat_error(chat({{"response_format", {{"type", "text"}}}})), "");
+    EXPECT_EQ(chat_error(chat({{"response_format", {{"type", "json_object"}}}})),
+              "response_format type 'json_object' is not supported: k2 has no structured-output (constrained) "
+              "decoding; only {\"type\": \"text\"} is accepted");
+    EXPECT_NE(chat_error(chat({{"response_format", {{"type", "json_schema"}, {"json_schema", {{"name", "x"}}}}}})), "");
+    EXPECT_NE(chat_error(chat({{"response_format", {{"type", "yaml"}}}})), "");
+    EXPECT_NE(chat_error(chat({{"response_format", "json"}})), "");
+    EXPECT_NE(chat_error(chat({{"guided_json", {{"type", "object"}}}})), "");
+    try {
+        parse_completion_request({{"prompt", "a"}, {"response_format", {{"type", "json_object"}}}}, {}, {});
+        FAIL();
+    } catch (const ApiError& e) {
+        EXPECT_EQ(e.param(), "response_format");
+    }
 }
 
 }  // namespace

@@ -28,7 +28,13 @@ struct Fp8GemmParams {
     int64_t x_stride = 0;
     int64_t x_scale_stride = 0;
     int64_t y_stride = 0;
+    // The caller's x, x_scale and y have rows up to round_up(num_tokens, 16) (x_scale_stride == that count): the
+    // runner may then give cuBLASLt, which takes only m % 16 == 0 for FP8, the padded shape (the extra rows of y
+    // receive garbage).
+    bool padded_rows = false;
 };
+
+inline int64_t round_up_16(int64_t m) { return (m + 15) / 16 * 16; }
 
 enum class Fp8GemmImpl : uint8_t { Auto, Decode, CublasLt };
 
@@ -57,6 +63,9 @@ private:
     struct Plan;
     struct State;
     Plan& plan_for(const Fp8GemmParams& params);  // cached per shape; Plan::supported says if cuBLASLt takes it
+    bool try_cublaslt(const Fp8GemmParams& params, cudaStream_t stream);  // false: no algorithm for the shape
+    // Runs the heuristic for plan's exact shape; a success also becomes the algorithm of bucket_key.
+    void query_algo(Plan& plan, const std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>& bucket_key);
     std::unique_ptr<State> m_state;
 };
 

@@ -9,8 +9,8 @@ void launch_moe_router(const MoeRouterParams& p, cudaStream_t stream) {
     if (p.num_tokens == 0) {
         return;
     }
-    K2_CHECK(p.num_experts > 0 && p.num_experts % 32 == 0 && p.num_experts <= kRouterMaxExperts,
-             "moe router: num_experts {} must be a multiple of 32 up to {}", p.num_experts, kRouterMaxExperts);
+    K2_CHECK(p.num_experts > 0 && p.num_experts <= kRouterMaxExperts, "moe router: num_experts {} not in [1, {}]",
+             p.num_experts, kRouterMaxExperts);
     K2_CHECK(p.n_group >= 1 && p.n_group <= 32 && p.num_experts % p.n_group == 0,
              "moe router: n_group {} must divide num_experts {} (at most 32 groups)", p.n_group, p.num_experts);
     K2_CHECK(p.topk_group >= 1 && p.topk_group <= p.n_group, "moe router: topk_group {} not in [1, n_group {}]",

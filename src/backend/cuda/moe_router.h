@@ -20,7 +20,7 @@ struct MoeRouterParams {
     int32_t* topk_ids = nullptr;    // [num_tokens, top_k] out
     float* topk_weights = nullptr;  // [num_tokens, top_k] out
     int64_t num_tokens = 0;
-    int num_experts = 0;  // multiple of 32, <= 512
+    int num_experts = 0;  // <= 512
     int n_group = 1;      // divides num_experts, <= 32
     int topk_group = 1;
     int top_k = 1;        // <= 16

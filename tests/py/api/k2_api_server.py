@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import resource
+import shlex
 import signal
 import socket
 import subprocess
@@ -49,8 +50,10 @@ class Server:
         self.log = open(self.log_path, "w")
         full_env = dict(os.environ)
         full_env.update(env or {})
+        # K2_TEST_SERVE_ARGS (e.g. "--device cuda") runs the same suite against another backend.
+        extra = shlex.split(os.environ.get("K2_TEST_SERVE_ARGS", ""))
         self.proc = subprocess.Popen(
-            [k2_bin(), "serve", *args, "--host", "127.0.0.1", "--port", str(self.port)],
+            [k2_bin(), "serve", *args, *extra, "--host", "127.0.0.1", "--port", str(self.port)],
             stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
         self.wait_healthy()
 

@@ -13,6 +13,7 @@
 #include <cmath>
 
 #include "backend/cuda/mla_decode.h"
+#include "backend/cuda/kernels/warp_mma.cuh"
 
 namespace k2::cuda::kernels {
 
@@ -22,38 +23,8 @@ inline constexpr int kMlaTileBytes = 64 * kMlaRowBytes;
 inline constexpr int kMlaPBytes = 4 * 16 * 64 * 2;   // P of the 4 warp pairs: [16 heads][64 tokens] bf16 each
 inline constexpr int kMlaSmemBytes = 3 * kMlaTileBytes + kMlaPBytes + 8 * 16 * 4;  // 229,888 bytes (1 CTA per SM)
 
-// Byte offset of 16-byte unit `unit` of row `row` in a swizzled tile (rows of row_bytes, units XORed by row % 8).
-__device__ __forceinline__ uint32_t swz(int row, int unit, int row_bytes) {
-    return static_cast<uint32_t>(row * row_bytes + ((unit & ~7) | ((unit ^ row) & 7)) * 16);
-}
-
 __device__ __forceinline__ void mla_cp_async16(uint32_t dst, const void* src, int src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t (&r)[4]) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t addr, uint32_t (&r)[4]) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return reinterpret_cast<const uint32_t&>(v);
 }
 
 // 64 rows x 576 bf16 from global rows (row stride src_stride elements) into a padded shared tile; rows >= valid_rows
@@ -93,8 +64,12 @@ __global__ void __launch_bounds__(kMlaThreads, 1) mla_decode_split_kernel(const 
 
     const int seq_len = p.seq_lens[seq];
     const int num_pages = (seq_len + kMlaPageTokens - 1) / kMlaPageTokens;
-    const int page_begin = split * pages_per_split;
-    const int page_end = min(num_pages, page_begin + pages_per_split);
+    // Each sequence spreads its own pages over the splits (pages_per_split is only the host's upper bound), so a
+    // launch sized for the longest context (a CUDA graph captured for max_model_len) keeps every split busy on
+    // shorter ones.
+    const int seq_pages_per_split = min(pages_per_split, (num_pages + num_splits - 1) / num_splits);
+    const int page_begin = split * seq_pages_per_split;
+    const int page_end = min(num_pages, page_begin + seq_pages_per_split);
     const int32_t* block_table = p.block_tables + seq * p.max_blocks_per_seq;
     auto load_page = [&](int page, int buf) {
         const int64_t block_id = block_table[page];

@@ -22,7 +22,8 @@ __global__ void __launch_bounds__(32 * kRouterWarps) moe_router_kernel(const __g
     if (token >= p.num_tokens) {
         return;  // whole warps only: the shuffles below never miss a lane
     }
-    const int slots = p.num_experts / 32;
+    const int slots = (p.num_experts + 31) / 32;  // expert lane + 32 i exists while it is < num_experts
+    auto valid = [&](int i) { return i < slots && lane + 32 * i < p.num_experts; };
     const int group_size = p.num_experts / p.n_group;
     float score[kRouterSlots];
     float choice[kRouterSlots];
@@ -30,7 +31,7 @@ __global__ void __launch_bounds__(32 * kRouterWarps) moe_router_kernel(const __g
     for (int i = 0; i < kRouterSlots; ++i) {
         score[i] = 0.0f;
         choice[i] = -INFINITY;
-        if (i < slots) {
+        if (valid(i)) {
             const int e = lane + 32 * i;
             const float logit = p.logits[token * p.num_experts + e];
             score[i] = 1.0f / (1.0f + expf(-logit));
@@ -45,7 +46,7 @@ __global__ void __launch_bounds__(32 * kRouterWarps) moe_router_kernel(const __g
             float top2 = -INFINITY;
 #pragma unroll
             for (int i = 0; i < kRouterSlots; ++i) {
-                if (i < slots && (lane + 32 * i) / group_size == g) {
+                if (valid(i) && (lane + 32 * i) / group_size == g) {
                     const float v = choice[i];
                     top2 = v > top1 ? top1 : fmaxf(top2, v);
                     top1 = fmaxf(top1, v);
@@ -82,7 +83,7 @@ __global__ void __launch_bounds__(32 * kRouterWarps) moe_router_kernel(const __g
         }
 #pragma unroll
         for (int i = 0; i < kRouterSlots; ++i) {
-            if (i < slots && !((kept >> ((lane + 32 * i) / group_size)) & 1u)) {
+            if (valid(i) && !((kept >> ((lane + 32 * i) / group_size)) & 1u)) {
                 choice[i] = 0.0f;
             }
         }
@@ -97,7 +98,7 @@ __global__ void __launch_bounds__(32 * kRouterWarps) moe_router_kernel(const __g
         float best_s = 0.0f;
 #pragma unroll
         for (int i = 0; i < kRouterSlots; ++i) {
-            if (i < slots && router_better(choice[i], lane + 32 * i, best_v, best_id)) {
+            if (valid(i) && router_better(choice[i], lane + 32 * i, best_v, best_id)) {
                 best_v = choice[i];
                 best_id = lane + 32 * i;
                 best_s = score[i];

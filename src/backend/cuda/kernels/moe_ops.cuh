@@ -1,0 +1,205 @@
+// Kernels of moe_ops.h's data movement: permute (stable counting sort by expert), gather (quantized rows and
+// expert-blocked scales into expert order) and combine (weighted sum back per token). The grouped GEMM is in
+// fp8_grouped_gemm.cuh.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include "backend/cuda/moe_ops.h"
+#include "backend/cuda/moe_ops_detail.h"
+
+namespace k2::cuda::kernels {
+
+inline constexpr int kPermuteWarps = 16;
+inline constexpr int kPermuteThreads = kPermuteWarps * 32;
+static_assert(kPermuteThreads >= detail::kMoeMaxExperts, "phase 2 gives every expert its own thread");
+
+inline constexpr int kGatherThreads = 128;
+inline constexpr int kCombineThreads = 256;
+inline constexpr int kCombineVec = 8;  // bf16 per thread: one 16-byte load per expert row
+
+// Steps of 32 pairs whose ids one warp loads together: hides the global load latency of the serial walk.
+inline constexpr int kPermuteBatch = 8;
+
+// Expert of pair i of this warp's segment, or -1 past the segment's end or for an id outside [0, num_experts)
+// (such a pair gets no row: pair_row -1, and offsets[num_experts] counts the valid pairs only).
+__device__ __forceinline__ int permute_expert(const MoePermuteParams& p, int i, int seg_end) {
+    if (i >= seg_end) {
+        return -1;
+    }
+    const int e = p.topk_ids[i];
+    return e >= 0 && e < p.num_experts ? e : -1;
+}
+
+// Walks this warp's segment [seg_begin, seg_end) in order, 32 pairs per step. cursor: this warp's row [num_experts]
+// of per-expert counts. kWrite false: counts only. kWrite true: pair i of expert e gets row
+// base[e] + cursor[e] + (its rank among the step's lanes of e, by lane), then the cursor moves past the step.
+// One leader per expert present in a step updates the cursor (distinct experts: no write conflict).
+template <bool kWrite>
+__device__ __forceinline__ void permute_walk(const MoePermuteParams& p, int seg_begin, int seg_end, int* cursor,
+                                             const int* base, int lane) {
+    const unsigned lanes_before = (1u << lane) - 1u;
+    for (int batch = seg_begin; batch < seg_end; batch += 32 * kPermuteBatch) {
+        int experts[kPermuteBatch];
+#pragma unroll
+        for (int s = 0; s < kPermuteBatch; ++s) {
+            experts[s] = permute_expert(p, batch + s * 32 + lane, seg_end);
+        }
+#pragma unroll
+        for (int s = 0; s < kPermuteBatch; ++s) {
+            const int i = batch + s * 32 + lane;
+            const int e = experts[s];
+            const unsigned same = __match_any_sync(0xffffffffu, e);
+            if constexpr (kWrite) {
+                if (e >= 0) {
+                    const int row = base[e] + cursor[e] + __popc(same & lanes_before);
+                    p.row_token[row] = i / p.top_k;
+                    p.pair_row[i] = row;
+                } else if (i < seg_end) {
+                    p.pair_row[i] = -1;
+                }
+                __syncwarp();  // every lane has read its cursor before the leader moves it
+            }
+            if (e >= 0 && lane == __ffs(same) - 1) {
+                cursor[e] += __popc(same);
+            }
+            __syncwarp();
+        }
+    }
+}
+
+// grid: 1, block: kPermuteThreads. Warp w owns the contiguous pair segment w; the segments are in pair order, so
+// expert e's rows are: offsets[e], then every earlier warp's count of e, then the rank inside this warp's walk.
+// Stable and deterministic: no atomics anywhere. Shared memory: 16 x 512 x 4 = 32 KiB of per-(warp, expert) counts.
+__global__ void __launch_bounds__(kPermuteThreads) moe_permute_kernel(const __grid_constant__ MoePermuteParams p) {
+    __shared__ int s_count[kPermuteWarps][detail::kMoeMaxExperts];  // phase 1: counts; phase 2 on: warp cursors
+    __shared__ int s_offset[detail::kMoeMaxExperts];
+    __shared__ int s_warp_total[kPermuteWarps];
+    const int warp = static_cast<int>(threadIdx.x) / 32;
+    const int lane = static_cast<int>(threadIdx.x) % 32;
+    const int num_pairs = static_cast<int>(p.num_tokens * p.top_k);
+    const int seg = (num_pairs + kPermuteWarps - 1) / kPermuteWarps;
+    const int seg_begin = min(num_pairs, warp * seg);
+    const int seg_end = min(num_pairs, seg_begin + seg);
+
+    for (int i = static_cast<int>(threadIdx.x); i < kPermuteWarps * detail::kMoeMaxExperts; i += kPermuteThreads) {
+        (&s_count[0][0])[i] = 0;
+    }
+    __syncthreads();
+    permute_walk<false>(p, seg_begin, seg_end, s_count[warp], nullptr, lane);  // phase 1: per-warp counts
+    __syncthreads();
+
+    // Phase 2: thread e turns its column of counts into per-warp cursors, then a block-wide exclusive scan of the
+    // expert totals gives the offsets.
+    const int e = static_cast<int>(threadIdx.x);
+    int total = 0;
+    if (e < p.num_experts) {
+        for (int w = 0; w < kPermuteWarps; ++w) {
+            const int c = s_count[w][e];
+            s_count[w][e] = total;
+            total += c;
+        }
+    }
+    int inclusive = total;
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+        const int v = __shfl_up_sync(0xffffffffu, inclusive, d);
+        if (lane >= d) {
+            inclusive += v;
+        }
+    }
+    if (lane == 31) {
+        s_warp_total[warp] = inclusive;
+    }
+    __syncthreads();
+    int warp_base = 0;
+    for (int w = 0; w < warp; ++w) {
+        warp_base += s_warp_total[w];
+    }
+    const int exclusive = warp_base + inclusive - total;
+    if (e < p.num_experts) {
+        s_offset[e] = exclusive;
+        p.offsets[e] = exclusive;
+    }
+    if (e == p.num_experts - 1) {
+        p.offsets[p.num_experts] = exclusive + total;
+    }
+    __syncthreads();
+    permute_walk<true>(p, seg_begin, seg_end, s_count[warp], s_offset, lane);  // phase 3: rows
+}
+
+// grid: [P], block: kGatherThreads. Block r copies permuted row r (16 bytes per thread and step) and scatters its
+// k / 128 scales into its expert's [k / 128, n_e] block. Rows past offsets[num_experts] (pairs with invalid ids)
+// have no source and are left alone.
+__global__ void __launch_bounds__(kGatherThreads) moe_gather_kernel(const __grid_constant__ MoeGatherParams p) {
+    const int row = static_cast<int>(blockIdx.x);
+    if (row >= p.offsets[p.num_experts]) {
+        return;
+    }
+    // The row's expert: the largest e with offsets[e] <= row (empty experts before it share its offset).
+    int lo = 0;
+    int hi = p.num_experts - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (p.offsets[mid] <= row) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    const int64_t begin = p.offsets[lo];
+    const int64_t rows_e = p.offsets[lo + 1] - begin;
+    const int64_t token = p.row_token[row];
+    const uint4* src = reinterpret_cast<const uint4*>(p.x + token * p.k);
+    uint4* dst = reinterpret_cast<uint4*>(p.out + static_cast<int64_t>(row) * p.k);
+    for (int64_t i = threadIdx.x; i < p.k / 16; i += kGatherThreads) {
+        dst[i] = src[i];
+    }
+    const int64_t num_kb = p.k / 128;
+    float* scale = p.out_scale + begin * num_kb + (row - begin);
+    for (int64_t kb = threadIdx.x; kb < num_kb; kb += kGatherThreads) {
+        scale[kb * rows_e] = p.x_scale[kb * p.x_scale_stride + token];
+    }
+}
+
+__device__ __forceinline__ void add_bf16x8(float (&acc)[kCombineVec], const uint4& v, float weight) {
+    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        acc[2 * i] += weight * __uint_as_float(words[i] << 16);
+        acc[2 * i + 1] += weight * __uint_as_float(words[i] & 0xFFFF0000u);
+    }
+}
+
+// grid: [num_tokens, ceil(hidden / (kCombineVec * kCombineThreads))], block: kCombineThreads; each thread owns 8
+// consecutive columns of one token. Sum in k order, shared expert last, one bf16 rounding.
+__global__ void __launch_bounds__(kCombineThreads) moe_combine_kernel(const __grid_constant__ MoeCombineParams p) {
+    const int64_t token = blockIdx.x;
+    const int64_t col = (static_cast<int64_t>(blockIdx.y) * kCombineThreads + threadIdx.x) * kCombineVec;
+    if (col >= p.hidden) {
+        return;
+    }
+    float acc[kCombineVec] = {};
+    for (int j = 0; j < p.top_k; ++j) {
+        const int64_t row = p.pair_row[token * p.top_k + j];
+        if (row < 0) {
+            continue;  // a pair the permute gave no row (invalid expert id)
+        }
+        const float weight = p.topk_weights[token * p.top_k + j];
+        add_bf16x8(acc, *reinterpret_cast<const uint4*>(p.y + row * p.hidden + col), weight);
+    }
+    if (p.shared != nullptr) {
+        add_bf16x8(acc, *reinterpret_cast<const uint4*>(p.shared + token * p.hidden + col), 1.0f);
+    }
+    uint32_t words[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const __nv_bfloat16 lo = __float2bfloat16(acc[2 * i]);
+        const __nv_bfloat16 hi = __float2bfloat16(acc[2 * i + 1]);
+        words[i] = static_cast<uint32_t>(reinterpret_cast<const uint16_t&>(lo)) |
+                   (static_cast<uint32_t>(reinterpret_cast<const uint16_t&>(hi)) << 16);
+    }
+    *reinterpret_cast<uint4*>(p.out + token * p.hidden + col) = make_uint4(words[0], words[1], words[2], words[3]);
+}
+
+}  // namespace k2::cuda::kernels

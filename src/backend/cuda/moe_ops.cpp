@@ -1,0 +1,136 @@
+// Host side of moe_ops.h: validation, then the raw launches of moe_ops.cu; and the prefill form of the grouped
+// GEMM (one Fp8GemmRunner call per expert with rows).
+#include "backend/cuda/moe_ops.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/moe_ops_detail.h"
+
+namespace k2::cuda {
+namespace {
+
+bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+constexpr int64_t kMaxRows = int64_t{1} << 30;  // rows and pairs are int32 on the device, with headroom
+
+void check_grouped_gemm(const Fp8GroupedGemmParams& p) {
+    K2_CHECK(p.num_experts >= 1 && p.num_experts <= 65535, "fp8 grouped gemm: num_experts {} not in [1, 65535]",
+             p.num_experts);
+    K2_CHECK(p.n > 0 && p.n % 128 == 0, "fp8 grouped gemm: n = {} is not a positive multiple of 128", p.n);
+    K2_CHECK(p.k > 0 && p.k % 128 == 0, "fp8 grouped gemm: k = {} is not a positive multiple of 128", p.k);
+    K2_CHECK(p.max_rows_per_expert >= 0, "fp8 grouped gemm: max_rows_per_expert {} < 0", p.max_rows_per_expert);
+    K2_CHECK(p.x != nullptr && p.x_scale != nullptr && p.w != nullptr && p.w_scale != nullptr && p.y != nullptr &&
+                 p.offsets != nullptr,
+             "fp8 grouped gemm: null operand");
+    K2_CHECK(aligned16(p.x) && aligned16(p.w), "fp8 grouped gemm: x and w must be 16-byte aligned");
+}
+
+}  // namespace
+
+void launch_moe_permute(const MoePermuteParams& p, cudaStream_t stream) {
+    if (p.num_tokens == 0) {
+        return;
+    }
+    K2_CHECK(p.num_tokens > 0, "moe permute: num_tokens {} < 0", p.num_tokens);
+    K2_CHECK(p.top_k >= 1, "moe permute: top_k {} < 1", p.top_k);
+    K2_CHECK(p.num_experts >= 1 && p.num_experts <= detail::kMoeMaxExperts,
+             "moe permute: num_experts {} not in [1, {}]", p.num_experts, detail::kMoeMaxExperts);
+    K2_CHECK(p.num_tokens <= kMaxRows / p.top_k, "moe permute: {} tokens x top_k {} pairs overflow int32",
+             p.num_tokens, p.top_k);
+    K2_CHECK(p.topk_ids != nullptr && p.offsets != nullptr && p.row_token != nullptr && p.pair_row != nullptr,
+             "moe permute: null pointer");
+    CUDA_CHECK(detail::launch_moe_permute_kernel(p, stream));
+}
+
+void launch_moe_gather(const MoeGatherParams& p, cudaStream_t stream) {
+    if (p.num_rows == 0) {
+        return;
+    }
+    K2_CHECK(p.num_rows > 0 && p.num_rows <= kMaxRows, "moe gather: num_rows {} out of range", p.num_rows);
+    K2_CHECK(p.k > 0 && p.k % 128 == 0, "moe gather: k = {} is not a positive multiple of 128", p.k);
+    K2_CHECK(p.num_experts >= 1, "moe gather: num_experts {} < 1", p.num_experts);
+    K2_CHECK(p.x_scale_stride >= 1, "moe gather: x_scale_stride {} < 1", p.x_scale_stride);
+    K2_CHECK(p.x != nullptr && p.x_scale != nullptr && p.row_token != nullptr && p.offsets != nullptr &&
+                 p.out != nullptr && p.out_scale != nullptr,
+             "moe gather: null pointer");
+    K2_CHECK(aligned16(p.x) && aligned16(p.out), "moe gather: x and out must be 16-byte aligned");
+    CUDA_CHECK(detail::launch_moe_gather_kernel(p, stream));
+}
+
+void launch_fp8_grouped_gemm_decode(const Fp8GroupedGemmParams& p, cudaStream_t stream) {
+    if (p.max_rows_per_expert == 0) {
+        return;  // no tokens: every expert is empty
+    }
+    check_grouped_gemm(p);
+    const int64_t rows = std::min(p.max_rows_per_expert, kDecodeTokensPerPass);
+    const int64_t tiles = (rows + 7) / 8;
+    const int max_tiles = tiles <= 1 ? 1 : tiles <= 2 ? 2 : tiles <= 4 ? 4 : 8;
+    CUDA_CHECK(detail::launch_fp8_grouped_gemm_decode_kernel(p, max_tiles, stream));
+}
+
+void run_fp8_grouped_gemm_prefill(Fp8GemmRunner& runner, const Fp8GroupedGemmParams& p, const int32_t* host_offsets,
+                                  cudaStream_t stream, float* padded_scales) {
+    K2_CHECK(host_offsets != nullptr, "fp8 grouped gemm prefill: null host_offsets");
+    K2_CHECK(p.num_experts >= 1, "fp8 grouped gemm prefill: num_experts {} < 1", p.num_experts);
+    if (host_offsets[p.num_experts] == 0) {
+        return;  // no tokens
+    }
+    check_grouped_gemm(p);
+    K2_CHECK(host_offsets[0] == 0, "fp8 grouped gemm prefill: offsets[0] = {} (expected 0)", host_offsets[0]);
+    const int64_t num_kb = p.k / 128;
+    // NOTE: cuBLASLt reads 128x128 block scales with the k-block dimension padded to a multiple of 4 (PyTorch
+    // #166752, "Fix DeepSeek scaling tensor handling"); our w_scale rows are k / 128 long, so other k stay on our
+    // kernel. With k / 128 % 4 == 0 every expert's scale block also starts 16-byte aligned.
+    const Fp8GemmImpl impl = num_kb % 4 == 0 ? Fp8GemmImpl::Auto : Fp8GemmImpl::Decode;
+    for (int e = 0; e < p.num_experts; ++e) {
+        const int64_t begin = host_offsets[e];
+        const int64_t rows = host_offsets[e + 1] - begin;
+        K2_CHECK(rows >= 0, "fp8 grouped gemm prefill: offsets decrease at expert {} ({} -> {})", e, begin,
+                 host_offsets[e + 1]);
+        if (rows == 0) {
+            continue;
+        }
+        Fp8GemmParams g;
+        g.x = p.x + begin * p.k;                           // [rows, k]
+        g.x_scale = p.x_scale + begin * num_kb;            // [k / 128, rows]: the expert's block
+        g.w = p.w + e * p.n * p.k;                         // [n, k]
+        g.w_scale = p.w_scale + e * (p.n / 128) * num_kb;  // [n / 128, k / 128]
+        g.y = p.y + begin * p.n;                           // [rows, n]
+        g.num_tokens = rows;
+        g.n = p.n;
+        g.k = p.k;
+        g.x_stride = p.k;
+        g.x_scale_stride = rows;
+        g.y_stride = p.n;
+        if (padded_scales != nullptr && impl == Fp8GemmImpl::Auto && rows % 16 != 0 && rows >= 16) {
+            const int64_t padded = round_up_16(rows);  // [k / 128, padded]: the expert's block, re-strided
+            CUDA_CHECK(cudaMemcpy2DAsync(padded_scales, static_cast<size_t>(padded) * 4, g.x_scale,
+                                         static_cast<size_t>(rows) * 4, static_cast<size_t>(rows) * 4,
+                                         static_cast<size_t>(num_kb), cudaMemcpyDeviceToDevice, stream));
+            g.x_scale = padded_scales;
+            g.x_scale_stride = padded;
+            g.padded_rows = true;
+        }
+        runner.run(g, stream, impl);
+    }
+}
+
+void launch_moe_combine(const MoeCombineParams& p, cudaStream_t stream) {
+    if (p.num_tokens == 0) {
+        return;
+    }
+    K2_CHECK(p.num_tokens > 0 && p.num_tokens <= std::numeric_limits<int32_t>::max(),
+             "moe combine: num_tokens {} out of range", p.num_tokens);
+    K2_CHECK(p.top_k >= 1, "moe combine: top_k {} < 1", p.top_k);
+    K2_CHECK(p.hidden > 0 && p.hidden % 8 == 0, "moe combine: hidden {} is not a positive multiple of 8", p.hidden);
+    K2_CHECK(p.y != nullptr && p.pair_row != nullptr && p.topk_weights != nullptr && p.out != nullptr,
+             "moe combine: null pointer");
+    K2_CHECK(aligned16(p.y) && aligned16(p.out) && (p.shared == nullptr || aligned16(p.shared)),
+             "moe combine: y, shared and out must be 16-byte aligned");
+    CUDA_CHECK(detail::launch_moe_combine_kernel(p, stream));
+}
+
+}  // namespace k2::cuda

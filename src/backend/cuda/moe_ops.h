@@ -1,0 +1,90 @@
+// MoE data movement and the grouped FP8 expert GEMM of the CUDA model runner (the router is moe_router.h).
+// Flow per MoE layer: permute (topk ids -> rows grouped by expert) -> gather the quantized tokens into those rows
+// -> grouped gate_up GEMM -> silu_mul_quant -> grouped down GEMM -> combine (weighted sum back per token + shared
+// expert). P = num_tokens * top_k permuted rows; expert e owns rows [offsets[e], offsets[e + 1]).
+// CPU reference of the whole: the MoE of DeepseekV3Model (src/model/deepseek_v3.cpp) over cpu::linear.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "backend/cuda/fp8_gemm.h"
+
+namespace k2::cuda {
+
+// Stable counting sort of the (token, k) pairs by expert: within an expert, rows follow pair order t * top_k + k.
+// One block, deterministic (no atomics). An id outside [0, num_experts) gets no row: pair_row -1, not counted in
+// offsets[num_experts] (gather and combine skip it). num_tokens == 0 writes nothing.
+struct MoePermuteParams {
+    const int32_t* topk_ids = nullptr;  // [num_tokens, top_k] in [0, num_experts)
+    int32_t* offsets = nullptr;         // [num_experts + 1] out
+    int32_t* row_token = nullptr;       // [P] out: source token of each permuted row
+    int32_t* pair_row = nullptr;        // [num_tokens, top_k] out: permuted row of each pair
+    int64_t num_tokens = 0;
+    int top_k = 0;
+    int num_experts = 0;  // <= 512
+};
+
+// Quantized rows into expert order. Scales are expert-blocked: expert e's scales start at
+// out_scale + offsets[e] * (k / 128), laid out [k / 128, n_e] (n_e = its row count), which is both what cuBLASLt
+// needs per expert (x_scale_stride == n_e) and what the grouped kernel reads.
+struct MoeGatherParams {
+    const uint8_t* x = nullptr;        // [num_tokens, k] e4m3, row stride k
+    const float* x_scale = nullptr;    // [k / 128, x_scale_stride] f32
+    const int32_t* row_token = nullptr;  // [P]
+    const int32_t* offsets = nullptr;    // [num_experts + 1]
+    uint8_t* out = nullptr;            // [P, k] e4m3
+    float* out_scale = nullptr;        // [P * k / 128] f32, expert-blocked
+    int64_t num_rows = 0;              // P
+    int64_t k = 0;                     // multiple of 128
+    int64_t x_scale_stride = 0;
+    int num_experts = 0;
+};
+
+// y[rows of e] = x[rows of e] @ w[e]^T for every expert, fp32 accumulation, bf16 out; block scales as fp8_gemm.h.
+// The decode form is one launch whose experts without rows cost a CTA exit (CUDA-graph capturable: the row counts
+// stay on the device); max_rows_per_expert (a host bound, e.g. num_tokens) sizes the token tiles.
+// (It only sizes them: an expert with more rows takes more passes. 0 makes the launch a no-op.)
+struct Fp8GroupedGemmParams {
+    const uint8_t* x = nullptr;        // [P, k] e4m3 (row stride k)
+    const float* x_scale = nullptr;    // expert-blocked, as MoeGatherParams::out_scale
+    const uint8_t* w = nullptr;        // [num_experts, n, k] e4m3
+    const float* w_scale = nullptr;    // [num_experts, n / 128, k / 128] f32
+    uint16_t* y = nullptr;             // [P, n] bf16 (row stride n)
+    const int32_t* offsets = nullptr;  // [num_experts + 1] device
+    int num_experts = 0;
+    int64_t n = 0;  // multiple of 128
+    int64_t k = 0;  // multiple of 128
+    int64_t max_rows_per_expert = 0;
+};
+
+void launch_moe_permute(const MoePermuteParams& params, cudaStream_t stream);
+void launch_moe_gather(const MoeGatherParams& params, cudaStream_t stream);
+void launch_fp8_grouped_gemm_decode(const Fp8GroupedGemmParams& params, cudaStream_t stream);
+// Prefill form: one Fp8GemmRunner call per expert with rows; host_offsets [num_experts + 1] are the offsets
+// already copied to the host (the caller synchronizes once per layer for them). Where k / 128 is not a multiple
+// of 4 every expert stays on our decode kernel (cuBLASLt pads the k blocks of 128x128 scales to 4).
+// With padded_scales [k / 128 * round_up(max rows of an expert, 16)] f32 and 15 rows of slack after x's and y's P
+// rows, experts whose row count is not a multiple of 16 still run on cuBLASLt (whose FP8 path needs m % 16 == 0):
+// their scale block is copied there with a padded stride and the padded rows' outputs land on the next expert's
+// rows, which that expert's GEMM (later on the stream) overwrites. Without it such experts run our kernel.
+void run_fp8_grouped_gemm_prefill(Fp8GemmRunner& runner, const Fp8GroupedGemmParams& params,
+                                  const int32_t* host_offsets, cudaStream_t stream, float* padded_scales = nullptr);
+
+// out[t] = sum_k topk_weights[t, k] * y[pair_row[t, k]] (+ shared[t]), summed in fp32 in k order, rounded once.
+// pair_row < 0 contributes nothing; hidden must be a multiple of 8 (16-byte rows).
+struct MoeCombineParams {
+    const uint16_t* y = nullptr;          // [P, hidden] bf16 expert outputs
+    const int32_t* pair_row = nullptr;    // [num_tokens, top_k]
+    const float* topk_weights = nullptr;  // [num_tokens, top_k]
+    const uint16_t* shared = nullptr;     // [num_tokens, hidden] bf16 shared-expert output, or null
+    uint16_t* out = nullptr;              // [num_tokens, hidden] bf16
+    int64_t num_tokens = 0;
+    int64_t hidden = 0;
+    int top_k = 0;
+};
+
+void launch_moe_combine(const MoeCombineParams& params, cudaStream_t stream);
+
+}  // namespace k2::cuda

@@ -1,0 +1,464 @@
+// DeepseekV3CudaModel: one step = upload the batch's index arrays, embed, then per layer
+//   rms_norm_quant -> q_a/kv_a FP8 GEMMs -> q_a_norm+quant -> q_b -> latent store (norm+rope+paged write) ->
+//   query rope + W_UK absorb (bf16 batched GEMM) -> MLA attention -> W_UV -> quant -> o_proj,
+//   rms_norm(+residual) -> dense SwiGLU, or router -> permute -> grouped FP8 experts -> combine (+ shared expert),
+// and the final norm + BF16 lm_head only on the rows whose logits are wanted.
+#include "model/cuda/deepseek_v3_cuda.h"
+
+#include <algorithm>
+#include <cstdlib>
+
+#include "backend/cpu/rope.h"
+#include "backend/cuda/fp8_quant.h"
+#include "backend/cuda/mla_decode.h"
+#include "backend/cuda/model_ops.h"
+#include "core/log.h"
+#include "model/cuda/cuda_workspace.h"
+
+namespace k2 {
+
+namespace {
+
+using cuda_model::StepBatch;
+
+// At most this many tokens take the fast decode attention (its f32 output buffer is sized for it).
+constexpr int64_t kFastDecodeMaxSeqs = 512;
+// Decode batches are padded up to one of these sizes and replayed from a CUDA graph (vLLM's capture sizes, capped
+// at 64: above it the MoE needs the expert row counts on the host).
+constexpr int kGraphBatchSizes[] = {1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64};
+
+// A device buffer that grows to the largest request (contents are not kept).
+void ensure(cuda::DeviceBuffer& buf, size_t num_bytes) {
+    if (buf.num_bytes() < num_bytes) {
+        buf = cuda::DeviceBuffer(std::max(num_bytes, buf.num_bytes() * 2));
+    }
+}
+
+template <typename T>
+void upload_async(cuda::DeviceBuffer& buf, const std::vector<T>& host, cudaStream_t stream) {
+    ensure(buf, std::max<size_t>(host.size() * sizeof(T), 16));
+    if (!host.empty()) {
+        CUDA_CHECK(cudaMemcpyAsync(buf.data(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice, stream));
+    }
+}
+
+}  // namespace
+
+
+
+DeepseekV3CudaModel::DeepseekV3CudaModel(ModelConfig config, Checkpoint checkpoint, const ModelOptions& options)
+    : m_config(std::move(config)), m_options(options) {
+    K2_CHECK(cuda::cuda_device_count() > 0, "--device cuda: no CUDA device is visible (use --device cpu)");
+    if (m_options.kv_cache_dtype == KvCacheDType::F32) {  // the CPU default ("auto" there): bf16 is auto here
+        m_options.kv_cache_dtype = KvCacheDType::BF16;
+    }
+    const ModelConfig& c = m_config;
+    K2_CHECK(c.weight_block_n == 128 && c.weight_block_k == 128,
+             "CUDA model: weight_block_size must be [128, 128], got [{}, {}]", c.weight_block_n, c.weight_block_k);
+    K2_CHECK(c.hidden_size % 128 == 0 && c.kv_lora_rank % 32 == 0 && c.qk_rope_head_dim <= cuda::kMlaMaxRope &&
+                 c.kv_lora_rank <= cuda::kMlaMaxLatent,
+             "CUDA model: unsupported shape (hidden {}, kv_lora_rank {}, rope {})", c.hidden_size, c.kv_lora_rank,
+             c.qk_rope_head_dim);
+    {
+        const DeepseekV3Weights host = load_deepseek_v3_weights(checkpoint, c);
+        m_weights = cuda_model::upload_weights(host, c);
+    }
+    CUDA_CHECK(cudaStreamCreateWithFlags(&m_stream, cudaStreamNonBlocking));
+    int device = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&m_num_sms, cudaDevAttrMultiProcessorCount, device));
+    m_fp8 = std::make_unique<cuda::Fp8GemmRunner>();
+    m_bf16 = std::make_unique<cuda::Bf16GemmRunner>();
+    m_ws = std::make_unique<cuda_model::Workspace>(c, std::max(options.max_num_tokens, 1));
+    m_batch = std::make_unique<StepBatch>();
+    const cpu::YarnParams yarn = yarn_params(c.rope_scaling);
+    const std::vector<float> inv_freq = cpu::yarn_inv_freq(c.qk_rope_head_dim, c.rope_theta, yarn);
+    m_inv_freq = cuda::DeviceBuffer(inv_freq.size() * 4);
+    m_inv_freq.upload(inv_freq.data(), inv_freq.size() * 4);
+    m_rope_scale = cpu::yarn_cos_sin_scale(yarn);
+    m_softmax_scale = static_cast<float>(c.softmax_scale());
+    allocate_graph_buffers();
+    K2_INFO("CUDA model: {:.2f} GiB of weights on the GPU, activations for {} tokens per step, CUDA graphs {}",
+            static_cast<double>(m_weights.num_bytes) / (1ull << 30), m_ws->capacity,
+            m_options.enforce_eager ? "off (--enforce-eager)" : "on for decode batches of up to 64 sequences");
+}
+
+// Everything a graph points at is allocated here, once, at its largest size: the graph batch's index arrays and
+// the fast decode attention's buffers (eager steps use them too, so they must never grow).
+void DeepseekV3CudaModel::allocate_graph_buffers() {
+    const ModelConfig& c = m_config;
+    const int64_t max_len = m_options.max_model_len > 0 ? m_options.max_model_len : c.max_position_embeddings;
+    m_graph_blocks = static_cast<int>((std::max<int64_t>(max_len, 1) + kKvBlockSize - 1) / kKvBlockSize);
+    constexpr int kMaxGraphSeqs = kGraphBatchSizes[std::size(kGraphBatchSizes) - 1];
+    m_graph_batch = std::make_unique<StepBatch>();
+    StepBatch& g = *m_graph_batch;
+    for (cuda::DeviceBuffer* buf : {&g.token_ids, &g.positions, &g.token_seq, &g.seq_lens, &g.logits_indices}) {
+        *buf = cuda::DeviceBuffer(kMaxGraphSeqs * 4);
+    }
+    g.slot_mapping = cuda::DeviceBuffer(kMaxGraphSeqs * 8);
+    g.block_tables = cuda::DeviceBuffer(static_cast<size_t>(kMaxGraphSeqs) * static_cast<size_t>(m_graph_blocks) * 4);
+    if (c.kv_lora_rank == cuda::kMlaLatent && c.qk_rope_head_dim == cuda::kMlaRope &&
+        c.num_attention_heads % cuda::kMlaHeadsPerCta == 0) {
+        int64_t floats = 0;
+        cuda::MlaDecodeParams md;
+        md.num_heads = static_cast<int>(c.num_attention_heads);
+        md.max_seq_len = static_cast<int>(std::max<int64_t>(max_len, c.max_position_embeddings));
+        for (int64_t seqs = 1; seqs <= kFastDecodeMaxSeqs; ++seqs) {
+            md.num_seqs = seqs;
+            floats = std::max(floats, cuda::mla_decode_workspace_floats(md, cuda::mla_decode_num_splits(md, m_num_sms)));
+        }
+        m_ws->mla_split = cuda::DeviceBuffer(static_cast<size_t>(floats) * 4);
+        m_ws->o_lat_f32 =
+            cuda::DeviceBuffer(static_cast<size_t>(kFastDecodeMaxSeqs * c.num_attention_heads * c.kv_lora_rank) * 4);
+    }
+}
+
+DeepseekV3CudaModel::~DeepseekV3CudaModel() {
+    for (const auto& [size, exec] : m_graphs) {
+        cudaGraphExecDestroy(exec);
+    }
+    for (cudaEvent_t e : m_layer_events) {
+        cudaEventDestroy(e);
+    }
+    if (m_stream != nullptr) {
+        cudaStreamSynchronize(m_stream);
+        cudaStreamDestroy(m_stream);
+    }
+}
+
+size_t DeepseekV3CudaModel::kv_cache_bytes_per_block() const {
+    const size_t elem = m_options.kv_cache_dtype == KvCacheDType::FP8_E4M3 ? 1 : 2;
+    return static_cast<size_t>(m_config.num_hidden_layers) * kKvBlockSize *
+           static_cast<size_t>(m_config.kv_lora_rank + m_config.qk_rope_head_dim) * elem;
+}
+
+void DeepseekV3CudaModel::allocate_kv_cache(int num_blocks) {
+    K2_CHECK(num_blocks > 0, "CUDA model: the KV cache needs at least one block, got {}", num_blocks);
+    CUDA_CHECK(cudaStreamSynchronize(m_stream));
+    for (const auto& [size, exec] : m_graphs) {  // they point at the old cache
+        CUDA_CHECK(cudaGraphExecDestroy(exec));
+    }
+    m_graphs.clear();
+    m_cache = cuda::DeviceBuffer();
+    m_cache = cuda::DeviceBuffer(kv_cache_bytes_per_block() * static_cast<size_t>(num_blocks));
+    m_num_blocks = num_blocks;
+}
+
+size_t DeepseekV3CudaModel::kv_cache_budget_bytes(double gpu_memory_utilization) const {
+    size_t free_bytes = 0;
+    size_t total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    const double allowed = gpu_memory_utilization * static_cast<double>(total_bytes);
+    const double used = static_cast<double>(total_bytes - free_bytes) + static_cast<double>(m_cache.num_bytes());
+    // At least 1: 0 would read as "this model has no device budget" (Model::kv_cache_budget_bytes).
+    return allowed > used + 1.0 ? static_cast<size_t>(allowed - used) : 1;
+}
+
+void DeepseekV3CudaModel::upload_batch(const ForwardBatch& b, StepBatch& d, int table_pitch) {
+    d.host_token_seq.resize(b.token_ids.size());
+    for (int s = 0; s < b.num_seqs(); ++s) {
+        std::fill(d.host_token_seq.begin() + b.query_start[s], d.host_token_seq.begin() + b.query_start[s + 1], s);
+    }
+    d.num_tokens = b.num_tokens();
+    d.num_seqs = b.num_seqs();
+    d.max_blocks_per_seq = table_pitch > 0 ? table_pitch : b.max_blocks_per_seq;
+    d.max_context = 0;
+    for (const int32_t len : b.seq_lens) {
+        d.max_context = std::max(d.max_context, len);
+    }
+    d.fast_decode = use_fast_decode(b);
+    upload_async(d.token_ids, b.token_ids, m_stream);
+    upload_async(d.positions, b.positions, m_stream);
+    upload_async(d.slot_mapping, b.slot_mapping, m_stream);
+    upload_async(d.token_seq, d.host_token_seq, m_stream);
+    upload_async(d.seq_lens, b.seq_lens, m_stream);
+    if (table_pitch > 0 && b.max_blocks_per_seq > 0) {  // into the fixed [seqs, table_pitch] table of the graphs
+        const size_t row = static_cast<size_t>(b.max_blocks_per_seq) * 4;
+        CUDA_CHECK(cudaMemcpy2DAsync(d.block_tables.data(), static_cast<size_t>(table_pitch) * 4, b.block_tables.data(),
+                                     row, row, static_cast<size_t>(b.num_seqs()), cudaMemcpyHostToDevice, m_stream));
+    } else if (table_pitch == 0) {
+        upload_async(d.block_tables, b.block_tables, m_stream);
+    }
+    upload_async(d.logits_indices, b.logits_indices, m_stream);
+}
+
+void DeepseekV3CudaModel::linear(const uint8_t* xq, const float* xs, int64_t m, const cuda_model::DeviceLinear& w,
+                                 uint16_t* y, int64_t y_stride) {
+    cuda::Fp8GemmParams p;
+    p.x = xq;
+    p.x_scale = xs;
+    p.w = w.weight.as<uint8_t>();
+    p.w_scale = w.scale.as<float>();
+    p.y = y;
+    p.num_tokens = m;
+    p.n = w.n;
+    p.k = w.k;
+    p.x_stride = w.k;
+    p.x_scale_stride = cuda::round_up_16(m);
+    p.padded_rows = true;  // every activation buffer has 16 rows of slack (Workspace)
+    p.y_stride = y_stride;
+    m_fp8->run(p, m_stream);
+}
+
+bool DeepseekV3CudaModel::use_fast_decode(const ForwardBatch& b) const {
+    static const bool disabled = std::getenv("K2_DISABLE_FAST_MLA_DECODE") != nullptr;
+    const ModelConfig& c = m_config;
+    return !disabled && c.kv_lora_rank == cuda::kMlaLatent && c.qk_rope_head_dim == cuda::kMlaRope &&
+           c.num_attention_heads % cuda::kMlaHeadsPerCta == 0 && m_options.kv_cache_dtype == KvCacheDType::BF16 &&
+           b.num_tokens() == b.num_seqs() && b.num_seqs() <= kFastDecodeMaxSeqs &&
+           std::adjacent_find(b.query_start.begin(), b.query_start.end(),
+                              [](int32_t a, int32_t next) { return next - a != 1; }) == b.query_start.end();
+}
+
+void DeepseekV3CudaModel::check_batch(const ForwardBatch& b) const {
+    K2_CHECK(b.num_tokens() <= m_ws->capacity,
+             "CUDA model: a step of {} tokens exceeds the {} the activations were sized for (--max-num-batched-tokens)",
+             b.num_tokens(), m_ws->capacity);
+    K2_CHECK(m_num_blocks > 0 || b.num_tokens() == 0, "forward: the KV cache is not allocated");
+    K2_CHECK(b.query_start.size() == static_cast<size_t>(b.num_seqs() + 1) &&
+                 b.block_tables.size() == static_cast<size_t>(b.num_seqs()) * static_cast<size_t>(b.max_blocks_per_seq),
+             "forward batch: query_start/block_tables do not match {} sequences", b.num_seqs());
+    for (const int32_t id : b.token_ids) {
+        K2_CHECK(id >= 0 && id < m_config.vocab_size, "forward batch: token id {} outside the vocabulary of {}", id,
+                 m_config.vocab_size);
+    }
+    for (const int32_t block : b.block_tables) {
+        K2_CHECK(block < m_num_blocks, "forward batch: block id {} outside the {} cache blocks", block, m_num_blocks);
+    }
+    for (const int64_t slot : b.slot_mapping) {
+        K2_CHECK(slot < static_cast<int64_t>(m_num_blocks) * kKvBlockSize, "forward batch: slot {} outside the cache",
+                 slot);
+    }
+    for (const int32_t row : b.logits_indices) {
+        K2_CHECK(row >= 0 && row < b.num_tokens(), "forward batch: logits index {} outside the {} tokens", row,
+                 b.num_tokens());
+    }
+}
+
+Tensor DeepseekV3CudaModel::forward(const ForwardBatch& batch) {
+    check_batch(batch);
+    const auto num_rows = static_cast<int64_t>(batch.logits_indices.size());
+    if (batch.num_tokens() == 0) {
+        return Tensor::zeros(DType::F32, {num_rows, m_config.vocab_size});
+    }
+    Tensor logits = host_logits(num_rows);  // [rows, vocab]
+    if (const int graph_size = graph_size_for(batch); graph_size > 0) {
+        run_graph(batch, graph_size);
+        download_logits(0, num_rows, logits);
+        return logits;
+    }
+    upload_batch(batch, *m_batch);
+    run_layers(*m_batch);
+    for (int64_t r0 = 0; r0 < num_rows; r0 += cuda_model::kLogitsRowsPerPass) {
+        const int64_t n = std::min(cuda_model::kLogitsRowsPerPass, num_rows - r0);
+        logits_pass(*m_batch, r0, n);
+        download_logits(r0, n, logits);
+    }
+    return logits;
+}
+
+void DeepseekV3CudaModel::run_layers(const StepBatch& b) {
+    const ModelConfig& c = m_config;
+    cuda_model::Workspace& ws = *m_ws;
+    const int64_t t_count = b.num_tokens;
+    const int64_t hidden = c.hidden_size;
+    cuda::EmbeddingParams ep;
+    ep.token_ids = b.token_ids.as<int32_t>();
+    ep.table = m_weights.embed.as<uint16_t>();
+    ep.out = ws.h.as<uint16_t>();
+    ep.num_tokens = t_count;
+    ep.hidden = hidden;
+    ep.vocab = c.vocab_size;
+    cuda::launch_embedding(ep, m_stream);
+    const auto eps = static_cast<float>(c.rms_norm_eps);
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(m_stream, &capture));
+    const bool profile = m_profile_layers && capture == cudaStreamCaptureStatusNone;
+    if (profile && m_layer_events.empty()) {
+        m_layer_events.resize(static_cast<size_t>(2 * c.num_hidden_layers + 1));
+        for (cudaEvent_t& e : m_layer_events) {
+            CUDA_CHECK(cudaEventCreate(&e));
+        }
+    }
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+        const cuda_model::DeviceLayer& w = m_weights.layers[static_cast<size_t>(l)];
+        if (profile) {
+            CUDA_CHECK(cudaEventRecord(m_layer_events[static_cast<size_t>(2 * l)], m_stream));
+        }
+        // h += y (the previous sublayer's output; nothing before layer 0), xq = quant(rms_norm(h)).
+        cuda_model::norm_quantize_into(ws, l == 0 ? ws.h.as<uint16_t>() : ws.y.as<uint16_t>(),
+                                       l == 0 ? nullptr : ws.h.as<uint16_t>(), w.input_norm.as<uint16_t>(), t_count,
+                                       hidden, eps, m_stream);
+        attention(l, t_count, b);
+        if (profile) {
+            CUDA_CHECK(cudaEventRecord(m_layer_events[static_cast<size_t>(2 * l + 1)], m_stream));
+        }
+        if (w.is_moe) {
+            norm_residual(w.post_norm.as<uint16_t>(), t_count);
+            cuda_model::quantize_into(ws, ws.xb.as<uint16_t>(), t_count, hidden, m_stream);
+            moe(l, t_count);
+        } else {
+            cuda_model::norm_quantize_into(ws, ws.y.as<uint16_t>(), ws.h.as<uint16_t>(), w.post_norm.as<uint16_t>(),
+                                           t_count, hidden, eps, m_stream);
+            dense_mlp(w.gate_up, w.down, t_count, ws.y.as<uint16_t>());
+        }
+    }
+    if (profile) {
+        CUDA_CHECK(cudaEventRecord(m_layer_events.back(), m_stream));
+    }
+    norm_residual(m_weights.final_norm.as<uint16_t>(), t_count);  // ws.xb = final_norm(h + y)
+}
+
+std::vector<float> DeepseekV3CudaModel::last_layer_times_ms() {
+    std::vector<float> times;  // [layers, 2]: attention (norm + MLA + o_proj), then the feed-forward
+    if (m_layer_events.empty()) {
+        return times;
+    }
+    CUDA_CHECK(cudaEventSynchronize(m_layer_events.back()));
+    for (size_t i = 0; i + 1 < m_layer_events.size(); ++i) {
+        float ms = 0.0f;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, m_layer_events[i], m_layer_events[i + 1]));
+        times.push_back(ms);
+    }
+    return times;
+}
+
+int DeepseekV3CudaModel::last_moe_active_experts() {
+    if (m_config.n_routed_experts == 0) {
+        return 0;
+    }
+    std::vector<int32_t> offsets(static_cast<size_t>(m_config.n_routed_experts + 1));
+    CUDA_CHECK(cudaStreamSynchronize(m_stream));
+    m_ws->offsets.download(offsets.data(), offsets.size() * 4);
+    int active = 0;
+    for (size_t e = 0; e + 1 < offsets.size(); ++e) {
+        active += offsets[e + 1] > offsets[e];
+    }
+    return active;
+}
+
+// h += y; ws.xb = rms_norm(h) * weight (bf16).
+void DeepseekV3CudaModel::norm_residual(const uint16_t* weight, int64_t t_count) {
+    cuda_model::Workspace& ws = *m_ws;
+    cuda::RmsNormParams n;
+    n.x = ws.y.as<uint16_t>();
+    n.residual = ws.h.as<uint16_t>();
+    n.weight = weight;
+    n.out = ws.xb.as<uint16_t>();
+    n.num_tokens = t_count;
+    n.hidden = m_config.hidden_size;
+    n.x_stride = n.hidden;
+    n.out_stride = n.hidden;
+    n.eps = static_cast<float>(m_config.rms_norm_eps);
+    cuda::launch_rms_norm(n, m_stream);
+}
+
+void DeepseekV3CudaModel::logits_pass(const StepBatch& b, int64_t r0, int64_t n) {
+    const ModelConfig& c = m_config;
+    cuda_model::Workspace& ws = *m_ws;
+    cuda::GatherRowsParams g;
+    g.x = ws.xb.as<uint16_t>();
+    g.rows = b.logits_indices.as<int32_t>() + r0;
+    g.out = ws.last.as<uint16_t>();
+    g.num_rows = n;
+    g.width = c.hidden_size;
+    cuda::launch_gather_rows(g, m_stream);
+    cuda::Bf16GemmParams lm;
+    lm.a = ws.last.as<uint16_t>();
+    lm.b = m_weights.lm_head.as<uint16_t>();
+    lm.c = ws.logits.data();
+    lm.c_f32 = true;
+    lm.m = n;
+    lm.n = c.vocab_size;
+    lm.k = c.hidden_size;
+    lm.lda = c.hidden_size;
+    lm.ldb = c.hidden_size;
+    lm.ldc = c.vocab_size;
+    m_bf16->run(lm, m_stream);
+}
+
+// The result of a step: up to kLogitsRowsPerPass rows are a view of the pinned buffer the GPU copies into (no
+// host copy, no zero fill); more rows (prompt logprobs) get their own tensor.
+Tensor DeepseekV3CudaModel::host_logits(int64_t rows) {
+    const int64_t vocab = m_config.vocab_size;
+    if (rows > cuda_model::kLogitsRowsPerPass || rows > m_ws->capacity) {
+        return Tensor::zeros(DType::F32, {rows, vocab});
+    }
+    if (m_ws->logits_host.use_count() > 1) {  // a caller still holds the previous step's logits
+        m_ws->logits_host = cuda_model::Workspace::pinned_logits(std::min(m_ws->capacity, cuda_model::kLogitsRowsPerPass) * vocab);
+    }
+    return Tensor::view(DType::F32, {rows, vocab}, m_ws->logits_host.get(), m_ws->logits_host);
+}
+
+void DeepseekV3CudaModel::download_logits(int64_t r0, int64_t n, Tensor& logits) {
+    const int64_t vocab = m_config.vocab_size;
+    const size_t bytes = static_cast<size_t>(n * vocab) * 4;
+    float* dst = logits.data_as<float>() + r0 * vocab;
+    CUDA_CHECK(cudaMemcpyAsync(dst, m_ws->logits.data(), bytes, cudaMemcpyDeviceToHost, m_stream));
+    CUDA_CHECK(cudaStreamSynchronize(m_stream));
+}
+
+// The padded graph size of a pure decode batch (one new token per sequence, contexts within the graphs' block
+// tables), or 0 when the step runs eagerly.
+int DeepseekV3CudaModel::graph_size_for(const ForwardBatch& b) const {
+    if (m_options.enforce_eager || b.num_tokens() != b.num_seqs() || b.max_blocks_per_seq > m_graph_blocks) {
+        return 0;
+    }
+    for (int s = 0; s < b.num_seqs(); ++s) {
+        if (b.query_start[s + 1] - b.query_start[s] != 1) {
+            return 0;
+        }
+    }
+    for (const int size : kGraphBatchSizes) {
+        if (size >= b.num_seqs() && size <= m_options.max_num_seqs && size <= m_ws->capacity) {
+            return size;
+        }
+    }
+    return 0;
+}
+
+// Pads the decode batch to `size` sequences (padding rows write no KV: slot -1; read one block; their logits are
+// computed and dropped), uploads it into the fixed graph buffers and replays the size's graph, capturing it on
+// first use after one eager warm-up (which creates the cuBLASLt plans and sizes the attention workspace).
+void DeepseekV3CudaModel::run_graph(const ForwardBatch& batch, int size) {
+    const int width = m_graph_blocks;
+    ForwardBatch padded;
+    padded.token_ids = batch.token_ids;
+    padded.positions = batch.positions;
+    padded.slot_mapping = batch.slot_mapping;
+    padded.seq_lens = batch.seq_lens;
+    padded.token_ids.resize(static_cast<size_t>(size), 0);
+    padded.positions.resize(static_cast<size_t>(size), 0);
+    padded.slot_mapping.resize(static_cast<size_t>(size), -1);
+    padded.seq_lens.resize(static_cast<size_t>(size), 1);
+    padded.query_start.resize(static_cast<size_t>(size + 1));
+    for (int s = 0; s <= size; ++s) {
+        padded.query_start[static_cast<size_t>(s)] = s;
+    }
+    // Only the columns in use travel; the rest of the graph's table keeps stale ids no kernel reads.
+    padded.max_blocks_per_seq = std::max(batch.max_blocks_per_seq, 1);
+    padded.block_tables.assign(static_cast<size_t>(size) * static_cast<size_t>(padded.max_blocks_per_seq), 0);
+    std::copy(batch.block_tables.begin(), batch.block_tables.end(), padded.block_tables.begin());
+    padded.logits_indices = batch.logits_indices;
+    padded.logits_indices.resize(static_cast<size_t>(size), 0);
+    StepBatch& d = *m_graph_batch;
+    upload_batch(padded, d, width);
+    d.max_context = width * kKvBlockSize;  // the graph's bound, whatever this step's contexts are
+    auto it = m_graphs.find(size);
+    if (it == m_graphs.end()) {
+        run_layers(d);  // warm-up: creates the cuBLASLt plans (nothing may allocate during the capture)
+        logits_pass(d, 0, size);
+        cudaGraph_t graph = nullptr;
+        CUDA_CHECK(cudaStreamBeginCapture(m_stream, cudaStreamCaptureModeThreadLocal));
+        run_layers(d);
+        logits_pass(d, 0, size);
+        CUDA_CHECK(cudaStreamEndCapture(m_stream, &graph));
+        cudaGraphExec_t exec = nullptr;
+        CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+        CUDA_CHECK(cudaGraphDestroy(graph));
+        it = m_graphs.emplace(size, exec).first;
+    }
+    CUDA_CHECK(cudaGraphLaunch(it->second, m_stream));
+}
+
+}  // namespace k2

@@ -1,0 +1,138 @@
+// DeepSeek-V3 / Kimi-K2 on one GPU: FP8 weights as stored (1x128 activations x 128x128 weight blocks), BF16
+// activations and residual stream, the absorbed MLA over a paged latent cache (BF16 or FP8), the MoE as
+// permute -> grouped FP8 expert GEMMs -> weighted combine. The CPU model (model/deepseek_v3.h) is the oracle:
+// same weights loader, same math, fp32 there and bf16/fp8 activations here.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "backend/cuda/bf16_gemm.h"
+#include "backend/cuda/device_buffer.h"
+#include "backend/cuda/fp8_gemm.h"
+#include "backend/cuda/mla_ops.h"
+#include "io/safetensors.h"
+#include "model/deepseek_v3.h"
+#include "model/model.h"
+
+namespace k2 {
+
+namespace cuda_model {
+
+// An FP8 projection on the device: weight [n, k] e4m3, scale [ceil(n / 128), k / 128] f32 multipliers.
+struct DeviceLinear {
+    cuda::DeviceBuffer weight;
+    cuda::DeviceBuffer scale;
+    int64_t n = 0;
+    int64_t k = 0;
+};
+
+// All experts of a layer stacked: gate_up [E, 2 * inter, hidden] (gate rows first), down [E, hidden, inter].
+struct DeviceExperts {
+    DeviceLinear gate_up;  // n = 2 * inter per expert
+    DeviceLinear down;     // n = hidden per expert
+    int num_experts = 0;
+};
+
+struct DeviceLayer {
+    cuda::DeviceBuffer input_norm;  // [hidden] bf16
+    cuda::DeviceBuffer post_norm;   // [hidden] bf16
+    DeviceLinear q_a;               // [q_lora_rank, hidden]
+    cuda::DeviceBuffer q_a_norm;    // [q_lora_rank] bf16
+    DeviceLinear q_b;               // [heads * qk_head_dim, q_lora_rank] (or q_proj [.., hidden])
+    DeviceLinear kv_a;              // [kv_lora_rank + rope, hidden]
+    cuda::DeviceBuffer kv_a_norm;   // [kv_lora_rank] bf16
+    cuda::DeviceBuffer w_uk;        // [heads, nope, kv_lora_rank] bf16
+    cuda::DeviceBuffer w_uv;        // [heads, v_head_dim, kv_lora_rank] bf16
+    DeviceLinear o_proj;            // [hidden, heads * v_head_dim]
+    bool is_moe = false;
+    DeviceLinear gate_up;           // dense or shared experts: [2 * inter, hidden]
+    DeviceLinear down;              // [hidden, inter]
+    cuda::DeviceBuffer router;      // [n_routed_experts, hidden] bf16
+    cuda::DeviceBuffer router_bias; // [n_routed_experts] f32
+    DeviceExperts experts;
+};
+
+struct DeviceWeights {
+    cuda::DeviceBuffer embed;       // [vocab, hidden] bf16
+    std::vector<DeviceLayer> layers;
+    cuda::DeviceBuffer final_norm;  // [hidden] bf16
+    cuda::DeviceBuffer lm_head;     // [vocab, hidden] bf16
+    size_t num_bytes = 0;
+};
+
+// Copies the weights the CPU loader found to the GPU (experts stacked, kv_b split, bf16 where not FP8), logging
+// progress with bytes and rate.
+DeviceWeights upload_weights(const DeepseekV3Weights& host, const ModelConfig& config);
+
+struct Workspace;  // activations of one step (cuda_workspace.h)
+struct StepBatch;  // the step's index arrays on the device (cuda_workspace.h)
+
+}  // namespace cuda_model
+
+class DeepseekV3CudaModel final : public Model {
+public:
+    DeepseekV3CudaModel(ModelConfig config, Checkpoint checkpoint, const ModelOptions& options);
+    ~DeepseekV3CudaModel() override;
+
+    const ModelConfig& config() const override { return m_config; }
+    size_t kv_cache_bytes_per_block() const override;
+    void allocate_kv_cache(int num_blocks) override;
+    size_t kv_cache_budget_bytes(double gpu_memory_utilization) const override;
+    Tensor forward(const ForwardBatch& batch) override;
+
+    // Benchmark probes (k2 bench step). With profiling on, eager steps record an event around every layer.
+    void set_layer_profiling(bool on) { m_profile_layers = on; }
+    std::vector<float> last_layer_times_ms();  // [num_layers, 2] (attention, feed-forward) of the last eager step
+    int last_moe_active_experts();             // experts with rows in the last step's last MoE layer
+
+private:
+    void check_batch(const ForwardBatch& batch) const;
+    // table_pitch > 0: the block table goes into out's fixed [seqs, table_pitch] table (graph batches).
+    void upload_batch(const ForwardBatch& batch, cuda_model::StepBatch& out, int table_pitch = 0);
+    void allocate_graph_buffers();
+    // Embedding, every layer and the final norm: ws.xb [T, hidden] for the step in `b` (graph-capturable when b
+    // is a graph batch).
+    void run_layers(const cuda_model::StepBatch& b);
+    int graph_size_for(const ForwardBatch& batch) const;  // 0: run eagerly
+    void run_graph(const ForwardBatch& batch, int graph_size);
+    cuda::LatentCacheRef cache_ref(int layer) const;
+    // Sublayers read the quantized normed input from the workspace (xq/xs, and xb for the router) and write y.
+    void attention(int layer, int64_t num_tokens, const cuda_model::StepBatch& batch);
+    void attend(int layer, int64_t num_tokens, const cuda_model::StepBatch& batch);
+    void dense_mlp(const cuda_model::DeviceLinear& gate_up, const cuda_model::DeviceLinear& down, int64_t num_tokens,
+                   uint16_t* out);
+    void moe(int layer, int64_t num_tokens);
+    void norm_residual(const uint16_t* weight, int64_t num_tokens);
+    // logits rows [r0, r0 + n) = lm_head(ws.xb[logits_indices[r0 ..]]) into ws.logits (device), then to `logits`.
+    void logits_pass(const cuda_model::StepBatch& b, int64_t r0, int64_t n);
+    void download_logits(int64_t r0, int64_t n, Tensor& logits);
+    Tensor host_logits(int64_t rows);
+    // y [m, w.n] bf16 = xq [m, w.k] e4m3 (scales [w.k / 128, m]) @ w^T.
+    void linear(const uint8_t* xq, const float* xs, int64_t m, const cuda_model::DeviceLinear& w, uint16_t* y,
+                int64_t y_stride);
+    bool use_fast_decode(const ForwardBatch& batch) const;
+
+    ModelConfig m_config;
+    ModelOptions m_options;
+    cuda_model::DeviceWeights m_weights;
+    cudaStream_t m_stream = nullptr;
+    std::unique_ptr<cuda::Fp8GemmRunner> m_fp8;
+    std::unique_ptr<cuda::Bf16GemmRunner> m_bf16;
+    std::unique_ptr<cuda_model::Workspace> m_ws;
+    std::unique_ptr<cuda_model::StepBatch> m_batch;        // eager steps (buffers grow)
+    std::unique_ptr<cuda_model::StepBatch> m_graph_batch;  // graph steps (fixed buffers the graphs point at)
+    std::map<int, cudaGraphExec_t> m_graphs;               // padded decode batch size -> instantiated graph
+    int m_graph_blocks = 0;                                // block-table width of graph batches
+    bool m_profile_layers = false;
+    std::vector<cudaEvent_t> m_layer_events;  // [2 * num_layers + 1]
+    cuda::DeviceBuffer m_cache;      // [layers, num_blocks * block_size, entry] bf16 or e4m3
+    cuda::DeviceBuffer m_inv_freq;   // [rope / 2] f32
+    float m_rope_scale = 1.0f;
+    float m_softmax_scale = 1.0f;
+    int m_num_blocks = 0;
+    int m_num_sms = 0;
+};
+
+}  // namespace k2
