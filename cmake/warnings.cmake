@@ -6,9 +6,15 @@ target_compile_options(k2_warnings INTERFACE
 if(K2_WERROR)
   target_compile_options(k2_warnings INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-Werror>)
 endif()
-if(K2_SANITIZE)
+# scripts/test-sanitizers builds build-asan (address) and build-tsan (thread).
+if(K2_SANITIZE STREQUAL "thread")
+  add_compile_options(-fsanitize=thread -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=thread)
+elseif(K2_SANITIZE STREQUAL "address" OR K2_SANITIZE STREQUAL "ON")
   add_compile_options(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
   add_link_options(-fsanitize=address,undefined)
+elseif(K2_SANITIZE)
+  message(FATAL_ERROR "K2_SANITIZE=${K2_SANITIZE}: expected OFF, address (or ON) or thread")
 endif()
 
 # k2_add_library(name SOURCES...): a static library with k2's warnings and src/ on the include path.

@@ -47,7 +47,9 @@ struct StepOptions {
 
 using Clock = std::chrono::steady_clock;
 
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double seconds_since(Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
@@ -108,9 +110,8 @@ ForwardBatch prefill_batch(const Seq& seq, int tokens, std::mt19937& rng, int vo
     for (int t = 0; t < tokens; ++t) {
         b.token_ids.push_back(static_cast<int32_t>(rng() % static_cast<unsigned>(vocab)));
         b.positions.push_back(t);
-        b.slot_mapping.push_back(static_cast<int64_t>(seq.blocks[static_cast<size_t>(t / kKvBlockSize)]) *
-                                     kKvBlockSize +
-                                 t % kKvBlockSize);
+        b.slot_mapping.push_back(
+            static_cast<int64_t>(seq.blocks[static_cast<size_t>(t / kKvBlockSize)]) * kKvBlockSize + t % kKvBlockSize);
     }
     b.logits_indices = {tokens - 1};
     return b;
@@ -157,7 +158,8 @@ void report(const StepOptions& o, const ModelConfig& c, double load_s, double co
     j["layers"] = c.num_hidden_layers;
     j["moe_layers"] = [&c] {
         int n = 0;
-        for (int l = 0; l < c.num_hidden_layers; ++l) n += c.is_moe_layer(l);
+        for (int l = 0; l < c.num_hidden_layers; ++l)
+            n += c.is_moe_layer(l);
         return n;
     }();
     j["kv_cache_dtype"] = o.kv_cache_dtype;
@@ -182,7 +184,8 @@ void report(const StepOptions& o, const ModelConfig& c, double load_s, double co
     const char* names[2] = {"decode_layer_attn_ffn_ms", "prefill_layer_attn_ffn_ms"};
     for (size_t i = 0; i < 2; ++i) {
         const auto& runs = profiles[i];
-        if (runs.empty() || runs.front().empty()) continue;
+        if (runs.empty() || runs.front().empty())
+            continue;
         nlohmann::ordered_json layers = nlohmann::ordered_json::array();
         for (size_t l = 0; l + 1 < runs.front().size(); l += 2) {
             std::vector<double> attn, ffn;
@@ -195,9 +198,10 @@ void report(const StepOptions& o, const ModelConfig& c, double load_s, double co
         j[names[i]] = layers;
     }
     std::printf("%s\n", j.dump(2).c_str());
-    std::printf("decode: %.3f ms/step (batch %d, context %d, %d layers), floor %.3f ms (%.2f GB at %.0f GB/s) -> %.2fx\n",
-                step * 1e3, o.batch, o.context, static_cast<int>(c.num_hidden_layers), floor_s * 1e3, bytes / 1e9,
-                copy_rate / 1e9, floor_s > 0 ? step / floor_s : 0.0);
+    std::printf(
+        "decode: %.3f ms/step (batch %d, context %d, %d layers), floor %.3f ms (%.2f GB at %.0f GB/s) -> %.2fx\n",
+        step * 1e3, o.batch, o.context, static_cast<int>(c.num_hidden_layers), floor_s * 1e3, bytes / 1e9,
+        copy_rate / 1e9, floor_s > 0 ? step / floor_s : 0.0);
     std::printf("prefill: %d tokens in %.3f s = %.0f tokens/s per layer\n", o.prefill_tokens, prefill,
                 prefill > 0 ? o.prefill_tokens / (prefill / c.num_hidden_layers) : 0.0);
     if (!o.output_json.empty()) {
@@ -235,7 +239,9 @@ double measure_copy_rate() {
     return median(rates);
 }
 #else
-double measure_copy_rate() { return 0.0; }
+double measure_copy_rate() {
+    return 0.0;
+}
 #endif
 
 void run_bench_step(const StepOptions& o) {
@@ -243,7 +249,8 @@ void run_bench_step(const StepOptions& o) {
     if (o.layers > 0) {
         dir = with_layers(dir, o.layers);
     }
-    K2_CHECK(o.batch >= 1 && o.context >= 1 && o.prefill_tokens >= 1, "--batch, --context and --prefill-tokens must be >= 1");
+    K2_CHECK(o.batch >= 1 && o.context >= 1 && o.prefill_tokens >= 1,
+             "--batch, --context and --prefill-tokens must be >= 1");
     ModelOptions options;
     options.device = o.device;
     options.kv_cache_dtype = o.kv_cache_dtype == "fp8"        ? KvCacheDType::FP8_E4M3

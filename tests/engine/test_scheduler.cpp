@@ -88,7 +88,9 @@ TEST(Scheduler, ChunkedPrefillAndDecodesFirst) {
     EXPECT_EQ(output.seqs[1].request, long_prompt);
     EXPECT_EQ(output.seqs[1].num_new_tokens, 15);  // the rest of the budget
     int steps = 1;
-    while (long_prompt->num_output_tokens() == 0) {
+    // NOTE: scheduler.finish() frees the request, so the loop watches finished_at, not long_prompt (ASan).
+    const uint64_t long_id = long_prompt->seq_id;
+    while (!sim.finished_at.contains(long_id)) {
         sim.step();
         ++steps;
     }
@@ -126,11 +128,12 @@ TEST(Scheduler, PreemptsTheLatestRequestByRecompute) {
     EXPECT_EQ(second->num_computed_tokens, 0);
     EXPECT_EQ(second->num_preemptions, 1);
     EXPECT_EQ(sim.scheduler.waiting().front(), second);
+    // Checked here: `first` is freed once it finishes below (ASan found the read after the loop).
+    EXPECT_EQ(first->num_preemptions, 0);
     while (sim.scheduler.has_unfinished()) {
         sim.step();
         ASSERT_LT(sim.num_steps, 1000);
     }
-    EXPECT_EQ(first->num_preemptions, 0);
     EXPECT_LT(sim.finished_at[1], sim.finished_at[2]);
     EXPECT_EQ(sim.kv.num_free_blocks(), 4);
 }

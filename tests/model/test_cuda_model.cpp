@@ -118,10 +118,11 @@ protected:
         const double good = static_cast<double>(c.end() - std::lower_bound(c.begin(), c.end(), GetParam().good_cos)) /
                             static_cast<double>(c.size());
         const RowStats& s = stats();
-        const double agree = s.wide_margin_rows > 0 ? static_cast<double>(s.wide_margin_agree) / s.wide_margin_rows : 1.0;
-        std::printf("%zu rows: cosine min %.6f, median %.6f, %.1f%% >= %.3f; argmax agrees on %d of %d wide-margin rows\n",
-                    c.size(), c.front(), median, 100.0 * good, GetParam().good_cos, s.wide_margin_agree,
-                    s.wide_margin_rows);
+        const double agree =
+            s.wide_margin_rows > 0 ? static_cast<double>(s.wide_margin_agree) / s.wide_margin_rows : 1.0;
+        std::printf(
+            "%zu rows: cosine min %.6f, median %.6f, %.1f%% >= %.3f; argmax agrees on %d of %d wide-margin rows\n",
+            c.size(), c.front(), median, 100.0 * good, GetParam().good_cos, s.wide_margin_agree, s.wide_margin_rows);
         EXPECT_GE(median, GetParam().min_median);
         EXPECT_GE(good, 0.75);
         EXPECT_GE(agree, 0.8);
@@ -215,7 +216,9 @@ TEST_P(CudaModel, GreedyContinuationsAgreeWithTheCpuOracle) {
         for (size_t i = 0; i < g.greedy_12.size(); ++i) {
             const Margin m = top2(lr.data_as<float>(), vocab);
             EXPECT_EQ(m.argmax, g.greedy_12[i]) << "the CPU oracle itself left the golden path at step " << i;
-            expect_close(lo.data_as<float>(), lr.data_as<float>(), vocab, "greedy step " + std::to_string(i) + " of a " + std::to_string(g.ids.size()) + "-token prompt");
+            expect_close(
+                lo.data_as<float>(), lr.data_as<float>(), vocab,
+                "greedy step " + std::to_string(i) + " of a " + std::to_string(g.ids.size()) + "-token prompt");
             const int32_t next = g.greedy_12[i];
             lo = ours.append({&next, 1}, false);
             lr = ref.append({&next, 1}, false);

@@ -43,8 +43,8 @@ public:
             const size_t chunk = std::min(kStagingBytes, num_bytes - done);
             CUDA_CHECK(cudaEventSynchronize(m_done[m_next]));  // the DMA that used this buffer last is finished
             std::memcpy(m_staging[m_next], static_cast<const char*>(src) + done, chunk);
-            CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst) + done, m_staging[m_next], chunk,
-                                       cudaMemcpyHostToDevice, m_stream));
+            CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst) + done, m_staging[m_next], chunk, cudaMemcpyHostToDevice,
+                                       m_stream));
             CUDA_CHECK(cudaEventRecord(m_done[m_next], m_stream));
             m_next ^= 1;
             done += chunk;

@@ -16,7 +16,9 @@ namespace k2::cuda_model {
 // Logits rows per lm_head GEMM: bounds the f32 logits buffer ([rows, vocab]) for prompt_logprobs-sized requests.
 inline constexpr int64_t kLogitsRowsPerPass = 256;
 
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+inline int64_t round_up(int64_t x, int64_t m) {
+    return (x + m - 1) / m * m;
+}
 
 // Activations of one step, sized for max_num_tokens tokens (T) and T * top_k permuted expert rows (P).
 struct Workspace {
@@ -78,38 +80,37 @@ struct Workspace {
     Workspace& operator=(const Workspace&) = delete;
 
     int64_t capacity;
-    cuda::DeviceBuffer h, y, xb;      // [T, hidden] bf16: residual, sublayer output, normed input
-    cuda::DeviceBuffer xq, xs;        // [T, k] e4m3 and [k / 128, T] f32: a GEMM's quantized input
-    cuda::DeviceBuffer qa;            // [T, q_lora_rank] bf16
-    cuda::DeviceBuffer q;             // [T, heads, qk_head_dim] bf16
-    cuda::DeviceBuffer kv;            // [T, kv_lora_rank + rope] bf16
-    cuda::DeviceBuffer q_abs;         // [T, heads, kv_lora_rank + rope] bf16
-    cuda::DeviceBuffer o_lat;         // [T, heads, kv_lora_rank] bf16
-    cuda::DeviceBuffer o_lat_f32;     // [seqs, heads, kv_lora_rank] f32 (fast decode)
-    cuda::DeviceBuffer mla_split;     // fast decode split partials
-    cuda::DeviceBuffer o;             // [T, heads * v_head_dim] bf16
-    cuda::DeviceBuffer gate_up;       // [T, 2 * inter] bf16
-    cuda::DeviceBuffer router_logits; // [T, experts] f32
-    cuda::DeviceBuffer topk_ids;      // [T, top_k] i32
-    cuda::DeviceBuffer topk_weights;  // [T, top_k] f32
-    cuda::DeviceBuffer offsets;       // [experts + 1] i32
-    cuda::DeviceBuffer row_token;     // [P] i32
-    cuda::DeviceBuffer pair_row;      // [T, top_k] i32
-    cuda::DeviceBuffer xg, xgs;       // [P, hidden] e4m3, [P * hidden / 128] f32 expert-blocked
-    cuda::DeviceBuffer gug;           // [P, 2 * moe_inter] bf16
-    cuda::DeviceBuffer actg;          // [P, moe_inter] e4m3
-    cuda::DeviceBuffer acts;          // [moe_inter / 128, P] f32
-    cuda::DeviceBuffer acts_blocked;  // [P * moe_inter / 128] f32 expert-blocked
-    cuda::DeviceBuffer yg;            // [P, hidden] bf16
-    cuda::DeviceBuffer shared;        // [T, hidden] bf16
-    cuda::DeviceBuffer padded_scales; // [hidden / 128, T + 16] f32: one expert's scales re-strided for cuBLASLt
-    cuda::DeviceBuffer last;          // [rows, hidden] bf16: the rows whose logits are wanted, normed
-    cuda::DeviceBuffer logits;        // [rows, vocab] f32
+    cuda::DeviceBuffer h, y, xb;       // [T, hidden] bf16: residual, sublayer output, normed input
+    cuda::DeviceBuffer xq, xs;         // [T, k] e4m3 and [k / 128, T] f32: a GEMM's quantized input
+    cuda::DeviceBuffer qa;             // [T, q_lora_rank] bf16
+    cuda::DeviceBuffer q;              // [T, heads, qk_head_dim] bf16
+    cuda::DeviceBuffer kv;             // [T, kv_lora_rank + rope] bf16
+    cuda::DeviceBuffer q_abs;          // [T, heads, kv_lora_rank + rope] bf16
+    cuda::DeviceBuffer o_lat;          // [T, heads, kv_lora_rank] bf16
+    cuda::DeviceBuffer o_lat_f32;      // [seqs, heads, kv_lora_rank] f32 (fast decode)
+    cuda::DeviceBuffer mla_split;      // fast decode split partials
+    cuda::DeviceBuffer o;              // [T, heads * v_head_dim] bf16
+    cuda::DeviceBuffer gate_up;        // [T, 2 * inter] bf16
+    cuda::DeviceBuffer router_logits;  // [T, experts] f32
+    cuda::DeviceBuffer topk_ids;       // [T, top_k] i32
+    cuda::DeviceBuffer topk_weights;   // [T, top_k] f32
+    cuda::DeviceBuffer offsets;        // [experts + 1] i32
+    cuda::DeviceBuffer row_token;      // [P] i32
+    cuda::DeviceBuffer pair_row;       // [T, top_k] i32
+    cuda::DeviceBuffer xg, xgs;        // [P, hidden] e4m3, [P * hidden / 128] f32 expert-blocked
+    cuda::DeviceBuffer gug;            // [P, 2 * moe_inter] bf16
+    cuda::DeviceBuffer actg;           // [P, moe_inter] e4m3
+    cuda::DeviceBuffer acts;           // [moe_inter / 128, P] f32
+    cuda::DeviceBuffer acts_blocked;   // [P * moe_inter / 128] f32 expert-blocked
+    cuda::DeviceBuffer yg;             // [P, hidden] bf16
+    cuda::DeviceBuffer shared;         // [T, hidden] bf16
+    cuda::DeviceBuffer padded_scales;  // [hidden / 128, T + 16] f32: one expert's scales re-strided for cuBLASLt
+    cuda::DeviceBuffer last;           // [rows, hidden] bf16: the rows whose logits are wanted, normed
+    cuda::DeviceBuffer logits;         // [rows, vocab] f32
     // [rows, vocab] f32 pinned: forward returns a view of it (a new one when a caller still holds the last result).
     std::shared_ptr<float> logits_host;
     std::vector<int32_t> host_offsets;
 };
-
 
 // The launches that write a GEMM input into the workspace: x [T, width] bf16 -> ws.xq [T, width] e4m3 with scales
 // ws.xs [width / 128, round_up_16(T)] (the padded stride lets cuBLASLt run m % 16 != 0 as the next multiple of 16).
@@ -146,8 +147,8 @@ inline void norm_quantize_into(Workspace& ws, const uint16_t* x, uint16_t* resid
 
 // silu(gate) * up of gate_up [rows, 2 * inter] (row stride gate_up_stride) into out [rows, inter] e4m3 and
 // out_scale [inter / 128, scale_stride].
-inline void silu_mul_quantize(const uint16_t* gate_up, int64_t gate_up_stride, int64_t rows, int64_t inter, uint8_t* out,
-                              float* out_scale, int64_t scale_stride, cudaStream_t stream) {
+inline void silu_mul_quantize(const uint16_t* gate_up, int64_t gate_up_stride, int64_t rows, int64_t inter,
+                              uint8_t* out, float* out_scale, int64_t scale_stride, cudaStream_t stream) {
     cuda::SiluMulQuantParams sq;
     sq.gate_up = gate_up;
     sq.out = out;
@@ -173,7 +174,7 @@ struct StepBatch {
     int64_t num_tokens = 0;
     int num_seqs = 0;
     int max_blocks_per_seq = 0;
-    int max_context = 0;      // host bound of seq_lens (a graph's: its capture bound)
+    int max_context = 0;       // host bound of seq_lens (a graph's: its capture bound)
     bool fast_decode = false;  // the split-KV decode kernel applies
 };
 

@@ -44,8 +44,6 @@ void upload_async(cuda::DeviceBuffer& buf, const std::vector<T>& host, cudaStrea
 
 }  // namespace
 
-
-
 DeepseekV3CudaModel::DeepseekV3CudaModel(ModelConfig config, Checkpoint checkpoint, const ModelOptions& options)
     : m_config(std::move(config)), m_options(options) {
     K2_CHECK(cuda::cuda_device_count() > 0, "--device cuda: no CUDA device is visible (use --device cpu)");
@@ -105,7 +103,8 @@ void DeepseekV3CudaModel::allocate_graph_buffers() {
         md.max_seq_len = static_cast<int>(std::max<int64_t>(max_len, c.max_position_embeddings));
         for (int64_t seqs = 1; seqs <= kFastDecodeMaxSeqs; ++seqs) {
             md.num_seqs = seqs;
-            floats = std::max(floats, cuda::mla_decode_workspace_floats(md, cuda::mla_decode_num_splits(md, m_num_sms)));
+            floats =
+                std::max(floats, cuda::mla_decode_workspace_floats(md, cuda::mla_decode_num_splits(md, m_num_sms)));
         }
         m_ws->mla_split = cuda::DeviceBuffer(static_cast<size_t>(floats) * 4);
         m_ws->o_lat_f32 =
@@ -385,7 +384,8 @@ Tensor DeepseekV3CudaModel::host_logits(int64_t rows) {
         return Tensor::zeros(DType::F32, {rows, vocab});
     }
     if (m_ws->logits_host.use_count() > 1) {  // a caller still holds the previous step's logits
-        m_ws->logits_host = cuda_model::Workspace::pinned_logits(std::min(m_ws->capacity, cuda_model::kLogitsRowsPerPass) * vocab);
+        m_ws->logits_host =
+            cuda_model::Workspace::pinned_logits(std::min(m_ws->capacity, cuda_model::kLogitsRowsPerPass) * vocab);
     }
     return Tensor::view(DType::F32, {rows, vocab}, m_ws->logits_host.get(), m_ws->logits_host);
 }

@@ -47,15 +47,15 @@ struct DeviceLayer {
     cuda::DeviceBuffer w_uv;        // [heads, v_head_dim, kv_lora_rank] bf16
     DeviceLinear o_proj;            // [hidden, heads * v_head_dim]
     bool is_moe = false;
-    DeviceLinear gate_up;           // dense or shared experts: [2 * inter, hidden]
-    DeviceLinear down;              // [hidden, inter]
-    cuda::DeviceBuffer router;      // [n_routed_experts, hidden] bf16
-    cuda::DeviceBuffer router_bias; // [n_routed_experts] f32
+    DeviceLinear gate_up;            // dense or shared experts: [2 * inter, hidden]
+    DeviceLinear down;               // [hidden, inter]
+    cuda::DeviceBuffer router;       // [n_routed_experts, hidden] bf16
+    cuda::DeviceBuffer router_bias;  // [n_routed_experts] f32
     DeviceExperts experts;
 };
 
 struct DeviceWeights {
-    cuda::DeviceBuffer embed;       // [vocab, hidden] bf16
+    cuda::DeviceBuffer embed;  // [vocab, hidden] bf16
     std::vector<DeviceLayer> layers;
     cuda::DeviceBuffer final_norm;  // [hidden] bf16
     cuda::DeviceBuffer lm_head;     // [vocab, hidden] bf16
@@ -127,8 +127,8 @@ private:
     int m_graph_blocks = 0;                                // block-table width of graph batches
     bool m_profile_layers = false;
     std::vector<cudaEvent_t> m_layer_events;  // [2 * num_layers + 1]
-    cuda::DeviceBuffer m_cache;      // [layers, num_blocks * block_size, entry] bf16 or e4m3
-    cuda::DeviceBuffer m_inv_freq;   // [rope / 2] f32
+    cuda::DeviceBuffer m_cache;               // [layers, num_blocks * block_size, entry] bf16 or e4m3
+    cuda::DeviceBuffer m_inv_freq;            // [rope / 2] f32
     float m_rope_scale = 1.0f;
     float m_softmax_scale = 1.0f;
     int m_num_blocks = 0;

@@ -122,7 +122,8 @@ cuda::LatentCacheRef DeepseekV3CudaModel::cache_ref(int layer) const {
     cuda::LatentCacheRef ref;
     ref.fp8 = fp8;
     ref.num_slots = static_cast<int64_t>(m_num_blocks) * kKvBlockSize;
-    ref.data = m_cache.as<char>() + static_cast<size_t>(layer) * static_cast<size_t>(ref.num_slots * entry) * (fp8 ? 1 : 2);
+    ref.data =
+        m_cache.as<char>() + static_cast<size_t>(layer) * static_cast<size_t>(ref.num_slots * entry) * (fp8 ? 1 : 2);
     return ref;
 }
 
@@ -269,7 +270,8 @@ void DeepseekV3CudaModel::moe(int layer, int64_t t_count) {
         if (grouped_launch) {
             cuda::launch_fp8_grouped_gemm_decode(g, m_stream);
         } else {
-            cuda::run_fp8_grouped_gemm_prefill(*m_fp8, g, ws.host_offsets.data(), m_stream, ws.padded_scales.as<float>());
+            cuda::run_fp8_grouped_gemm_prefill(*m_fp8, g, ws.host_offsets.data(), m_stream,
+                                               ws.padded_scales.as<float>());
         }
     };
     const int64_t mi = c.moe_intermediate_size;
