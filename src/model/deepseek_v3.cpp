@@ -55,8 +55,11 @@ DeepseekV3Model::DeepseekV3Model(ModelConfig config, Checkpoint checkpoint, Deep
     : m_config(std::move(config)),
       m_checkpoint(std::move(checkpoint)),
       m_weights(std::move(weights)),
-      m_cache(m_config.num_hidden_layers, m_config.kv_lora_rank + m_config.qk_rope_head_dim, kKvBlockSize,
-              cache_dtype(options.kv_cache_dtype)) {
+      m_groups(options.parallel != nullptr ? options.parallel : dist::make_single_groups()),
+      m_shard(make_shard_layout(m_config, options.parallel.get())),
+      m_cache(m_shard.layer_end - m_shard.layer_begin, m_config.kv_lora_rank + m_config.qk_rope_head_dim,
+              kKvBlockSize / m_shard.dcp_size, cache_dtype(options.kv_cache_dtype)) {
+    shard_weights(m_weights, m_config, m_shard);
     const cpu::YarnParams yarn = yarn_params(m_config.rope_scaling);
     m_inv_freq = cpu::yarn_inv_freq(m_config.qk_rope_head_dim, m_config.rope_theta, yarn);
     m_rope_scale = cpu::yarn_cos_sin_scale(yarn);
@@ -73,6 +76,9 @@ void DeepseekV3Model::linear(const float* x, int64_t m, const LinearWeight& w, f
 void DeepseekV3Model::check_batch(const ForwardBatch& b) const {
     const int64_t t_count = b.num_tokens();
     const int64_t seqs = b.num_seqs();
+    if (t_count == 0 && seqs == 0 && b.logits_indices.empty()) {
+        return;  // an empty (dummy) step: ForwardBatch{} or query_start = {0}
+    }
     K2_CHECK(b.positions.size() == b.token_ids.size() && b.slot_mapping.size() == b.token_ids.size(),
              "forward batch: {} tokens but {} positions and {} slots", t_count, b.positions.size(),
              b.slot_mapping.size());
@@ -102,14 +108,15 @@ Tensor DeepseekV3Model::forward(const ForwardBatch& batch) {
     const int64_t hidden = m_config.hidden_size;
     const auto eps = static_cast<float>(m_config.rms_norm_eps);
     const size_t act = static_cast<size_t>(t_count * hidden);
-    std::vector<float> h(act);    // [T, hidden] residual stream
+    std::vector<float> h;         // [T, hidden] residual stream
     std::vector<float> x(act);    // [T, hidden] normed input of a sublayer
-    std::vector<float> out(act);  // [T, hidden] sublayer output
-    cpu::embedding(m_weights.embed_tokens, batch.token_ids.data(), t_count, h.data());
-    for (int l = 0; l < m_config.num_hidden_layers; ++l) {
+    std::vector<float> out(act);  // [T, hidden] sublayer output (this rank's partial sum under TP)
+    stage_input(batch, h);
+    for (int l = m_shard.layer_begin; l < m_shard.layer_end; ++l) {
         const LayerWeights& w = m_weights.layers[static_cast<size_t>(l)];
         cpu::rms_norm(h.data(), t_count, hidden, w.input_norm, eps, x.data());
         attention(l, x.data(), batch, out.data());
+        tp_all_reduce(out.data(), act);
         add_into(h.data(), out.data(), act);
         cpu::rms_norm(h.data(), t_count, hidden, w.post_attention_norm, eps, x.data());
         if (w.is_moe) {
@@ -117,19 +124,16 @@ Tensor DeepseekV3Model::forward(const ForwardBatch& batch) {
         } else {
             mlp(w.dense, x.data(), t_count, out.data());
         }
+        tp_all_reduce(out.data(), act);
         add_into(h.data(), out.data(), act);
     }
-    // Final norm and lm_head only on the rows whose logits are wanted.
-    const auto rows = static_cast<int64_t>(batch.logits_indices.size());
-    std::vector<float> last(static_cast<size_t>(rows * hidden));  // [rows, hidden]
-    for (int64_t r = 0; r < rows; ++r) {
-        const float* src = h.data() + batch.logits_indices[static_cast<size_t>(r)] * hidden;
-        std::copy(src, src + hidden, last.data() + r * hidden);
+    if (!m_shard.last_stage()) {
+        if (act > 0) {
+            m_groups->pp->send(h.data(), act, DType::F32, m_shard.pp_rank + 1);
+        }
+        return pipeline_logits(batch, Tensor());
     }
-    cpu::rms_norm(last.data(), rows, hidden, m_weights.final_norm, eps, last.data());
-    Tensor logits = Tensor::zeros(DType::F32, {rows, m_config.vocab_size});  // [rows, vocab]
-    linear(last.data(), rows, m_weights.lm_head, logits.data_as<float>());
-    return logits;
+    return pipeline_logits(batch, compute_logits(batch, h));
 }
 
 // q [T, heads, nope + rope] (q_pe roped) and the latent entries kv [T, kv_lora_rank + rope] (c_kv normed, k_pe
@@ -139,7 +143,7 @@ void DeepseekV3Model::project_qkv(int layer, const float* x, const ForwardBatch&
     const LayerWeights& w = m_weights.layers[static_cast<size_t>(layer)];
     const ModelConfig& c = m_config;
     const int64_t t_count = b.num_tokens();
-    const int64_t heads = c.num_attention_heads;
+    const int64_t heads = m_shard.num_heads;
     const int64_t lat = c.kv_lora_rank;
     const int64_t rope = c.qk_rope_head_dim;
     const int64_t entry = lat + rope;
@@ -159,14 +163,14 @@ void DeepseekV3Model::project_qkv(int layer, const float* x, const ForwardBatch&
     cpu::rms_norm(kv.data(), t_count, lat, entry, w.kv_a_norm, kLoraNormEps, kv.data(), entry);
     cpu::rope_interleaved(kv.data() + lat, t_count, 1, rope, entry, 0, b.positions.data(), m_inv_freq.data(),
                           m_rope_scale);
-    cpu::write_latent_cache(kv.data(), t_count, b.slot_mapping.data(), m_cache.layer(layer));
+    write_latent(layer, kv, b);
 }
 
 void DeepseekV3Model::attention(int layer, const float* x, const ForwardBatch& b, float* out) {
     const LayerWeights& w = m_weights.layers[static_cast<size_t>(layer)];
     const ModelConfig& c = m_config;
     const int64_t t_count = b.num_tokens();
-    const int64_t heads = c.num_attention_heads;
+    const int64_t heads = m_shard.num_heads;
     const int64_t nope = c.qk_nope_head_dim;
     const int64_t qk = c.qk_head_dim();
     const int64_t lat = c.kv_lora_rank;
@@ -194,29 +198,18 @@ void DeepseekV3Model::attention(int layer, const float* x, const ForwardBatch& b
     }
 
     std::vector<float> o_lat(static_cast<size_t>(t_count * heads * lat));  // [T, heads, kv_lora_rank]
-    cpu::MlaAttentionArgs args;
-    args.q = q_abs.data();
-    args.num_tokens = t_count;
-    args.num_heads = heads;
-    args.kv_lora_rank = lat;
-    args.rope_dim = c.qk_rope_head_dim;
-    args.cache = m_cache.layer(layer);
-    args.block_size = m_cache.block_size();
-    args.block_tables = b.block_tables.data();
-    args.max_blocks_per_seq = b.max_blocks_per_seq;
-    args.query_start = b.query_start.data();
-    args.num_seqs = b.num_seqs();
-    args.positions = b.positions.data();
-    args.softmax_scale = m_softmax_scale;
-    args.out = o_lat.data();
-    cpu::mla_attention_absorbed(args);
+    if (m_shard.dcp_size > 1) {
+        attend_dcp(layer, q_abs, b, o_lat);
+    } else {
+        attend(layer, q_abs, b, o_lat);
+    }
     output_projection(layer, o_lat, t_count, out);
 }
 
 // o[t, h] = W_UV_h o_lat[t, h] for every head, then o_proj over the concatenated heads: out [T, hidden].
 void DeepseekV3Model::output_projection(int layer, const std::vector<float>& o_lat, int64_t t_count, float* out) {
     const LayerWeights& w = m_weights.layers[static_cast<size_t>(layer)];
-    const int64_t heads = m_config.num_attention_heads;
+    const int64_t heads = m_shard.num_heads;
     const int64_t lat = m_config.kv_lora_rank;
     const int64_t v = m_config.v_head_dim;
     std::vector<float> o(static_cast<size_t>(t_count * heads * v));  // [T, heads * v_head_dim]
@@ -269,17 +262,33 @@ void DeepseekV3Model::moe(const LayerWeights& w, const float* x, int64_t num_tok
     r.topk_weights = weights.data();
     cpu::moe_route(r);
 
+    if (m_shard.expert_parallel) {
+        routed_experts_ep(w, x, num_tokens, ids.data(), weights.data(), out);
+    } else {
+        routed_experts_local(w, x, num_tokens, ids.data(), weights.data(), out);
+    }
+    if (w.has_shared) {
+        std::vector<float> shared(static_cast<size_t>(num_tokens * hidden));  // [T, hidden]
+        mlp(w.shared, x, num_tokens, shared.data());
+        add_into(out, shared.data(), shared.size());
+    }
+}
+
+// Every routed expert on this rank (whole, or its TP slice): out [T, hidden] = sum_k weight_k * expert_k(x).
+void DeepseekV3Model::routed_experts_local(const LayerWeights& w, const float* x, int64_t num_tokens,
+                                           const int32_t* ids, const float* weights, float* out) {
+    const int64_t hidden = m_config.hidden_size;
+    const int64_t top_k = m_config.num_experts_per_tok;
     // Group the (token, weight) pairs by expert, then run each expert on its gathered tokens.
-    std::vector<std::vector<std::pair<int64_t, float>>> routed(static_cast<size_t>(experts));
+    std::vector<std::vector<std::pair<int64_t, float>>> routed(static_cast<size_t>(m_config.n_routed_experts));
     for (int64_t i = 0; i < num_tokens * top_k; ++i) {
-        routed[static_cast<size_t>(ids[static_cast<size_t>(i)])].emplace_back(i / top_k,
-                                                                              weights[static_cast<size_t>(i)]);
+        routed[static_cast<size_t>(ids[i])].emplace_back(i / top_k, weights[i]);
     }
     std::fill(out, out + num_tokens * hidden, 0.0f);
     std::vector<float> xs;  // [n_e, hidden] tokens routed to expert e
     std::vector<float> ys;  // [n_e, hidden]
-    for (int64_t e = 0; e < experts; ++e) {
-        const auto& list = routed[static_cast<size_t>(e)];
+    for (size_t e = 0; e < routed.size(); ++e) {
+        const auto& list = routed[e];
         if (list.empty())
             continue;
         const auto n = static_cast<int64_t>(list.size());
@@ -289,7 +298,7 @@ void DeepseekV3Model::moe(const LayerWeights& w, const float* x, int64_t num_tok
             const float* src = x + list[static_cast<size_t>(i)].first * hidden;
             std::copy(src, src + hidden, xs.data() + i * hidden);
         }
-        mlp(w.experts[static_cast<size_t>(e)], xs.data(), n, ys.data());
+        mlp(w.experts[e], xs.data(), n, ys.data());
         for (int64_t i = 0; i < n; ++i) {
             const auto [t, weight] = list[static_cast<size_t>(i)];
             float* dst = out + t * hidden;
@@ -297,11 +306,6 @@ void DeepseekV3Model::moe(const LayerWeights& w, const float* x, int64_t num_tok
             for (int64_t j = 0; j < hidden; ++j)
                 dst[j] += weight * y[j];
         }
-    }
-    if (w.has_shared) {
-        std::vector<float> shared(static_cast<size_t>(num_tokens * hidden));  // [T, hidden]
-        mlp(w.shared, x, num_tokens, shared.data());
-        add_into(out, shared.data(), shared.size());
     }
 }
 

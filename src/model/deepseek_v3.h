@@ -7,6 +7,7 @@
 
 #include "backend/cpu/rope.h"
 #include "io/safetensors.h"
+#include "model/deepseek_v3_shard.h"
 #include "model/latent_cache.h"
 #include "model/model.h"
 
@@ -64,6 +65,7 @@ DeepseekV3Weights load_deepseek_v3_weights(const Checkpoint& checkpoint, const M
 
 class DeepseekV3Model final : public Model {
 public:
+    // `weights` as loaded (whole); the constructor keeps only this rank's shard when options.parallel is set.
     DeepseekV3Model(ModelConfig config, Checkpoint checkpoint, DeepseekV3Weights weights, const ModelOptions& options);
 
     const ModelConfig& config() const override { return m_config; }
@@ -73,6 +75,23 @@ public:
 
 private:
     void check_batch(const ForwardBatch& batch) const;
+    // The residual stream entering this pipeline stage: h [T, hidden].
+    void stage_input(const ForwardBatch& batch, std::vector<float>& h);
+    // Final norm + lm_head on the rows whose logits are wanted; all vocabulary shards gathered: [rows, vocab].
+    Tensor compute_logits(const ForwardBatch& batch, const std::vector<float>& h);
+    // Pipeline: the last stage hands the logits to stage 0 (the DP leader).
+    Tensor pipeline_logits(const ForwardBatch& batch, Tensor logits);
+    // TP: sums this rank's partial sublayer output over the TP group.  x: [count]
+    void tp_all_reduce(float* x, size_t count);
+    // Latent writes and attention of a decode-context-parallel rank (only its tokens are stored here).
+    void write_latent(int layer, const std::vector<float>& kv, const ForwardBatch& batch);
+    void attend(int layer, const std::vector<float>& q_abs, const ForwardBatch& batch, std::vector<float>& o_lat);
+    void attend_dcp(int layer, const std::vector<float>& q_abs, const ForwardBatch& batch, std::vector<float>& o_lat);
+    // Routed experts with expert parallelism: this TP rank's share of the tokens goes to the experts' ranks.
+    void routed_experts_ep(const LayerWeights& w, const float* x, int64_t num_tokens, const int32_t* ids,
+                           const float* weights, float* out);
+    void routed_experts_local(const LayerWeights& w, const float* x, int64_t num_tokens, const int32_t* ids,
+                              const float* weights, float* out);
     // x: [T, hidden] normed input; out: [T, hidden].
     void attention(int layer, const float* x, const ForwardBatch& batch, float* out);
     void project_qkv(int layer, const float* x, const ForwardBatch& batch, std::vector<float>& q,
@@ -88,7 +107,9 @@ private:
     std::vector<float> m_inv_freq;  // [qk_rope_head_dim / 2]
     float m_rope_scale = 1.0f;
     float m_softmax_scale = 1.0f;
-    LatentKvCache m_cache;
+    std::shared_ptr<dist::ParallelGroups> m_groups;  // size-1 groups for a single-rank job
+    ShardLayout m_shard;
+    LatentKvCache m_cache;  // this stage's layers; with DCP only this rank's tokens (block_size / dcp per block)
 };
 
 }  // namespace k2

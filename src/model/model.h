@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/tensor.h"
+#include "dist/parallel.h"
 #include "io/model_config.h"
 #include "model/forward_batch.h"
 
@@ -28,6 +29,11 @@ struct ModelOptions {
     bool enforce_eager = false;
     int max_model_len = 0;
     int max_num_seqs = 256;
+    // This rank's share of a parallel job (dist/parallel.h); null: a single-rank job. Every rank of the job
+    // loads its shard, calls allocate_kv_cache with the same count and forward for every step (a rank with no
+    // work passes an empty batch so the collectives still meet); the DP leader (TP rank 0 of stage 0) gets the
+    // replica's full logits, other ranks an empty [0, vocab] tensor.
+    std::shared_ptr<dist::ParallelGroups> parallel;
 };
 
 class Model {

@@ -2,10 +2,14 @@
 that leave no running request and no used KV block. The scripted model echoes each prompt, so every
 stream's text must be exactly its own prompt."""
 import asyncio
+import http.client
 import json
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -25,71 +29,50 @@ def metric_values(text):
     return values
 
 
-async def stream_one(session, base, i):
-    prompt = f"Echo {i:04d} zq"
-    body = {"model": "scripted", "prompt": prompt, "max_tokens": 16, "stream": True,
-            "stream_options": {"include_usage": True}}
-    text, finish, usage, done = "", None, None, False
-    async with session.post(base + "/v1/completions", json=body) as r:
-        assert r.status == 200, await r.text()
-        async for raw in r.content:
-            line = raw.decode().strip()
-            if not line:
-                continue
-            assert line.startswith("data: "), line
-            data = line[len("data: "):]
-            if data == "[DONE]":
-                done = True
-                continue
-            event = json.loads(data)
-            assert "error" not in event, event
-            for choice in event["choices"]:
-                text += choice["text"]
-                finish = choice["finish_reason"] or finish
-            usage = event.get("usage") or usage
-    return prompt, text, finish, usage, done
+LOAD_CLIENT = Path(__file__).with_name("load_client.py")
 
 
 def probe_health(base, stop, latencies):
-    """Times /health with curl in its own process, so the client's busy event loop does not count."""
+    """Times /health over one keep-alive connection, every 20 ms, until `stop` is set."""
+    url = urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     while not stop.is_set():
-        out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", base + "/health"],
-                             capture_output=True, text=True, timeout=30).stdout.split()
-        assert out[0] == "200", out
-        latencies.append(float(out[1]))
-        time.sleep(0.05)
-
-
-async def run_load(base):
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=300)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        return await asyncio.gather(*(stream_one(session, base, i) for i in range(NUM_STREAMS)))
+        started = time.perf_counter()
+        conn.request("GET", "/health")
+        response = conn.getresponse()
+        response.read()
+        latencies.append(time.perf_counter() - started)
+        assert response.status == 200, response.status
+        time.sleep(0.02)
+    conn.close()
 
 
 def test_1024_concurrent_streams_and_health_latency(scripted_server):
+    # The streams come from a separate, lower-priority process (nice 10): on the 2-core CI machine a client
+    # that takes every cycle it can would otherwise measure its own scheduling delays, not the server's.
+    client = subprocess.Popen(["nice", "-n", "10", sys.executable, str(LOAD_CLIENT), scripted_server.base,
+                               str(NUM_STREAMS)], stdout=subprocess.PIPE, text=True)
     stop, latencies = threading.Event(), []
     prober = threading.Thread(target=probe_health, args=(scripted_server.base, stop, latencies))
     prober.start()
     try:
-        results = asyncio.run(run_load(scripted_server.base))
+        out, _ = client.communicate(timeout=300)
     finally:
         stop.set()
         prober.join()
+    assert client.returncode == 0, out
+    results = [json.loads(line) for line in out.splitlines()]
     assert len(results) == NUM_STREAMS
     for prompt, text, finish, usage, done in results:
         assert done
         assert text == prompt, (prompt, text)  # only its own tokens, all of them, in order
         assert finish == "stop"
         assert usage["completion_tokens"] == usage["prompt_tokens"] + 1  # the echo, then EOS
-    assert latencies, "no /health probe completed during the load"
+    assert len(latencies) >= 5, f"only {len(latencies)} /health probes completed during the load"
     latencies.sort()
     print(f"/health under load: {len(latencies)} probes, median {latencies[len(latencies) // 2] * 1000:.1f} ms, "
           f"max {latencies[-1] * 1000:.1f} ms")
-    # Within 100 ms; one probe in twenty may be late (the client shares the machine's cores), never by much.
-    slow = [x for x in latencies if x >= 0.1]
-    assert len(slow) <= len(latencies) // 20, f"/health latencies under load (s): {latencies}"
-    assert latencies[-1] < 0.25, f"/health latencies under load (s): {latencies}"
+    assert latencies[-1] < 0.1, f"/health latencies under load (s): {latencies}"
 
 
 async def disconnect_mid_stream(base, num_clients):
