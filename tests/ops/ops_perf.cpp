@@ -25,11 +25,12 @@ int copies_for(size_t bytes_per_call) {
     return static_cast<int>(std::clamp<size_t>((kRotateBytes + bytes_per_call - 1) / bytes_per_call, 1, 64));
 }
 
-void print_row(const std::string& name, double us, double flops, double bytes, double copy_gbs, double base_us) {
+void print_row(const std::string& name, double us, double flops, double bytes, double copy_gbs, double base_us,
+               const char* base_name = "cuBLASLt") {
     const double gbs = bytes / us * 1e-3;
     std::printf("%-44s %9.2f us %8.1f TFLOP/s %8.1f GB/s %6.1f%% copy", name.c_str(), us, flops / us * 1e-6, gbs,
                 100.0 * gbs / copy_gbs);
-    if (base_us > 0) std::printf("  %5.2fx vs cuBLASLt", base_us / us);
+    if (base_us > 0) std::printf("  %5.2fx vs %s", base_us / us, base_name);
     std::printf("\n");
     std::fflush(stdout);
 }
@@ -243,6 +244,17 @@ void perf_mla(double copy_gbs, cudaStream_t stream, std::mt19937& rng) {
     const double flops = 2.0 * num_seqs * heads * context * (576 + 512);
     print_row(fmt::format("mla_decode bf16 b={} ctx={} heads={} splits={}", num_seqs, context, heads, splits), us,
               flops, bytes, copy_gbs, 0.0);
+    // The same batch over an FP8 cache (half the bytes), timed against the BF16 cache above.
+    std::vector<uint8_t> cache_fp8_host(cache_elems);
+    for (size_t i = 0; i < cache_elems; ++i) {
+        cache_fp8_host[i] = float_to_fp8_e4m3(bf16_to_float(cache_host[i]));
+    }
+    const auto cache_fp8 = to_device(cache_fp8_host);
+    p.cache = nullptr;
+    p.cache_fp8 = cache_fp8.as<uint8_t>();
+    const double us_fp8 = time_us([&](int, cudaStream_t st) { cuda::launch_mla_decode(p, st); }, stream);
+    print_row(fmt::format("mla_decode fp8  b={} ctx={} heads={} splits={}", num_seqs, context, heads, splits), us_fp8,
+              flops, bytes / 2, copy_gbs, us, "the BF16 cache");
 }
 
 }  // namespace

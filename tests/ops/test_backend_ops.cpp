@@ -383,9 +383,12 @@ TEST_F(CudaOps, MoeRouter) {
     }
 }
 
-// One decode batch: a paged BF16 cache with shuffled block ids, unused pages NaN-poisoned and block tables padded
-// with -1; the GPU result is compared with cpu::mla_attention_absorbed on the same bf16 numbers.
-void check_mla_decode(const std::vector<int32_t>& seq_lens, int num_heads, std::mt19937& rng) {
+// One decode batch: a paged BF16 (Code = uint16_t) or FP8 e4m3 (Code = uint8_t, codes of value / kv_scale) cache
+// with shuffled block ids, unused pages NaN-poisoned and block tables padded with -1; the GPU result is compared
+// with cpu::mla_attention_absorbed on the same stored numbers.
+template <typename Code>
+void check_mla_decode(const std::vector<int32_t>& seq_lens, int num_heads, std::mt19937& rng, float kv_scale = 1.0f) {
+    constexpr bool kFp8 = std::is_same_v<Code, uint8_t>;
     const auto num_seqs = static_cast<int64_t>(seq_lens.size());
     SCOPED_TRACE("seqs " + std::to_string(num_seqs) + " heads " + std::to_string(num_heads) + " first len " +
                  std::to_string(seq_lens.empty() ? 0 : seq_lens[0]));
@@ -401,7 +404,7 @@ void check_mla_decode(const std::vector<int32_t>& seq_lens, int num_heads, std::
     for (int i = 0; i < num_blocks; ++i) ids[static_cast<size_t>(i)] = i;
     std::shuffle(ids.begin(), ids.end(), rng);
     std::vector<int32_t> tables(static_cast<size_t>(num_seqs * max_blocks), -1);
-    std::vector<uint16_t> cache(static_cast<size_t>(num_blocks) * 64 * 576, 0xFFFF);  // NaN everywhere first
+    std::vector<Code> cache(static_cast<size_t>(num_blocks) * 64 * 576, kFp8 ? 0xFF : 0xFFFF);  // NaN everywhere
     std::normal_distribution<float> dist(0.0f, 1.0f);
     int next = 0;
     for (int64_t b = 0; b < num_seqs; ++b) {
@@ -411,8 +414,12 @@ void check_mla_decode(const std::vector<int32_t>& seq_lens, int num_heads, std::
             tables[static_cast<size_t>(b * max_blocks + page)] = id;
             for (int t = 0; t < std::min(64, len - page * 64); ++t) {  // the page's tail stays NaN
                 for (int d = 0; d < 576; ++d) {
-                    cache[(static_cast<size_t>(id) * 64 + static_cast<size_t>(t)) * 576 + static_cast<size_t>(d)] =
-                        float_to_bf16(dist(rng));
+                    const size_t at = (static_cast<size_t>(id) * 64 + static_cast<size_t>(t)) * 576 + static_cast<size_t>(d);
+                    if constexpr (kFp8) {
+                        cache[at] = float_to_fp8_e4m3(dist(rng) / kv_scale);
+                    } else {
+                        cache[at] = float_to_bf16(dist(rng));
+                    }
                 }
             }
         }
@@ -433,7 +440,8 @@ void check_mla_decode(const std::vector<int32_t>& seq_lens, int num_heads, std::
         args.num_heads = num_heads;
         args.kv_lora_rank = 512;
         args.rope_dim = 64;
-        args.cache = cpu::LatentCacheView{cache.data(), DType::BF16, static_cast<int64_t>(num_blocks) * 64, 576, 1.0f};
+        args.cache = cpu::LatentCacheView{cache.data(), kFp8 ? DType::F8_E4M3 : DType::BF16,
+                                          static_cast<int64_t>(num_blocks) * 64, 576, kFp8 ? kv_scale : 1.0f};
         args.block_size = 64;
         args.block_tables = tables.data();
         args.max_blocks_per_seq = max_blocks;
@@ -453,7 +461,12 @@ void check_mla_decode(const std::vector<int32_t>& seq_lens, int num_heads, std::
     out_dev.fill_bytes(0xFF);
     cuda::MlaDecodeParams p;
     p.q = q_dev.as<uint16_t>();
-    p.cache = cache_dev.as<uint16_t>();
+    if constexpr (kFp8) {
+        p.cache_fp8 = cache_dev.template as<uint8_t>();
+        p.kv_scale = kv_scale;
+    } else {
+        p.cache = cache_dev.template as<uint16_t>();
+    }
     p.block_tables = tables_dev.as<int32_t>();
     p.seq_lens = lens_dev.as<int32_t>();
     p.out = out_dev.as<float>();
@@ -480,10 +493,20 @@ void check_mla_decode(const std::vector<int32_t>& seq_lens, int num_heads, std::
 
 TEST_F(CudaOps, MlaDecode) {
     std::mt19937 rng(8);
-    check_mla_decode({}, 64, rng);
-    check_mla_decode({1, 65, 200}, 64, rng);
-    check_mla_decode({64, 1000}, 128, rng);
-    check_mla_decode({4097}, 64, rng);  // many splits over one sequence
+    check_mla_decode<uint16_t>({}, 64, rng);
+    check_mla_decode<uint16_t>({1, 65, 200}, 64, rng);
+    check_mla_decode<uint16_t>({64, 1000}, 128, rng);
+    check_mla_decode<uint16_t>({4097}, 64, rng);  // many splits over one sequence
+}
+
+// The FP8 cache through the same split-KV kernel (staged e4m3 pages converted to bf16 in shared memory); a
+// kv_scale other than 1 checks that it multiplies the scores and the output.
+TEST_F(CudaOps, MlaDecodeFp8Cache) {
+    std::mt19937 rng(14);
+    check_mla_decode<uint8_t>({}, 64, rng);
+    check_mla_decode<uint8_t>({1, 65, 200}, 64, rng, 0.5f);
+    check_mla_decode<uint8_t>({64, 1000}, 128, rng);
+    check_mla_decode<uint8_t>({4097, 3, 129}, 64, rng, 2.0f);  // odd page counts: the two-ahead prefetch's tail
 }
 
 TEST_F(CudaOps, RejectsBadShapes) {

@@ -1,6 +1,7 @@
 #include "backend/cuda/mla_decode.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/launch_detail.h"
@@ -30,10 +31,14 @@ void launch_mla_decode(const MlaDecodeParams& p, cudaStream_t stream) {
     K2_CHECK(p.max_seq_len >= 1 && p.max_seq_len <= p.max_blocks_per_seq * kMlaPageTokens,
              "mla decode: max_seq_len {} does not fit {} blocks of {} tokens", p.max_seq_len, p.max_blocks_per_seq,
              kMlaPageTokens);
-    K2_CHECK(p.q != nullptr && p.cache != nullptr && p.block_tables != nullptr && p.seq_lens != nullptr &&
-                 p.out != nullptr && p.workspace != nullptr,
+    K2_CHECK((p.cache != nullptr) != (p.cache_fp8 != nullptr), "mla decode: set exactly one of cache and cache_fp8");
+    K2_CHECK(p.q != nullptr && p.block_tables != nullptr && p.seq_lens != nullptr && p.out != nullptr &&
+                 p.workspace != nullptr,
              "mla decode: null pointer");
-    K2_CHECK(reinterpret_cast<uintptr_t>(p.q) % 16 == 0 && reinterpret_cast<uintptr_t>(p.cache) % 16 == 0 &&
+    K2_CHECK(p.cache_fp8 == nullptr || (std::isfinite(p.kv_scale) && p.kv_scale > 0.0f),
+             "mla decode: kv_scale {} must be a positive finite number", p.kv_scale);
+    const void* cache = p.cache != nullptr ? static_cast<const void*>(p.cache) : p.cache_fp8;
+    K2_CHECK(reinterpret_cast<uintptr_t>(p.q) % 16 == 0 && reinterpret_cast<uintptr_t>(cache) % 16 == 0 &&
                  reinterpret_cast<uintptr_t>(p.out) % 16 == 0 && reinterpret_cast<uintptr_t>(p.workspace) % 16 == 0,
              "mla decode: q, cache, out and workspace must be 16-byte aligned");
     int device = 0;

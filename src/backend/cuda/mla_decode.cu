@@ -4,18 +4,28 @@
 
 namespace k2::cuda::detail {
 
-cudaError_t launch_mla_decode_kernels(const MlaDecodeParams& p, int num_splits, int pages_per_split,
-                                      cudaStream_t stream) {
+namespace {
+
+template <bool kFp8>
+cudaError_t launch_split(const MlaDecodeParams& p, int num_splits, int pages_per_split, cudaStream_t stream) {
     static const cudaError_t attribute_status = cudaFuncSetAttribute(
-        kernels::mla_decode_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kernels::kMlaSmemBytes);
+        kernels::mla_decode_split_kernel<kFp8>, cudaFuncAttributeMaxDynamicSharedMemorySize, kernels::kMlaSmemBytes);
     if (attribute_status != cudaSuccess) {
         return attribute_status;
     }
     const dim3 grid(static_cast<unsigned>(num_splits), static_cast<unsigned>(p.num_seqs),
                     static_cast<unsigned>(p.num_heads / kMlaHeadsPerCta));
-    kernels::mla_decode_split_kernel<<<grid, kernels::kMlaThreads, kernels::kMlaSmemBytes, stream>>>(p, num_splits,
-                                                                                                   pages_per_split);
-    const cudaError_t status = cudaGetLastError();
+    kernels::mla_decode_split_kernel<kFp8>
+        <<<grid, kernels::kMlaThreads, kernels::kMlaSmemBytes, stream>>>(p, num_splits, pages_per_split);
+    return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_mla_decode_kernels(const MlaDecodeParams& p, int num_splits, int pages_per_split,
+                                      cudaStream_t stream) {
+    const cudaError_t status = p.cache_fp8 != nullptr ? launch_split<true>(p, num_splits, pages_per_split, stream)
+                                                      : launch_split<false>(p, num_splits, pages_per_split, stream);
     if (status != cudaSuccess) {
         return status;
     }

@@ -2,7 +2,8 @@
 // One query token per sequence; every head attends to the sequence's cached tokens 0..seq_len-1:
 //   s(j) = softmax_scale * q[b, h, :] . cache[slot(b, j), :]   (576 = 512 latent + 64 rope)
 //   out[b, h, :] = sum_j softmax(s)(j) * cache[slot(b, j), 0:512]
-// The CPU reference is cpu::mla_attention_absorbed. FP8 cache: not implemented yet (docs/perf/kernels.md).
+// The CPU reference is cpu::mla_attention_absorbed. The cache is BF16 (`cache`) or e4m3 codes of value / kv_scale
+// (`cache_fp8`, vLLM's fp8 KV cache: half the bytes per token).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -19,7 +20,9 @@ inline constexpr int kMlaHeadsPerCta = 64;
 
 struct MlaDecodeParams {
     const uint16_t* q = nullptr;         // [num_seqs, num_heads, 576] bf16 (W_UK^T q_nope | roped q_pe)
-    const uint16_t* cache = nullptr;     // [num_blocks, 64, 576] bf16 paged latent cache
+    const uint16_t* cache = nullptr;     // [num_blocks, 64, 576] bf16 paged latent cache, or
+    const uint8_t* cache_fp8 = nullptr;  // [num_blocks, 64, 576] e4m3 codes of value / kv_scale (set one of the two)
+    float kv_scale = 1.0f;               // cache_fp8 only
     const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq] block ids
     const int32_t* seq_lens = nullptr;   // [num_seqs] cached tokens per sequence (>= 1)
     float* out = nullptr;                // [num_seqs, num_heads, 512] f32

@@ -203,7 +203,7 @@ bool DeepseekV3CudaModel::use_fast_decode(const ForwardBatch& b) const {
     static const bool disabled = std::getenv("K2_DISABLE_FAST_MLA_DECODE") != nullptr;
     const ModelConfig& c = m_config;
     return !disabled && c.kv_lora_rank == cuda::kMlaLatent && c.qk_rope_head_dim == cuda::kMlaRope &&
-           c.num_attention_heads % cuda::kMlaHeadsPerCta == 0 && m_options.kv_cache_dtype == KvCacheDType::BF16 &&
+           c.num_attention_heads % cuda::kMlaHeadsPerCta == 0 && m_options.kv_cache_dtype != KvCacheDType::F32 &&
            b.num_tokens() == b.num_seqs() && b.num_seqs() <= kFastDecodeMaxSeqs &&
            std::adjacent_find(b.query_start.begin(), b.query_start.end(),
                               [](int32_t a, int32_t next) { return next - a != 1; }) == b.query_start.end();

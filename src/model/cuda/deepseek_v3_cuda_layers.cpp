@@ -128,7 +128,7 @@ cuda::LatentCacheRef DeepseekV3CudaModel::cache_ref(int layer) const {
 }
 
 // o_lat [T, heads, kv_lora_rank] from the absorbed queries: the FlashMLA-style split-KV kernel for Kimi-K2 decode
-// batches, the general kernel for everything else (prefill chunks, other shapes, the FP8 cache).
+// batches (BF16 or FP8 cache), the general kernel for everything else (prefill chunks, other shapes).
 void DeepseekV3CudaModel::attend(int layer, int64_t t_count, const cuda_model::StepBatch& b) {
     const ModelConfig& c = m_config;
     cuda_model::Workspace& ws = *m_ws;
@@ -136,7 +136,12 @@ void DeepseekV3CudaModel::attend(int layer, int64_t t_count, const cuda_model::S
     if (b.fast_decode) {
         cuda::MlaDecodeParams md;
         md.q = ws.q_abs.as<uint16_t>();
-        md.cache = static_cast<const uint16_t*>(cache.data);
+        if (cache.fp8) {
+            md.cache_fp8 = static_cast<const uint8_t*>(cache.data);
+            md.kv_scale = cache.kv_scale;
+        } else {
+            md.cache = static_cast<const uint16_t*>(cache.data);
+        }
         md.block_tables = b.block_tables.as<int32_t>();
         md.seq_lens = b.seq_lens.as<int32_t>();
         md.num_seqs = b.num_seqs;

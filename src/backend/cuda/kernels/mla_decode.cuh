@@ -6,14 +6,17 @@
 // does O += P V over all 64 tokens for its 256 dims (256 (w / 4)..), mma.sync m16n8k16 bf16 (native HMMA on sm_90).
 // Unnormalized O, the running max m and sum l go to the workspace; the combine kernel merges the splits with their
 // log-sum-exp weights. v1 computed S for all 64 tokens in both warps of a pair (13.6 instead of 8.9 MFLOP a page).
+// FP8 cache (kFp8): pages arrive as e4m3 in two 36 KB staging buffers (cp.async, double-buffered, half the HBM
+// bytes) and are converted once per page into the single bf16 tile the MMAs read (exact: e4m3 fits bf16); kv_scale
+// multiplies the scores and, in the combine kernel, the output.
 #pragma once
 
 #include <cuda_bf16.h>
 
 #include <cmath>
 
-#include "backend/cuda/mla_decode.h"
 #include "backend/cuda/kernels/warp_mma.cuh"
+#include "backend/cuda/mla_decode.h"
 
 namespace k2::cuda::kernels {
 
@@ -40,7 +43,41 @@ __device__ __forceinline__ void mla_load_tile(uint32_t dst, const uint16_t* src,
     asm volatile("cp.async.commit_group;" ::: "memory");
 }
 
+inline constexpr int kMlaFp8RowBytes = kMlaEntry;  // 576
+inline constexpr int kMlaFp8StageBytes = 64 * kMlaFp8RowBytes;
+
+// 64 rows x 576 e4m3 codes into a plain (unswizzled) staging buffer; rows >= valid_rows are zero-filled.
+__device__ __forceinline__ void mla_load_fp8_stage(uint32_t dst, const uint8_t* src, int valid_rows) {
+    constexpr int kUnitsPerRow = kMlaFp8RowBytes / 16;  // 36
+    for (int unit = threadIdx.x; unit < 64 * kUnitsPerRow; unit += kMlaThreads) {
+        const int row = unit / kUnitsPerRow;
+        const bool valid = row < valid_rows;
+        mla_cp_async16(dst + unit * 16, src + (valid ? unit * 16 : 0), valid ? 16 : 0);
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+// The staged e4m3 page as bf16 into the swizzled tile: each 16 codes become two 16-byte bf16 units.
+__device__ __forceinline__ void mla_convert_fp8_stage(uint32_t tile, uint32_t stage) {
+    constexpr int kUnitsPerRow = kMlaFp8RowBytes / 16;  // 36
+    for (int unit = threadIdx.x; unit < 64 * kUnitsPerRow; unit += kMlaThreads) {
+        const int row = unit / kUnitsPerRow;
+        const int u = unit % kUnitsPerRow;
+        uint4 raw;
+        asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(raw.x), "=r"(raw.y), "=r"(raw.z), "=r"(raw.w)
+                     : "r"(stage + unit * 16));
+        uint32_t w[4];
+        fp8x8_to_unit(make_uint2(raw.x, raw.y), w);
+        st_shared_v4(tile + swz(row, 2 * u, kMlaRowBytes), w);
+        fp8x8_to_unit(make_uint2(raw.z, raw.w), w);
+        st_shared_v4(tile + swz(row, 2 * u + 1, kMlaRowBytes), w);
+    }
+}
+
 // grid: [num_splits, num_seqs, num_heads / 64], block: 256, dynamic smem kMlaSmemBytes.
+// Shared memory: Q tile | BF16: two page tiles / FP8: one page tile + two e4m3 staging buffers | P | pair maxima.
+template <bool kFp8>
 __global__ void __launch_bounds__(kMlaThreads, 1) mla_decode_split_kernel(const __grid_constant__ MlaDecodeParams p,
                                                                           int num_splits, int pages_per_split) {
     extern __shared__ __align__(128) uint8_t smem[];
@@ -71,30 +108,56 @@ __global__ void __launch_bounds__(kMlaThreads, 1) mla_decode_split_kernel(const 
     const int page_begin = split * seq_pages_per_split;
     const int page_end = min(num_pages, page_begin + seq_pages_per_split);
     const int32_t* block_table = p.block_tables + seq * p.max_blocks_per_seq;
+    const uint32_t stage_smem = kv_smem + kMlaTileBytes;  // kFp8: [2][64][576] e4m3 after the one bf16 tile
     auto load_page = [&](int page, int buf) {
         const int64_t block_id = block_table[page];
-        mla_load_tile(kv_smem + buf * kMlaTileBytes, p.cache + block_id * kMlaPageTokens * kMlaEntry, kMlaEntry,
-                      min(kMlaPageTokens, seq_len - page * kMlaPageTokens));
+        const int valid_rows = min(kMlaPageTokens, seq_len - page * kMlaPageTokens);
+        if constexpr (kFp8) {
+            mla_load_fp8_stage(stage_smem + buf * kMlaFp8StageBytes,
+                               p.cache_fp8 + block_id * kMlaPageTokens * kMlaEntry, valid_rows);
+        } else {
+            mla_load_tile(kv_smem + buf * kMlaTileBytes, p.cache + block_id * kMlaPageTokens * kMlaEntry, kMlaEntry,
+                          valid_rows);
+        }
     };
     mla_load_tile(q_smem, p.q + (seq * p.num_heads + head0) * kMlaEntry, kMlaEntry, kMlaHeadsPerCta);
     if (page_begin < page_end) {
         load_page(page_begin, 0);
     }
+    if (kFp8 && page_begin + 1 < page_end) {
+        load_page(page_begin + 1, 1);  // FP8 prefetches two pages ahead: the bf16 tile is rewritten every page
+    }
 
-    const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
+    const float scale_log2 = p.softmax_scale * (kFp8 ? p.kv_scale : 1.0f) * 1.4426950408889634f;
     float o[32][4] = {};
     float row_max[2] = {-INFINITY, -INFINITY};  // rows group, group + 8 (log2 domain); equal in both warps
     float row_sum[2] = {0.0f, 0.0f};            // this warp's tokens only; the pair's halves are added at the end
     for (int page = page_begin; page < page_end; ++page) {
         const int buf = (page - page_begin) & 1;
-        if (page + 1 < page_end) {
-            load_page(page + 1, buf ^ 1);
-            asm volatile("cp.async.wait_group 1;" ::: "memory");
+        uint32_t k_tile = kv_smem;
+        if constexpr (kFp8) {
+            // Pending groups: this page's stage and (if issued) the next one's.
+            if (page + 1 < page_end) {
+                asm volatile("cp.async.wait_group 1;" ::: "memory");
+            } else {
+                asm volatile("cp.async.wait_group 0;" ::: "memory");
+            }
+            __syncthreads();
+            mla_convert_fp8_stage(kv_smem, stage_smem + buf * kMlaFp8StageBytes);
+            __syncthreads();  // the tile is complete and this stage is free for the page after next
+            if (page + 2 < page_end) {
+                load_page(page + 2, buf);
+            }
         } else {
-            asm volatile("cp.async.wait_group 0;" ::: "memory");
+            if (page + 1 < page_end) {
+                load_page(page + 1, buf ^ 1);
+                asm volatile("cp.async.wait_group 1;" ::: "memory");
+            } else {
+                asm volatile("cp.async.wait_group 0;" ::: "memory");
+            }
+            __syncthreads();
+            k_tile = kv_smem + buf * kMlaTileBytes;
         }
-        __syncthreads();
-        const uint32_t k_tile = kv_smem + buf * kMlaTileBytes;
 
         // S = Q K^T for this warp's 16 heads x 32 tokens.
         float s[4][4] = {};
@@ -245,7 +308,7 @@ __global__ void __launch_bounds__(128) mla_decode_combine_kernel(const __grid_co
         acc.z += w * v.z;
         acc.w += w * v.w;
     }
-    const float inv = 1.0f / denom;
+    const float inv = (p.cache_fp8 != nullptr ? p.kv_scale : 1.0f) / denom;
     reinterpret_cast<float4*>(p.out + row * kMlaLatent)[threadIdx.x] =
         make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
 }
