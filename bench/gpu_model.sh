@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 mode="${1:-check}"
 build_dir="${K2_CUDA_BUILD_DIR:-build-cuda}"
 bin="$build_dir/bin"
-tests=(test_backend_ops test_model_ops test_mla_ops test_moe_ops test_cuda_model)
+tests=(test_backend_ops test_model_ops test_mla_ops test_moe_ops test_mla_prefill test_cuda_model)
 
 if [[ "$mode" == "build" ]]; then
     if ! grep -q "CMAKE_BUILD_TYPE:STRING=RelWithDebInfo" "$build_dir/CMakeCache.txt" 2>/dev/null; then

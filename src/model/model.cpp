@@ -38,9 +38,6 @@ std::unique_ptr<Model> load_model(const std::filesystem::path& model_dir, const 
     if (!extra.empty()) {
         K2_WARN("{}: {} unexpected tensors are ignored (first: {})", model_dir.string(), extra.size(), extra.front());
     }
-    K2_CHECK(options.device == "cpu" || options.parallel == nullptr || options.parallel->config.is_single(),
-             "--device cuda runs on one GPU for now: tensor/pipeline/data parallelism over NCCL is not implemented "
-             "in the CUDA model runner (the CPU backend runs them over Gloo)");
 #ifdef K2_HAVE_CUDA_MODEL
     if (options.device == "cuda") {
         return std::make_unique<DeepseekV3CudaModel>(std::move(config), std::move(checkpoint), options);

@@ -10,6 +10,7 @@
 #include "backend/cuda/fp8_gemm.h"
 #include "backend/cuda/fp8_quant.h"
 #include "io/model_config.h"
+#include "model/cuda/mla_prefill_step.h"
 
 namespace k2::cuda_model {
 
@@ -64,6 +65,12 @@ struct Workspace {
             shared = bf16(t * c.hidden_size);
             padded_scales = f32(round_up(std::max(c.hidden_size, mi), 128) / 128 * t);
         }
+        ctx_capacity = mla_prefill_ctx_capacity(c, max_tokens);
+        if (ctx_capacity > 0) {  // the non-absorbed prefill path (mla_prefill_step.h)
+            latent_ctx = bf16(ctx_capacity * entry);
+            k_nope_ctx = bf16(ctx_capacity * heads * c.qk_nope_head_dim);
+            v_ctx = bf16(ctx_capacity * heads * c.v_head_dim);
+        }
         const int64_t rows = std::min(max_tokens, kLogitsRowsPerPass);
         last = bf16(rows * c.hidden_size);
         logits = f32(rows * c.vocab_size);
@@ -106,6 +113,10 @@ struct Workspace {
     cuda::DeviceBuffer shared;         // [T, hidden] bf16
     cuda::DeviceBuffer padded_scales;  // [hidden / 128, T + 16] f32: one expert's scales re-strided for cuBLASLt
     cuda::DeviceBuffer last;           // [rows, hidden] bf16: the rows whose logits are wanted, normed
+    int64_t ctx_capacity = 0;          // context tokens of the prefill path's buffers (0: path unavailable)
+    cuda::DeviceBuffer latent_ctx;     // [ctx, kv_lora_rank + rope] bf16: gathered latents of a prefill step
+    cuda::DeviceBuffer k_nope_ctx;     // [ctx, heads, nope] bf16: expanded keys
+    cuda::DeviceBuffer v_ctx;          // [ctx, heads, v_head_dim] bf16: expanded values
     cuda::DeviceBuffer logits;         // [rows, vocab] f32
     // [rows, vocab] f32 pinned: forward returns a view of it (a new one when a caller still holds the last result).
     std::shared_ptr<float> logits_host;
@@ -176,6 +187,15 @@ struct StepBatch {
     int max_blocks_per_seq = 0;
     int max_context = 0;       // host bound of seq_lens (a graph's: its capture bound)
     bool fast_decode = false;  // the split-KV decode kernel applies
+    // The non-absorbed prefill path (prepare_mla_prefill, eager steps only).
+    bool mla_prefill = false;
+    cuda::DeviceBuffer cu_seqlens_q;  // [S + 1] i32
+    cuda::DeviceBuffer cu_seqlens_k;  // [S + 1] i32
+    cuda::DeviceBuffer ctx_slots;     // [num_ctx] i64 cache slot of every context token
+    std::vector<int32_t> host_cu_q, host_cu_k;
+    std::vector<int64_t> host_ctx_slots;
+    int64_t num_ctx = 0;
+    int max_q_len = 0;
 };
 
 }  // namespace k2::cuda_model

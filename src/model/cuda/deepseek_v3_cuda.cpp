@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 
 #include "backend/cpu/rope.h"
 #include "backend/cuda/fp8_quant.h"
@@ -42,11 +43,73 @@ void upload_async(cuda::DeviceBuffer& buf, const std::vector<T>& host, cudaStrea
     }
 }
 
+// table [rows, hidden] bf16 -> [rows + 1, hidden] with a zero last row (the vocabulary-parallel embedding's
+// stand-in for token ids another rank holds).
+Tensor with_zero_row(const Tensor& table) {
+    K2_CHECK(table.dtype() == DType::BF16, "CUDA model: the embedding must be BF16, not {}", dtype_name(table.dtype()));
+    Tensor out = Tensor::zeros(DType::BF16, {table.dim(0) + 1, table.dim(1)});
+    std::memcpy(out.data_as<uint8_t>(), table.data_as<uint8_t>(), table.nbytes());
+    return out;
+}
+
 }  // namespace
 
+// Tensor parallelism (vLLM's -tp) on GPUs: each rank holds a slice of the heads, of the dense/shared/expert
+// intermediate dimension and of the vocabulary (deepseek_v3_shard.h), on GPU rank % device_count, and the
+// sublayer outputs are summed by an all-reduce. Shards must fall on the 128x128 FP8 blocks (true for Kimi-K2 and
+// DeepSeek-V3 up to tp 16). PP, DCP and expert parallelism on GPUs are not implemented yet.
+void DeepseekV3CudaModel::setup_tensor_parallel(const ModelOptions& options) {
+    if (options.parallel == nullptr || options.parallel->config.is_single()) {
+        return;
+    }
+    const dist::ParallelConfig& p = options.parallel->config;
+    K2_CHECK(p.pipeline_parallel_size == 1 && p.data_parallel_size == 1 && p.decode_context_parallel_size == 1 &&
+                 !p.enable_expert_parallel,
+             "--device cuda: only tensor parallelism is implemented on GPUs (got pp {}, dp {}, dcp {}, expert "
+             "parallel {})",
+             p.pipeline_parallel_size, p.data_parallel_size, p.decode_context_parallel_size, p.enable_expert_parallel);
+    const int tp = p.tensor_parallel_size;
+    const ModelConfig& f = m_full_config;
+    const auto check_blocks = [&](int64_t value, const char* field) {
+        K2_CHECK(value % tp == 0 && (value / tp) % 128 == 0,
+                 "--device cuda with --tensor-parallel-size {}: config.json {} = {} must split into multiples of 128 "
+                 "(the FP8 weight blocks)",
+                 tp, field, value);
+    };
+    check_blocks(f.intermediate_size, "intermediate_size");
+    if (f.n_routed_experts > 0) {
+        check_blocks(f.moe_intermediate_size, "moe_intermediate_size");
+    }
+    check_blocks(f.num_attention_heads * f.qk_head_dim(), "num_attention_heads x qk_head_dim");
+    check_blocks(f.num_attention_heads * f.v_head_dim, "num_attention_heads x v_head_dim");
+    const int device = options.parallel->rank % cuda::cuda_device_count();
+    CUDA_CHECK(cudaSetDevice(device));
+    const char* kind = std::getenv("K2_TP_COMM");
+    m_tp = cuda_model::make_tp_comm(kind != nullptr ? kind : "nccl", options.parallel->tp, device);
+    if (!m_tp->graph_capturable()) {
+        m_options.enforce_eager = true;
+    }
+    const ShardLayout layout = make_shard_layout(f, options.parallel.get());
+    m_config.num_attention_heads = layout.num_heads;
+    m_config.intermediate_size = f.intermediate_size / tp;
+    m_config.moe_intermediate_size = f.moe_intermediate_size / tp;
+    m_vocab_begin = layout.vocab_begin;
+    m_vocab_local = layout.vocab_size;
+    K2_INFO("CUDA model: tensor-parallel rank {}/{} on GPU {} ({} heads, vocabulary rows {}..{}, {} all-reduce)",
+            layout.tp_rank, tp, device, layout.num_heads, m_vocab_begin, m_vocab_begin + m_vocab_local,
+            kind != nullptr ? kind : "nccl");
+}
+
+void DeepseekV3CudaModel::tp_all_reduce(uint16_t* buf, int64_t count) {
+    if (m_tp != nullptr && count > 0) {
+        m_tp->all_reduce_bf16(buf, count, m_stream);
+    }
+}
+
 DeepseekV3CudaModel::DeepseekV3CudaModel(ModelConfig config, Checkpoint checkpoint, const ModelOptions& options)
-    : m_config(std::move(config)), m_options(options) {
+    : m_config(config), m_full_config(std::move(config)), m_options(options) {
     K2_CHECK(cuda::cuda_device_count() > 0, "--device cuda: no CUDA device is visible (use --device cpu)");
+    setup_tensor_parallel(options);
     if (m_options.kv_cache_dtype == KvCacheDType::F32) {  // the CPU default ("auto" there): bf16 is auto here
         m_options.kv_cache_dtype = KvCacheDType::BF16;
     }
@@ -58,7 +121,11 @@ DeepseekV3CudaModel::DeepseekV3CudaModel(ModelConfig config, Checkpoint checkpoi
              "CUDA model: unsupported shape (hidden {}, kv_lora_rank {}, rope {})", c.hidden_size, c.kv_lora_rank,
              c.qk_rope_head_dim);
     {
-        const DeepseekV3Weights host = load_deepseek_v3_weights(checkpoint, c);
+        DeepseekV3Weights host = load_deepseek_v3_weights(checkpoint, m_full_config);
+        if (m_tp != nullptr) {
+            shard_weights(host, m_full_config, make_shard_layout(m_full_config, options.parallel.get()));
+            host.embed_tokens = with_zero_row(host.embed_tokens);
+        }
         m_weights = cuda_model::upload_weights(host, c);
     }
     CUDA_CHECK(cudaStreamCreateWithFlags(&m_stream, cudaStreamNonBlocking));
@@ -69,6 +136,10 @@ DeepseekV3CudaModel::DeepseekV3CudaModel(ModelConfig config, Checkpoint checkpoi
     m_bf16 = std::make_unique<cuda::Bf16GemmRunner>();
     m_ws = std::make_unique<cuda_model::Workspace>(c, std::max(options.max_num_tokens, 1));
     m_batch = std::make_unique<StepBatch>();
+    if (m_tp != nullptr) {  // once, at its largest: CUDA graphs keep the pointer
+        m_logits_gathered = cuda::DeviceBuffer(
+            static_cast<size_t>(std::min(m_ws->capacity, cuda_model::kLogitsRowsPerPass) * c.vocab_size) * 4);
+    }
     const cpu::YarnParams yarn = yarn_params(c.rope_scaling);
     const std::vector<float> inv_freq = cpu::yarn_inv_freq(c.qk_rope_head_dim, c.rope_theta, yarn);
     m_inv_freq = cuda::DeviceBuffer(inv_freq.size() * 4);
@@ -166,7 +237,16 @@ void DeepseekV3CudaModel::upload_batch(const ForwardBatch& b, StepBatch& d, int 
         d.max_context = std::max(d.max_context, len);
     }
     d.fast_decode = use_fast_decode(b);
-    upload_async(d.token_ids, b.token_ids, m_stream);
+    if (m_tp != nullptr) {  // ids of other ranks' vocabulary rows read the zero row m_vocab_local
+        m_local_ids.resize(b.token_ids.size());
+        for (size_t i = 0; i < b.token_ids.size(); ++i) {
+            const int64_t local = b.token_ids[i] - m_vocab_begin;
+            m_local_ids[i] = static_cast<int32_t>(local >= 0 && local < m_vocab_local ? local : m_vocab_local);
+        }
+        upload_async(d.token_ids, m_local_ids, m_stream);
+    } else {
+        upload_async(d.token_ids, b.token_ids, m_stream);
+    }
     upload_async(d.positions, b.positions, m_stream);
     upload_async(d.slot_mapping, b.slot_mapping, m_stream);
     upload_async(d.token_seq, d.host_token_seq, m_stream);
@@ -179,6 +259,9 @@ void DeepseekV3CudaModel::upload_batch(const ForwardBatch& b, StepBatch& d, int 
         upload_async(d.block_tables, b.block_tables, m_stream);
     }
     upload_async(d.logits_indices, b.logits_indices, m_stream);
+    if (table_pitch == 0) {  // graph batches are decode batches: always the absorbed kernels
+        cuda_model::prepare_mla_prefill(b, m_config, m_ws->ctx_capacity, d, m_stream);
+    }
 }
 
 void DeepseekV3CudaModel::linear(const uint8_t* xq, const float* xs, int64_t m, const cuda_model::DeviceLinear& w,
@@ -267,8 +350,9 @@ void DeepseekV3CudaModel::run_layers(const StepBatch& b) {
     ep.out = ws.h.as<uint16_t>();
     ep.num_tokens = t_count;
     ep.hidden = hidden;
-    ep.vocab = c.vocab_size;
+    ep.vocab = m_tp != nullptr ? m_vocab_local + 1 : c.vocab_size;
     cuda::launch_embedding(ep, m_stream);
+    tp_all_reduce(ws.h.as<uint16_t>(), t_count * hidden);
     const auto eps = static_cast<float>(c.rms_norm_eps);
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     CUDA_CHECK(cudaStreamIsCapturing(m_stream, &capture));
@@ -289,6 +373,7 @@ void DeepseekV3CudaModel::run_layers(const StepBatch& b) {
                                        l == 0 ? nullptr : ws.h.as<uint16_t>(), w.input_norm.as<uint16_t>(), t_count,
                                        hidden, eps, m_stream);
         attention(l, t_count, b);
+        tp_all_reduce(ws.y.as<uint16_t>(), t_count * hidden);
         if (profile) {
             CUDA_CHECK(cudaEventRecord(m_layer_events[static_cast<size_t>(2 * l + 1)], m_stream));
         }
@@ -301,6 +386,7 @@ void DeepseekV3CudaModel::run_layers(const StepBatch& b) {
                                            t_count, hidden, eps, m_stream);
             dense_mlp(w.gate_up, w.down, t_count, ws.y.as<uint16_t>());
         }
+        tp_all_reduce(ws.y.as<uint16_t>(), t_count * hidden);
     }
     if (profile) {
         CUDA_CHECK(cudaEventRecord(m_layer_events.back(), m_stream));
@@ -367,13 +453,17 @@ void DeepseekV3CudaModel::logits_pass(const StepBatch& b, int64_t r0, int64_t n)
     lm.b = m_weights.lm_head.as<uint16_t>();
     lm.c = ws.logits.data();
     lm.c_f32 = true;
+    const int64_t vocab = m_tp != nullptr ? m_vocab_local : c.vocab_size;
     lm.m = n;
-    lm.n = c.vocab_size;
+    lm.n = vocab;
     lm.k = c.hidden_size;
     lm.lda = c.hidden_size;
     lm.ldb = c.hidden_size;
-    lm.ldc = c.vocab_size;
+    lm.ldc = vocab;
     m_bf16->run(lm, m_stream);
+    if (m_tp != nullptr) {  // [n, vocab / tp] from every rank: [tp, n, vocab / tp], reordered by download_logits
+        m_tp->all_gather_f32(ws.logits.as<float>(), m_logits_gathered.as<float>(), n * vocab, m_stream);
+    }
 }
 
 // The result of a step: up to kLogitsRowsPerPass rows are a view of the pinned buffer the GPU copies into (no
@@ -394,7 +484,16 @@ void DeepseekV3CudaModel::download_logits(int64_t r0, int64_t n, Tensor& logits)
     const int64_t vocab = m_config.vocab_size;
     const size_t bytes = static_cast<size_t>(n * vocab) * 4;
     float* dst = logits.data_as<float>() + r0 * vocab;
-    CUDA_CHECK(cudaMemcpyAsync(dst, m_ws->logits.data(), bytes, cudaMemcpyDeviceToHost, m_stream));
+    if (m_tp == nullptr) {
+        CUDA_CHECK(cudaMemcpyAsync(dst, m_ws->logits.data(), bytes, cudaMemcpyDeviceToHost, m_stream));
+    } else {  // rank d's slice [n, vocab / tp] becomes columns [d * vocab / tp, ..) of the rows
+        const auto slice = static_cast<size_t>(m_vocab_local);
+        for (int d = 0; d < m_tp->size(); ++d) {
+            CUDA_CHECK(cudaMemcpy2DAsync(dst + static_cast<size_t>(d) * slice, static_cast<size_t>(vocab) * 4,
+                                         m_logits_gathered.as<float>() + static_cast<size_t>(d * n) * slice, slice * 4,
+                                         slice * 4, static_cast<size_t>(n), cudaMemcpyDeviceToHost, m_stream));
+        }
+    }
     CUDA_CHECK(cudaStreamSynchronize(m_stream));
 }
 

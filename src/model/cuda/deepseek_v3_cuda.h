@@ -13,6 +13,7 @@
 #include "backend/cuda/fp8_gemm.h"
 #include "backend/cuda/mla_ops.h"
 #include "io/safetensors.h"
+#include "model/cuda/tp_comm.h"
 #include "model/deepseek_v3.h"
 #include "model/model.h"
 
@@ -76,7 +77,7 @@ public:
     DeepseekV3CudaModel(ModelConfig config, Checkpoint checkpoint, const ModelOptions& options);
     ~DeepseekV3CudaModel() override;
 
-    const ModelConfig& config() const override { return m_config; }
+    const ModelConfig& config() const override { return m_full_config; }
     size_t kv_cache_bytes_per_block() const override;
     void allocate_kv_cache(int num_blocks) override;
     size_t kv_cache_budget_bytes(double gpu_memory_utilization) const override;
@@ -113,8 +114,20 @@ private:
     void linear(const uint8_t* xq, const float* xs, int64_t m, const cuda_model::DeviceLinear& w, uint16_t* y,
                 int64_t y_stride);
     bool use_fast_decode(const ForwardBatch& batch) const;
+    void setup_tensor_parallel(const ModelOptions& options);  // before weights load: device, comm, local shapes
+    void tp_all_reduce(uint16_t* buf, int64_t count);         // buf [count] bf16, no-op on one rank
 
+    // This rank's shapes: with tensor parallelism heads and intermediate sizes are the rank's slice (vocab_size stays
+    // whole: it sizes the logits the engine gets); m_full_config is the checkpoint's, which config() reports.
     ModelConfig m_config;
+    ModelConfig m_full_config;
+    // Tensor parallelism (ModelOptions::parallel): null on one rank. The embedding holds this rank's vocabulary
+    // rows [m_vocab_begin, + m_vocab_local) plus one zero row that every other token id is mapped to.
+    std::unique_ptr<cuda_model::TpComm> m_tp;
+    int64_t m_vocab_begin = 0;
+    int64_t m_vocab_local = 0;
+    std::vector<int32_t> m_local_ids;      // [T] token ids mapped into the rank's embedding rows
+    cuda::DeviceBuffer m_logits_gathered;  // [tp, rows, vocab / tp] f32: every rank's lm_head slice
     ModelOptions m_options;
     cuda_model::DeviceWeights m_weights;
     cudaStream_t m_stream = nullptr;

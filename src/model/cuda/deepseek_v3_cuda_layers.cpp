@@ -10,6 +10,7 @@
 #include "backend/cuda/moe_router.h"
 #include "model/cuda/cuda_workspace.h"
 #include "model/cuda/deepseek_v3_cuda.h"
+#include "model/cuda/mla_prefill_step.h"
 
 namespace k2 {
 
@@ -63,55 +64,60 @@ void DeepseekV3CudaModel::attention(int layer, int64_t t_count, const cuda_model
     st.rope = rope;
     cuda::launch_latent_store(st, m_stream);
 
-    // Absorbed query: [W_UK_h^T q_nope | rope(q_pe)] per head.
-    cuda::QueryRopeParams qr;
-    qr.q = ws.q.as<uint16_t>();
-    qr.q_abs = ws.q_abs.as<uint16_t>();
-    qr.positions = b.positions.as<int32_t>();
-    qr.inv_freq = m_inv_freq.as<float>();
-    qr.rope_scale = m_rope_scale;
-    qr.num_tokens = t_count;
-    qr.heads = heads;
-    qr.nope = nope;
-    qr.rope = rope;
-    qr.lat = lat;
-    cuda::launch_query_rope(qr, m_stream);
-    cuda::Bf16GemmParams uk;
-    uk.a = ws.q.as<uint16_t>();
-    uk.b = w.w_uk.as<uint16_t>();
-    uk.c = ws.q_abs.data();
-    uk.b_is_nk = false;
-    uk.m = t_count;
-    uk.n = lat;
-    uk.k = nope;
-    uk.lda = heads * qk;
-    uk.ldb = lat;
-    uk.ldc = heads * entry;
-    uk.batch = heads;
-    uk.a_batch_stride = qk;
-    uk.b_batch_stride = static_cast<int64_t>(nope) * lat;
-    uk.c_batch_stride = entry;
-    m_bf16->run(uk, m_stream);
+    if (b.mla_prefill) {  // long prefill chunks: kv_b-expanded flash attention straight into ws.o
+        cuda_model::run_mla_prefill_attention(*m_bf16, ws, b, w, c, cache, m_inv_freq.as<float>(), m_rope_scale,
+                                              m_softmax_scale, m_stream);
+    } else {
+        // Absorbed query: [W_UK_h^T q_nope | rope(q_pe)] per head.
+        cuda::QueryRopeParams qr;
+        qr.q = ws.q.as<uint16_t>();
+        qr.q_abs = ws.q_abs.as<uint16_t>();
+        qr.positions = b.positions.as<int32_t>();
+        qr.inv_freq = m_inv_freq.as<float>();
+        qr.rope_scale = m_rope_scale;
+        qr.num_tokens = t_count;
+        qr.heads = heads;
+        qr.nope = nope;
+        qr.rope = rope;
+        qr.lat = lat;
+        cuda::launch_query_rope(qr, m_stream);
+        cuda::Bf16GemmParams uk;
+        uk.a = ws.q.as<uint16_t>();
+        uk.b = w.w_uk.as<uint16_t>();
+        uk.c = ws.q_abs.data();
+        uk.b_is_nk = false;
+        uk.m = t_count;
+        uk.n = lat;
+        uk.k = nope;
+        uk.lda = heads * qk;
+        uk.ldb = lat;
+        uk.ldc = heads * entry;
+        uk.batch = heads;
+        uk.a_batch_stride = qk;
+        uk.b_batch_stride = static_cast<int64_t>(nope) * lat;
+        uk.c_batch_stride = entry;
+        m_bf16->run(uk, m_stream);
 
-    attend(layer, t_count, b);
+        attend(layer, t_count, b);
 
-    // o_h = W_UV_h o_lat_h, then o_proj over the concatenated heads.
-    cuda::Bf16GemmParams uv;
-    uv.a = ws.o_lat.as<uint16_t>();
-    uv.b = w.w_uv.as<uint16_t>();
-    uv.c = ws.o.data();
-    uv.b_is_nk = true;
-    uv.m = t_count;
-    uv.n = v;
-    uv.k = lat;
-    uv.lda = static_cast<int64_t>(heads) * lat;
-    uv.ldb = lat;
-    uv.ldc = static_cast<int64_t>(heads) * v;
-    uv.batch = heads;
-    uv.a_batch_stride = lat;
-    uv.b_batch_stride = static_cast<int64_t>(v) * lat;
-    uv.c_batch_stride = v;
-    m_bf16->run(uv, m_stream);
+        // o_h = W_UV_h o_lat_h, then o_proj over the concatenated heads.
+        cuda::Bf16GemmParams uv;
+        uv.a = ws.o_lat.as<uint16_t>();
+        uv.b = w.w_uv.as<uint16_t>();
+        uv.c = ws.o.data();
+        uv.b_is_nk = true;
+        uv.m = t_count;
+        uv.n = v;
+        uv.k = lat;
+        uv.lda = static_cast<int64_t>(heads) * lat;
+        uv.ldb = lat;
+        uv.ldc = static_cast<int64_t>(heads) * v;
+        uv.batch = heads;
+        uv.a_batch_stride = lat;
+        uv.b_batch_stride = static_cast<int64_t>(v) * lat;
+        uv.c_batch_stride = v;
+        m_bf16->run(uv, m_stream);
+    }
     cuda_model::quantize_into(ws, ws.o.as<uint16_t>(), t_count, static_cast<int64_t>(heads) * v, m_stream);
     linear(ws.xq.as<uint8_t>(), ws.xs.as<float>(), t_count, w.o_proj, ws.y.as<uint16_t>(), c.hidden_size);
 }
