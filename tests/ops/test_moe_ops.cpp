@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <string>
 #include <utility>
@@ -68,7 +69,8 @@ std::vector<int32_t> random_topk_ids(int64_t num_tokens, int top_k, int num_expe
 std::vector<int32_t> random_ids_with_repeats(int64_t num_pairs, int num_experts, std::mt19937& rng) {
     std::uniform_int_distribution<int32_t> dist(0, num_experts - 1);
     std::vector<int32_t> ids(static_cast<size_t>(num_pairs));
-    for (auto& id : ids) id = dist(rng);
+    for (auto& id : ids)
+        id = dist(rng);
     return ids;
 }
 
@@ -83,11 +85,13 @@ HostPermute host_permute(const std::vector<int32_t>& ids, int top_k, int num_exp
     HostPermute out;
     std::vector<int32_t> order;
     for (size_t i = 0; i < ids.size(); ++i) {
-        if (ids[i] >= 0 && ids[i] < num_experts) order.push_back(static_cast<int32_t>(i));
+        if (ids[i] >= 0 && ids[i] < num_experts)
+            order.push_back(static_cast<int32_t>(i));
     }
     std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return ids[a] < ids[b]; });
     out.offsets.assign(static_cast<size_t>(num_experts + 1), 0);
-    for (const int32_t i : order) ++out.offsets[static_cast<size_t>(ids[i] + 1)];
+    for (const int32_t i : order)
+        ++out.offsets[static_cast<size_t>(ids[i] + 1)];
     std::partial_sum(out.offsets.begin(), out.offsets.end(), out.offsets.begin());
     out.pair_row.assign(ids.size(), -1);
     out.row_token.resize(order.size());
@@ -106,7 +110,8 @@ void expect_prefix_equal(const std::vector<int32_t>& got, const std::vector<int3
     size_t mismatches = 0;
     size_t first = 0;
     for (size_t i = 0; i < want.size(); ++i) {
-        if (got[i] != want[i] && mismatches++ == 0) first = i;
+        if (got[i] != want[i] && mismatches++ == 0)
+            first = i;
     }
     EXPECT_EQ(mismatches, 0u) << what << ": first mismatch at " << first << " (got " << got[first] << ", want "
                               << want[first] << ")";
@@ -118,7 +123,7 @@ void check_permute(int64_t num_tokens, int top_k, int num_experts, const std::ve
     const auto num_pairs = static_cast<size_t>(num_tokens * top_k);
     ASSERT_EQ(ids.size(), num_pairs);
     const HostPermute ref = host_permute(ids, top_k, num_experts);
-    const auto ids_dev = to_device(ids);  // [num_tokens, top_k]
+    const auto ids_dev = to_device(ids);                                       // [num_tokens, top_k]
     cuda::DeviceBuffer offsets_dev(static_cast<size_t>(num_experts + 2) * 4);  // one poisoned slot past the end
     cuda::DeviceBuffer row_token_dev((num_pairs + 1) * 4);
     cuda::DeviceBuffer pair_row_dev((num_pairs + 1) * 4);
@@ -139,15 +144,18 @@ void check_permute(int64_t num_tokens, int top_k, int num_experts, const std::ve
     const auto row_token = to_host<int32_t>(row_token_dev, num_pairs + 1);
     const auto pair_row = to_host<int32_t>(pair_row_dev, num_pairs + 1);
     if (num_tokens == 0) {  // a no-op: nothing written
-        for (const int32_t v : offsets) ASSERT_EQ(v, kIntPoison);
-        for (const int32_t v : row_token) ASSERT_EQ(v, kIntPoison);
+        for (const int32_t v : offsets)
+            ASSERT_EQ(v, kIntPoison);
+        for (const int32_t v : row_token)
+            ASSERT_EQ(v, kIntPoison);
         return;
     }
     expect_prefix_equal(offsets, ref.offsets, "offsets");
     EXPECT_EQ(offsets.back(), kIntPoison) << "offsets written past num_experts";
     const size_t num_valid = ref.row_token.size();
     expect_prefix_equal(row_token, ref.row_token, "row_token");
-    for (size_t r = num_valid; r <= num_pairs; ++r) EXPECT_EQ(row_token[r], kIntPoison) << "row_token " << r;
+    for (size_t r = num_valid; r <= num_pairs; ++r)
+        EXPECT_EQ(row_token[r], kIntPoison) << "row_token " << r;
     expect_prefix_equal(pair_row, ref.pair_row, "pair_row");
     EXPECT_EQ(pair_row.back(), kIntPoison) << "pair_row written past the last pair";
 }
@@ -157,13 +165,13 @@ TEST_F(CudaMoeOps, Permute) {
     for (const int64_t t : {1, 3, 16, 64, 257}) {  // decode sizes and a non-multiple of the 32-pair step
         check_permute(t, 8, 384, random_topk_ids(t, 8, 384, rng));
     }
-    check_permute(8192, 8, 384, random_topk_ids(8192, 8, 384, rng));       // P = 65536, the prefill bound
-    check_permute(8192, 8, 384, random_topk_ids(8192, 8, 384, rng, 12));   // few experts: long runs per warp
+    check_permute(8192, 8, 384, random_topk_ids(8192, 8, 384, rng));      // P = 65536, the prefill bound
+    check_permute(8192, 8, 384, random_topk_ids(8192, 8, 384, rng, 12));  // few experts: long runs per warp
     check_permute(37, 4, 16, random_topk_ids(37, 4, 16, rng));
-    check_permute(100, 6, 512, random_topk_ids(100, 6, 512, rng));         // the maximum expert count
-    check_permute(500, 8, 7, random_ids_with_repeats(500 * 8, 7, rng));    // repeats inside a token
-    check_permute(5, 2, 1, std::vector<int32_t>(10, 0));                   // one expert
-    check_permute(3000, 1, 384, std::vector<int32_t>(3000, 383));          // everything on the last expert
+    check_permute(100, 6, 512, random_topk_ids(100, 6, 512, rng));       // the maximum expert count
+    check_permute(500, 8, 7, random_ids_with_repeats(500 * 8, 7, rng));  // repeats inside a token
+    check_permute(5, 2, 1, std::vector<int32_t>(10, 0));                 // one expert
+    check_permute(3000, 1, 384, std::vector<int32_t>(3000, 383));        // everything on the last expert
     check_permute(0, 8, 384, {});
 }
 
@@ -180,8 +188,8 @@ void check_gather(int64_t num_tokens, int top_k, int num_experts, int64_t k, con
     SCOPED_TRACE("gather tokens " + std::to_string(num_tokens) + " k " + std::to_string(k));
     const HostPermute ref = host_permute(ids, top_k, num_experts);
     const int64_t num_kb = k / 128;
-    const auto num_rows = static_cast<int64_t>(ids.size());  // P (every id valid here)
-    const int64_t scale_stride = num_tokens + 3;               // not num_tokens: the stride must be honoured
+    const auto num_rows = static_cast<int64_t>(ids.size());               // P (every id valid here)
+    const int64_t scale_stride = num_tokens + 3;                          // not num_tokens: the stride must be honoured
     const auto x = random_fp8(static_cast<size_t>(num_tokens * k), rng);  // [num_tokens, k]
     const auto xs = random_uniform(static_cast<size_t>(num_kb * scale_stride), rng, 1e-3f, 1.0f);
     std::vector<uint8_t> out_ref(static_cast<size_t>(num_rows * k));
@@ -222,13 +230,15 @@ void check_gather(int64_t num_tokens, int top_k, int num_experts, int64_t k, con
     const auto out = to_host<uint8_t>(out_dev, static_cast<size_t>((num_rows + 1) * k));
     const auto scale = to_host<uint32_t>(scale_dev, static_cast<size_t>((num_rows + 1) * num_kb));
     ASSERT_TRUE(std::equal(out_ref.begin(), out_ref.end(), out.begin())) << "gathered e4m3 rows differ";
-    for (size_t i = out_ref.size(); i < out.size(); ++i) ASSERT_EQ(out[i], 0xFF) << "out written past row P";
+    for (size_t i = out_ref.size(); i < out.size(); ++i)
+        ASSERT_EQ(out[i], 0xFF) << "out written past row P";
     for (size_t i = 0; i < scale_ref.size(); ++i) {
         uint32_t bits = 0;
         std::memcpy(&bits, &scale_ref[i], 4);
         ASSERT_EQ(scale[i], bits) << "expert-blocked scale " << i;
     }
-    for (size_t i = scale_ref.size(); i < scale.size(); ++i) ASSERT_EQ(scale[i], 0xFFFFFFFFu) << "scale past P";
+    for (size_t i = scale_ref.size(); i < scale.size(); ++i)
+        ASSERT_EQ(scale[i], 0xFFFFFFFFu) << "scale past P";
 }
 
 TEST_F(CudaMoeOps, Gather) {
@@ -239,7 +249,6 @@ TEST_F(CudaMoeOps, Gather) {
     check_gather(100, 4, 16, 256, random_topk_ids(100, 4, 16, rng), rng);
     check_gather(300, 8, 384, 384, random_topk_ids(300, 8, 384, rng), rng);  // k / 128 = 3 scales per row
 }
-
 
 // ---- grouped FP8 GEMM ----
 
@@ -291,9 +300,9 @@ GroupedProblem make_grouped_problem(int64_t num_tokens, int top_k, int num_exper
     cpu::quantize_fp8_groups(x.data(), num_tokens, k, xq.data(), xs.data(), num_tokens);
     std::vector<float> x_deq(x.size());
     cpu::dequantize_fp8_groups(xq.data(), xs.data(), num_tokens, k, num_tokens, x_deq.data());
-    std::vector<uint8_t> xg(static_cast<size_t>(num_rows * k));       // [P, k]
-    std::vector<float> xg_deq(xg.size());                             // [P, k]
-    std::vector<float> xsg(static_cast<size_t>(num_rows * num_kb));   // expert-blocked
+    std::vector<uint8_t> xg(static_cast<size_t>(num_rows * k));      // [P, k]
+    std::vector<float> xg_deq(xg.size());                            // [P, k]
+    std::vector<float> xsg(static_cast<size_t>(num_rows * num_kb));  // expert-blocked
     auto ws = random_uniform(static_cast<size_t>(num_experts * sn * num_kb), rng, 1e-4f, 4e-4f);
     g.w = cuda::DeviceBuffer(static_cast<size_t>(num_experts * n * k));
     g.w.fill_bytes(0xFF);
@@ -302,7 +311,8 @@ GroupedProblem make_grouped_problem(int64_t num_tokens, int top_k, int num_exper
     for (int e = 0; e < num_experts; ++e) {
         const int64_t begin = g.perm.offsets[static_cast<size_t>(e)];
         const int64_t rows = g.perm.offsets[static_cast<size_t>(e + 1)] - begin;
-        if (rows == 0) continue;
+        if (rows == 0)
+            continue;
         for (int64_t j = 0; j < rows; ++j) {
             const int64_t t = g.perm.row_token[static_cast<size_t>(begin + j)];
             std::copy_n(xq.begin() + t * k, k, xg.begin() + (begin + j) * k);
@@ -357,13 +367,15 @@ void expect_grouped_matches(const GroupedProblem& g, const std::string& what) {
     for (int e = 0; e < g.num_experts; ++e) {
         const int64_t begin = g.perm.offsets[static_cast<size_t>(e)];
         const int64_t rows = g.perm.offsets[static_cast<size_t>(e + 1)] - begin;
-        if (rows == 0) continue;
+        if (rows == 0)
+            continue;
         const size_t at = static_cast<size_t>(begin * g.n);
         EXPECT_LT(rel_l2(y_gpu.data() + at, g.y_ref.data() + at, static_cast<size_t>(rows * g.n)), 1e-2)
             << "expert " << e << " (" << rows << " rows)";
     }
     EXPECT_LT(rel_l2(y_gpu.data(), g.y_ref.data(), y_gpu.size()), 1e-2);
-    for (size_t i = y_gpu.size(); i < y.size(); ++i) ASSERT_EQ(y[i], 0xFFFF) << "y written past row P";
+    for (size_t i = y_gpu.size(); i < y.size(); ++i)
+        ASSERT_EQ(y[i], 0xFFFF) << "y written past row P";
 }
 
 void check_grouped_decode(GroupedProblem& g, int64_t max_rows_per_expert) {
@@ -408,12 +420,15 @@ std::vector<int32_t> skewed_ids(int64_t num_tokens, int top_k, int num_experts, 
     for (int64_t t = 0; t < num_tokens; ++t) {
         std::vector<int32_t> others;
         for (int32_t e = 0; e < num_experts; ++e) {
-            if (e != 5 && e != 3) others.push_back(e);
+            if (e != 5 && e != 3)
+                others.push_back(e);
         }
         std::shuffle(others.begin(), others.end(), rng);
         std::vector<int32_t> row = {5};
-        if (t < 37) row.push_back(3);
-        for (size_t i = 0; static_cast<int>(row.size()) < top_k; ++i) row.push_back(others[i]);
+        if (t < 37)
+            row.push_back(3);
+        for (size_t i = 0; static_cast<int>(row.size()) < top_k; ++i)
+            row.push_back(others[i]);
         std::shuffle(row.begin(), row.end(), rng);
         ids.insert(ids.end(), row.begin(), row.end());
     }
@@ -461,6 +476,80 @@ TEST_F(CudaMoeOps, GroupedGemmKimiK2) {
     }
 }
 
+// The concurrent prefill form (the model's MoE prefill): 1, 3 and 4 lanes, every expert of m % 16 != 0 rows on
+// cuBLASLt through the padded scales (k = 512 and Kimi-K2's gate_up), so the padded rows of each range's last
+// expert must go through the lane's y scratch, not onto the next lane's rows (a race: rel L2 ~1 for that expert).
+// The x and y buffers get the 15 rows of slack the padded path reads and writes past P (the model's buffers have
+// them); y is NaN-poisoned first.
+void check_grouped_lanes(GroupedProblem& g, int num_lanes) {
+    SCOPED_TRACE("lanes " + std::to_string(num_lanes));
+    const int64_t num_rows = g.num_rows();
+    cuda::DeviceBuffer x(static_cast<size_t>((num_rows + 16) * g.k));
+    x.fill_bytes(0);
+    CUDA_CHECK(cudaMemcpy(x.data(), g.x.data(), static_cast<size_t>(num_rows * g.k), cudaMemcpyDeviceToDevice));
+    cuda::DeviceBuffer y(static_cast<size_t>((num_rows + 16) * g.n) * 2);
+    y.fill_bytes(0xFF);
+    int64_t max_rows = 0;
+    for (int e = 0; e < g.num_experts; ++e) {
+        max_rows = std::max<int64_t>(
+            max_rows, g.perm.offsets[static_cast<size_t>(e + 1)] - g.perm.offsets[static_cast<size_t>(e)]);
+    }
+    const int64_t scale_floats = std::max(g.n, g.k) / 128 * (max_rows + 16);
+    const int64_t scratch = (max_rows + 16) * g.n;
+    cuda::DeviceBuffer scales(static_cast<size_t>(num_lanes * scale_floats) * 4);
+    cuda::DeviceBuffer y_scratch(static_cast<size_t>(num_lanes * scratch) * 2);
+    std::vector<std::unique_ptr<cuda::Fp8GemmRunner>> runners;
+    std::vector<cuda::Fp8PrefillLane> lanes;
+    for (int j = 0; j < num_lanes; ++j) {
+        runners.push_back(std::make_unique<cuda::Fp8GemmRunner>());
+        cuda::Fp8PrefillLane lane;
+        lane.runner = runners.back().get();
+        CUDA_CHECK(cudaStreamCreateWithFlags(&lane.stream, cudaStreamNonBlocking));
+        CUDA_CHECK(cudaEventCreateWithFlags(&lane.done, cudaEventDisableTiming));
+        lane.padded_scales = scales.as<float>() + j * scale_floats;
+        lane.y_scratch = y_scratch.as<uint16_t>() + j * scratch;
+        lanes.push_back(lane);
+    }
+    cudaEvent_t fork = nullptr;
+    CUDA_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+    cuda::Fp8GroupedGemmParams p = grouped_params(g, 0);
+    p.x = x.as<uint8_t>();
+    p.y = y.as<uint16_t>();
+    cuda::run_fp8_grouped_gemm_prefill_lanes(lanes, p, g.perm.offsets.data(), nullptr, fork);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const auto out = to_host<uint16_t>(y, static_cast<size_t>(num_rows * g.n));
+    std::vector<float> y_gpu(out.size());
+    for (size_t i = 0; i < out.size(); ++i)
+        y_gpu[i] = bf16_to_float(out[i]);
+    for (int e = 0; e < g.num_experts; ++e) {
+        const int64_t begin = g.perm.offsets[static_cast<size_t>(e)];
+        const int64_t rows = g.perm.offsets[static_cast<size_t>(e + 1)] - begin;
+        if (rows == 0)
+            continue;
+        const size_t at = static_cast<size_t>(begin * g.n);
+        EXPECT_LT(rel_l2(y_gpu.data() + at, g.y_ref.data() + at, static_cast<size_t>(rows * g.n)), 1e-2)
+            << "expert " << e << " (" << rows << " rows)";  // NaN (unwritten or clobbered) fails too
+    }
+    for (const cuda::Fp8PrefillLane& lane : lanes) {
+        CUDA_CHECK(cudaStreamDestroy(lane.stream));
+        CUDA_CHECK(cudaEventDestroy(lane.done));
+    }
+    CUDA_CHECK(cudaEventDestroy(fork));
+}
+
+TEST_F(CudaMoeOps, GroupedGemmPrefillLanes) {
+    std::mt19937 rng(16);
+    {
+        auto g = make_grouped_problem(100, 4, 16, 256, 512, random_topk_ids(100, 4, 16, rng), rng);
+        for (const int lanes : {1, 3, 4})
+            check_grouped_lanes(g, lanes);
+    }
+    {
+        auto g = make_grouped_problem(32, 8, 384, 4096, 7168, random_topk_ids(32, 8, 384, rng, 16), rng);
+        check_grouped_lanes(g, 4);
+    }
+}
+
 TEST_F(CudaMoeOps, GroupedGemmNoTokens) {
     constexpr int kExperts = 16;
     const std::vector<int32_t> host_offsets(kExperts + 1, 0);
@@ -488,7 +577,8 @@ TEST_F(CudaMoeOps, GroupedGemmNoTokens) {
     cuda::Fp8GemmRunner runner;
     cuda::run_fp8_grouped_gemm_prefill(runner, p, host_offsets.data(), nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
-    for (const uint16_t v : to_host<uint16_t>(y, 256)) ASSERT_EQ(v, 0xFFFF) << "y written with no rows";
+    for (const uint16_t v : to_host<uint16_t>(y, 256))
+        ASSERT_EQ(v, 0xFFFF) << "y written with no rows";
 }
 
 // ---- combine ----
@@ -499,20 +589,22 @@ void check_combine(int64_t num_tokens, int top_k, int64_t hidden, const std::vec
                    int64_t num_rows, bool with_shared, std::mt19937& rng) {
     SCOPED_TRACE("combine tokens " + std::to_string(num_tokens) + " hidden " + std::to_string(hidden) +
                  (with_shared ? " shared" : ""));
-    const auto y = random_bf16(static_cast<size_t>(num_rows * hidden), rng);           // [P, hidden]
+    const auto y = random_bf16(static_cast<size_t>(num_rows * hidden), rng);  // [P, hidden]
     const auto weights = random_uniform(static_cast<size_t>(num_tokens * top_k), rng, 0.0f, 1.0f);
-    const auto shared = random_bf16(static_cast<size_t>(num_tokens * hidden), rng);    // [num_tokens, hidden]
+    const auto shared = random_bf16(static_cast<size_t>(num_tokens * hidden), rng);  // [num_tokens, hidden]
     std::vector<float> ref(static_cast<size_t>(num_tokens * hidden));
     for (int64_t t = 0; t < num_tokens; ++t) {
         for (int64_t c = 0; c < hidden; ++c) {
             float acc = 0.0f;
             for (int j = 0; j < top_k; ++j) {
                 const int64_t row = pair_row[static_cast<size_t>(t * top_k + j)];
-                if (row < 0) continue;
+                if (row < 0)
+                    continue;
                 const float v = bf16_to_float(y[static_cast<size_t>(row * hidden + c)]);
                 acc += weights[static_cast<size_t>(t * top_k + j)] * v;
             }
-            if (with_shared) acc += bf16_to_float(shared[static_cast<size_t>(t * hidden + c)]);
+            if (with_shared)
+                acc += bf16_to_float(shared[static_cast<size_t>(t * hidden + c)]);
             ref[static_cast<size_t>(t * hidden + c)] = acc;
         }
     }
@@ -535,9 +627,11 @@ void check_combine(int64_t num_tokens, int top_k, int64_t hidden, const std::vec
     CUDA_CHECK(cudaDeviceSynchronize());
     const auto out = to_host<uint16_t>(out_dev, static_cast<size_t>((num_tokens + 1) * hidden));
     std::vector<float> out_gpu(ref.size());
-    for (size_t i = 0; i < ref.size(); ++i) out_gpu[i] = bf16_to_float(out[i]);
+    for (size_t i = 0; i < ref.size(); ++i)
+        out_gpu[i] = bf16_to_float(out[i]);
     EXPECT_LT(rel_l2(out_gpu.data(), ref.data(), ref.size()), 4e-3);
-    for (size_t i = ref.size(); i < out.size(); ++i) ASSERT_EQ(out[i], 0xFFFF) << "out written past the last token";
+    for (size_t i = ref.size(); i < out.size(); ++i)
+        ASSERT_EQ(out[i], 0xFFFF) << "out written past the last token";
 }
 
 TEST_F(CudaMoeOps, Combine) {

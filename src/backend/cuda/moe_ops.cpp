@@ -12,7 +12,9 @@
 namespace k2::cuda {
 namespace {
 
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+bool aligned16(const void* ptr) {
+    return reinterpret_cast<uintptr_t>(ptr) % 16 == 0;
+}
 
 constexpr int64_t kMaxRows = int64_t{1} << 30;  // rows and pairs are int32 on the device, with headroom
 
@@ -38,8 +40,8 @@ void launch_moe_permute(const MoePermuteParams& p, cudaStream_t stream) {
     K2_CHECK(p.top_k >= 1, "moe permute: top_k {} < 1", p.top_k);
     K2_CHECK(p.num_experts >= 1 && p.num_experts <= detail::kMoeMaxExperts,
              "moe permute: num_experts {} not in [1, {}]", p.num_experts, detail::kMoeMaxExperts);
-    K2_CHECK(p.num_tokens <= kMaxRows / p.top_k, "moe permute: {} tokens x top_k {} pairs overflow int32",
-             p.num_tokens, p.top_k);
+    K2_CHECK(p.num_tokens <= kMaxRows / p.top_k, "moe permute: {} tokens x top_k {} pairs overflow int32", p.num_tokens,
+             p.top_k);
     K2_CHECK(p.topk_ids != nullptr && p.offsets != nullptr && p.row_token != nullptr && p.pair_row != nullptr,
              "moe permute: null pointer");
     CUDA_CHECK(detail::launch_moe_permute_kernel(p, stream));
@@ -71,50 +73,119 @@ void launch_fp8_grouped_gemm_decode(const Fp8GroupedGemmParams& p, cudaStream_t 
     CUDA_CHECK(detail::launch_fp8_grouped_gemm_decode_kernel(p, max_tiles, stream));
 }
 
+namespace {
+
+void check_prefill_args(const Fp8GroupedGemmParams& p, const int32_t* host_offsets) {
+    K2_CHECK(host_offsets != nullptr, "fp8 grouped gemm prefill: null host_offsets");
+    K2_CHECK(p.num_experts >= 1, "fp8 grouped gemm prefill: num_experts {} < 1", p.num_experts);
+    check_grouped_gemm(p);
+    K2_CHECK(host_offsets[0] == 0, "fp8 grouped gemm prefill: offsets[0] = {} (expected 0)", host_offsets[0]);
+    for (int e = 0; e < p.num_experts; ++e) {
+        K2_CHECK(host_offsets[e + 1] >= host_offsets[e],
+                 "fp8 grouped gemm prefill: offsets decrease at expert {} ({} -> {})", e, host_offsets[e],
+                 host_offsets[e + 1]);
+    }
+}
+
+// NOTE: cuBLASLt reads 128x128 block scales with the k-block dimension padded to a multiple of 4 (PyTorch #166752,
+// "Fix DeepSeek scaling tensor handling"); our w_scale rows are k / 128 long, so other k stay on our kernel. With
+// k / 128 % 4 == 0 every expert's scale block also starts 16-byte aligned.
+Fp8GemmImpl prefill_impl(const Fp8GroupedGemmParams& p) {
+    return (p.k / 128) % 4 == 0 ? Fp8GemmImpl::Auto : Fp8GemmImpl::Decode;
+}
+
+// Expert e's GEMM (rows > 0). With padded_scales an m % 16 != 0 expert still takes cuBLASLt: its scale block is
+// re-strided there and the padded rows' outputs land on the rows after it, or in y_scratch when given (then the
+// real rows are copied to y).
+void run_expert(Fp8GemmRunner& runner, const Fp8GroupedGemmParams& p, const int32_t* host_offsets, int e,
+                cudaStream_t stream, float* padded_scales, uint16_t* y_scratch) {
+    const int64_t num_kb = p.k / 128;
+    const int64_t begin = host_offsets[e];
+    const int64_t rows = host_offsets[e + 1] - begin;
+    const Fp8GemmImpl impl = prefill_impl(p);
+    Fp8GemmParams g;
+    g.x = p.x + begin * p.k;                           // [rows, k]
+    g.x_scale = p.x_scale + begin * num_kb;            // [k / 128, rows]: the expert's block
+    g.w = p.w + e * p.n * p.k;                         // [n, k]
+    g.w_scale = p.w_scale + e * (p.n / 128) * num_kb;  // [n / 128, k / 128]
+    g.y = p.y + begin * p.n;                           // [rows, n]
+    g.num_tokens = rows;
+    g.n = p.n;
+    g.k = p.k;
+    g.x_stride = p.k;
+    g.x_scale_stride = rows;
+    g.y_stride = p.n;
+    const bool pad = padded_scales != nullptr && impl == Fp8GemmImpl::Auto && rows % 16 != 0 && rows >= 16;
+    if (pad) {
+        const int64_t padded = round_up_16(rows);  // [k / 128, padded]: the expert's block, re-strided
+        CUDA_CHECK(cudaMemcpy2DAsync(padded_scales, static_cast<size_t>(padded) * 4, g.x_scale,
+                                     static_cast<size_t>(rows) * 4, static_cast<size_t>(rows) * 4,
+                                     static_cast<size_t>(num_kb), cudaMemcpyDeviceToDevice, stream));
+        g.x_scale = padded_scales;
+        g.x_scale_stride = padded;
+        g.padded_rows = true;
+        if (y_scratch != nullptr) {
+            g.y = y_scratch;
+        }
+    }
+    runner.run(g, stream, impl);
+    if (pad && y_scratch != nullptr) {
+        const size_t row_bytes = static_cast<size_t>(p.n) * 2;
+        CUDA_CHECK(cudaMemcpyAsync(p.y + begin * p.n, y_scratch, static_cast<size_t>(rows) * row_bytes,
+                                   cudaMemcpyDeviceToDevice, stream));
+    }
+}
+
+}  // namespace
+
 void run_fp8_grouped_gemm_prefill(Fp8GemmRunner& runner, const Fp8GroupedGemmParams& p, const int32_t* host_offsets,
                                   cudaStream_t stream, float* padded_scales) {
     K2_CHECK(host_offsets != nullptr, "fp8 grouped gemm prefill: null host_offsets");
-    K2_CHECK(p.num_experts >= 1, "fp8 grouped gemm prefill: num_experts {} < 1", p.num_experts);
-    if (host_offsets[p.num_experts] == 0) {
+    if (p.num_experts >= 1 && host_offsets[p.num_experts] == 0) {
         return;  // no tokens
     }
-    check_grouped_gemm(p);
-    K2_CHECK(host_offsets[0] == 0, "fp8 grouped gemm prefill: offsets[0] = {} (expected 0)", host_offsets[0]);
-    const int64_t num_kb = p.k / 128;
-    // NOTE: cuBLASLt reads 128x128 block scales with the k-block dimension padded to a multiple of 4 (PyTorch
-    // #166752, "Fix DeepSeek scaling tensor handling"); our w_scale rows are k / 128 long, so other k stay on our
-    // kernel. With k / 128 % 4 == 0 every expert's scale block also starts 16-byte aligned.
-    const Fp8GemmImpl impl = num_kb % 4 == 0 ? Fp8GemmImpl::Auto : Fp8GemmImpl::Decode;
+    check_prefill_args(p, host_offsets);
     for (int e = 0; e < p.num_experts; ++e) {
-        const int64_t begin = host_offsets[e];
-        const int64_t rows = host_offsets[e + 1] - begin;
-        K2_CHECK(rows >= 0, "fp8 grouped gemm prefill: offsets decrease at expert {} ({} -> {})", e, begin,
-                 host_offsets[e + 1]);
-        if (rows == 0) {
-            continue;
+        if (host_offsets[e + 1] > host_offsets[e]) {
+            run_expert(runner, p, host_offsets, e, stream, padded_scales, nullptr);
         }
-        Fp8GemmParams g;
-        g.x = p.x + begin * p.k;                           // [rows, k]
-        g.x_scale = p.x_scale + begin * num_kb;            // [k / 128, rows]: the expert's block
-        g.w = p.w + e * p.n * p.k;                         // [n, k]
-        g.w_scale = p.w_scale + e * (p.n / 128) * num_kb;  // [n / 128, k / 128]
-        g.y = p.y + begin * p.n;                           // [rows, n]
-        g.num_tokens = rows;
-        g.n = p.n;
-        g.k = p.k;
-        g.x_stride = p.k;
-        g.x_scale_stride = rows;
-        g.y_stride = p.n;
-        if (padded_scales != nullptr && impl == Fp8GemmImpl::Auto && rows % 16 != 0 && rows >= 16) {
-            const int64_t padded = round_up_16(rows);  // [k / 128, padded]: the expert's block, re-strided
-            CUDA_CHECK(cudaMemcpy2DAsync(padded_scales, static_cast<size_t>(padded) * 4, g.x_scale,
-                                         static_cast<size_t>(rows) * 4, static_cast<size_t>(rows) * 4,
-                                         static_cast<size_t>(num_kb), cudaMemcpyDeviceToDevice, stream));
-            g.x_scale = padded_scales;
-            g.x_scale_stride = padded;
-            g.padded_rows = true;
+    }
+}
+
+void run_fp8_grouped_gemm_prefill_lanes(std::span<const Fp8PrefillLane> lanes, const Fp8GroupedGemmParams& p,
+                                        const int32_t* host_offsets, cudaStream_t stream, cudaEvent_t fork) {
+    K2_CHECK(!lanes.empty() && fork != nullptr, "fp8 grouped gemm prefill: no lanes or no fork event");
+    K2_CHECK(host_offsets != nullptr, "fp8 grouped gemm prefill: null host_offsets");
+    if (p.num_experts >= 1 && host_offsets[p.num_experts] == 0) {
+        return;
+    }
+    check_prefill_args(p, host_offsets);
+    const auto num_lanes = static_cast<int64_t>(lanes.size());
+    const int64_t total = host_offsets[p.num_experts];
+    CUDA_CHECK(cudaEventRecord(fork, stream));
+    int first = 0;  // lane j takes experts [first, last): rows up to about (j + 1) / lanes of the total
+    for (int64_t j = 0; j < num_lanes; ++j) {
+        const Fp8PrefillLane& lane = lanes[static_cast<size_t>(j)];
+        const int64_t target = total * (j + 1) / num_lanes;
+        int last = first;
+        while (last < p.num_experts && (j == num_lanes - 1 || host_offsets[last + 1] <= target)) {
+            ++last;
         }
-        runner.run(g, stream, impl);
+        int last_with_rows = -1;  // its padded rows would land on the next lane's rows
+        for (int e = first; e < last; ++e) {
+            last_with_rows = host_offsets[e + 1] > host_offsets[e] ? e : last_with_rows;
+        }
+        CUDA_CHECK(cudaStreamWaitEvent(lane.stream, fork, 0));
+        for (int e = first; e < last; ++e) {
+            if (host_offsets[e + 1] > host_offsets[e]) {
+                const bool range_end = e == last_with_rows && last < p.num_experts;
+                run_expert(*lane.runner, p, host_offsets, e, lane.stream, lane.padded_scales,
+                           range_end ? lane.y_scratch : nullptr);
+            }
+        }
+        CUDA_CHECK(cudaEventRecord(lane.done, lane.stream));
+        CUDA_CHECK(cudaStreamWaitEvent(stream, lane.done, 0));
+        first = last;
     }
 }
 

@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <span>
 
 #include "backend/cuda/fp8_gemm.h"
 
@@ -30,14 +31,14 @@ struct MoePermuteParams {
 // out_scale + offsets[e] * (k / 128), laid out [k / 128, n_e] (n_e = its row count), which is both what cuBLASLt
 // needs per expert (x_scale_stride == n_e) and what the grouped kernel reads.
 struct MoeGatherParams {
-    const uint8_t* x = nullptr;        // [num_tokens, k] e4m3, row stride k
-    const float* x_scale = nullptr;    // [k / 128, x_scale_stride] f32
+    const uint8_t* x = nullptr;          // [num_tokens, k] e4m3, row stride k
+    const float* x_scale = nullptr;      // [k / 128, x_scale_stride] f32
     const int32_t* row_token = nullptr;  // [P]
     const int32_t* offsets = nullptr;    // [num_experts + 1]
-    uint8_t* out = nullptr;            // [P, k] e4m3
-    float* out_scale = nullptr;        // [P * k / 128] f32, expert-blocked
-    int64_t num_rows = 0;              // P
-    int64_t k = 0;                     // multiple of 128
+    uint8_t* out = nullptr;              // [P, k] e4m3
+    float* out_scale = nullptr;          // [P * k / 128] f32, expert-blocked
+    int64_t num_rows = 0;                // P
+    int64_t k = 0;                       // multiple of 128
     int64_t x_scale_stride = 0;
     int num_experts = 0;
 };
@@ -71,6 +72,24 @@ void launch_fp8_grouped_gemm_decode(const Fp8GroupedGemmParams& params, cudaStre
 // rows, which that expert's GEMM (later on the stream) overwrites. Without it such experts run our kernel.
 void run_fp8_grouped_gemm_prefill(Fp8GemmRunner& runner, const Fp8GroupedGemmParams& params,
                                   const int32_t* host_offsets, cudaStream_t stream, float* padded_scales = nullptr);
+
+// One lane of the concurrent prefill form below: its own cuBLASLt runner (workspace), stream, completion event and
+// scratch. y_scratch: [round_up(max rows of an expert, 16), n] bf16.
+struct Fp8PrefillLane {
+    Fp8GemmRunner* runner = nullptr;
+    cudaStream_t stream = nullptr;
+    cudaEvent_t done = nullptr;
+    float* padded_scales = nullptr;  // as run_fp8_grouped_gemm_prefill's
+    uint16_t* y_scratch = nullptr;
+};
+
+// The prefill form over several streams: a single expert's GEMM (~170 rows at an 8k prefill of Kimi-K2) fills only
+// half the SMs, so the lanes take contiguous expert ranges of about equal rows and run side by side, after `fork`
+// is recorded on `stream` and before `stream` waits for every lane. The last expert of a range writes its padded
+// rows through the lane's y_scratch (then copies the real rows out) instead of onto the next range's first expert,
+// which another lane may have written already.
+void run_fp8_grouped_gemm_prefill_lanes(std::span<const Fp8PrefillLane> lanes, const Fp8GroupedGemmParams& params,
+                                        const int32_t* host_offsets, cudaStream_t stream, cudaEvent_t fork);
 
 // out[t] = sum_k topk_weights[t, k] * y[pair_row[t, k]] (+ shared[t]), summed in fp32 in k order, rounded once.
 // pair_row < 0 contributes nothing; hidden must be a multiple of 8 (16-byte rows).

@@ -136,6 +136,9 @@ DeepseekV3CudaModel::DeepseekV3CudaModel(ModelConfig config, Checkpoint checkpoi
     m_bf16 = std::make_unique<cuda::Bf16GemmRunner>();
     m_ws = std::make_unique<cuda_model::Workspace>(c, std::max(options.max_num_tokens, 1));
     m_batch = std::make_unique<StepBatch>();
+    if (const int lanes = cuda_model::MoePrefillLanes::lanes_from_env(); lanes > 1 && c.n_routed_experts > 0) {
+        m_moe_lanes = std::make_unique<cuda_model::MoePrefillLanes>(lanes, c, m_ws->capacity);
+    }
     if (m_tp != nullptr) {  // once, at its largest: CUDA graphs keep the pointer
         m_logits_gathered = cuda::DeviceBuffer(
             static_cast<size_t>(std::min(m_ws->capacity, cuda_model::kLogitsRowsPerPass) * c.vocab_size) * 4);

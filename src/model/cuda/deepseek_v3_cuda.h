@@ -13,6 +13,7 @@
 #include "backend/cuda/fp8_gemm.h"
 #include "backend/cuda/mla_ops.h"
 #include "io/safetensors.h"
+#include "model/cuda/moe_lanes.h"
 #include "model/cuda/tp_comm.h"
 #include "model/deepseek_v3.h"
 #include "model/model.h"
@@ -128,6 +129,7 @@ private:
     int64_t m_vocab_local = 0;
     std::vector<int32_t> m_local_ids;      // [T] token ids mapped into the rank's embedding rows
     cuda::DeviceBuffer m_logits_gathered;  // [tp, rows, vocab / tp] f32: every rank's lm_head slice
+    std::unique_ptr<cuda_model::MoePrefillLanes> m_moe_lanes;  // null: expert GEMMs of a prefill on m_stream
     ModelOptions m_options;
     cuda_model::DeviceWeights m_weights;
     cudaStream_t m_stream = nullptr;

@@ -280,6 +280,8 @@ void DeepseekV3CudaModel::moe(int layer, int64_t t_count) {
         g.max_rows_per_expert = t_count;
         if (grouped_launch) {
             cuda::launch_fp8_grouped_gemm_decode(g, m_stream);
+        } else if (m_moe_lanes != nullptr) {
+            m_moe_lanes->run(g, ws.host_offsets.data(), m_stream);
         } else {
             cuda::run_fp8_grouped_gemm_prefill(*m_fp8, g, ws.host_offsets.data(), m_stream,
                                                ws.padded_scales.as<float>());
