@@ -177,8 +177,9 @@ void write_floats(const std::filesystem::path& f, const std::vector<float>& v) {
         .write(reinterpret_cast<const char*>(v.data()), static_cast<std::streamsize>(v.size() * 4));
 }
 
-// The model in `dir` on one rank and on TP = 2 ranks sharing GPU 0; row-by-row agreement of their logits.
-Agreement compare_tp2(const std::filesystem::path& dir) {
+// The model in `dir` on one rank and on TP = 2 ranks (rank r on GPU r % device count, so both on GPU 0 of a one-GPU
+// machine) whose all-reduces go through `comm` (host or nccl); row-by-row agreement of their logits.
+Agreement compare_tp2(const std::filesystem::path& dir, const char* comm = "host") {
     const std::filesystem::path ref_file = dir / "single.f32";
     const std::filesystem::path tp_file = dir / "tp2.f32";
     K2_CHECK(in_child([&] {
@@ -186,7 +187,7 @@ Agreement compare_tp2(const std::filesystem::path& dir) {
                  return 0;
              }) == 0,
              "the single-rank run failed");
-    setenv("K2_TP_COMM", "host", 1);
+    setenv("K2_TP_COMM", comm, 1);
     const std::string failures = dist::testing::run_ranks(
         2,
         [&](int rank, int port) {
@@ -240,6 +241,16 @@ TEST_F(CudaTensorParallel, MoeModelMatchesStatistically) {
     EXPECT_GE(a.fraction_at_least(0.995), 0.95);
     EXPECT_LE(1.0 - a.fraction_at_least(0.9), 0.02);
     EXPECT_GE(a.agree, a.confident * 4 / 5);
+}
+
+// The production path: NCCL between two GPUs (a multi-GPU machine only; NCCL refuses two ranks on one GPU).
+TEST_F(CudaTensorParallel, NcclAcrossTwoGpus) {
+    if (s_gpus < 2) {
+        GTEST_SKIP() << s_gpus << " CUDA device(s): the NCCL tensor-parallel test needs 2 GPUs";
+    }
+    const Agreement a = compare_tp2(s_root / "dense", "nccl");
+    EXPECT_GE(a.median(), 0.999);
+    EXPECT_GE(a.cos.front(), 0.995);
 }
 
 // A split that does not fall on the FP8 blocks is refused with the field named (before any weight is read).

@@ -3,8 +3,8 @@
 // test is skipped with the reason (never reported as passed). `test_backend_ops --perf` is the benchmark mode.
 #include <gtest/gtest.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
 
@@ -40,7 +40,8 @@ class CudaOps : public ::testing::Test {
 protected:
     void SetUp() override {
         if (cuda::cuda_device_count() == 0) {
-            GTEST_SKIP() << "no CUDA device: the CUDA op tests need a GPU (they run on the H200 via bench/gpu_kernels.sh)";
+            GTEST_SKIP()
+                << "no CUDA device: the CUDA op tests need a GPU (they run on the H200 via bench/gpu_kernels.sh)";
         }
     }
 };
@@ -267,8 +268,10 @@ void check_fp8_gemm(cuda::Fp8GemmRunner& runner, cuda::Fp8GemmImpl impl, int64_t
     const auto y = to_host<uint16_t>(y_dev, static_cast<size_t>(num_tokens * y_stride));
     std::vector<float> y_gpu(y_ref.size());
     for (int64_t t = 0; t < num_tokens; ++t) {
-        for (int64_t j = 0; j < n; ++j) y_gpu[static_cast<size_t>(t * n + j)] = bf16_to_float(y[t * y_stride + j]);
-        for (int64_t j = n; j < y_stride; ++j) ASSERT_EQ(y[t * y_stride + j], 0xFFFF) << "y padding written";
+        for (int64_t j = 0; j < n; ++j)
+            y_gpu[static_cast<size_t>(t * n + j)] = bf16_to_float(y[t * y_stride + j]);
+        for (int64_t j = n; j < y_stride; ++j)
+            ASSERT_EQ(y[t * y_stride + j], 0xFFFF) << "y padding written";
     }
     // bf16 output rounding alone gives ~2e-3; accumulation-order differences are far below.
     EXPECT_LT(relative_l2(y_gpu, y_ref), 5e-3);
@@ -281,7 +284,7 @@ TEST_F(CudaOps, Fp8GemmDecode) {
         check_fp8_gemm(runner, cuda::Fp8GemmImpl::Decode, m, 256, 512, rng);
     }
     check_fp8_gemm(runner, cuda::Fp8GemmImpl::Decode, 12, 8320, 256, rng);
-    check_fp8_gemm(runner, cuda::Fp8GemmImpl::Decode, 5, 576, 1536, rng);  // partial 128-row scale block
+    check_fp8_gemm(runner, cuda::Fp8GemmImpl::Decode, 5, 576, 1536, rng);    // partial 128-row scale block
     check_fp8_gemm(runner, cuda::Fp8GemmImpl::Decode, 33, 2112, 7168, rng);  // q_a + kv_a, 8-way split-K
     check_fp8_gemm(runner, cuda::Fp8GemmImpl::Decode, 2, 1024, 18432, rng);  // long K (dense down)
 }
@@ -329,9 +332,9 @@ TEST_F(CudaOps, MoeRouter) {
     };
     // Kimi-K2 (384 experts, one group), DeepSeek-V3 (256 in 8 groups, 4 kept), an unnormalized variant, and expert
     // counts that do not fill the warp's last slot (the tiny fixture's 16; 40 in 4 groups).
-    for (const Config c : {Config{384, 1, 1, 8, true, 2.827f}, Config{256, 8, 4, 8, true, 2.5f},
-                           Config{64, 4, 2, 6, false, 1.0f}, Config{16, 1, 1, 4, true, 2.827f},
-                           Config{40, 4, 2, 5, true, 1.5f}}) {
+    for (const Config c :
+         {Config{384, 1, 1, 8, true, 2.827f}, Config{256, 8, 4, 8, true, 2.5f}, Config{64, 4, 2, 6, false, 1.0f},
+          Config{16, 1, 1, 4, true, 2.827f}, Config{40, 4, 2, 5, true, 1.5f}}) {
         for (const int64_t num_tokens : {0, 1, 3, 37}) {
             SCOPED_TRACE("experts " + std::to_string(c.experts) + " tokens " + std::to_string(num_tokens));
             const auto logits = random_uniform(static_cast<size_t>(num_tokens * c.experts), rng, -4.0f, 4.0f);
@@ -401,7 +404,8 @@ void check_mla_decode(const std::vector<int32_t>& seq_lens, int num_heads, std::
     const int max_blocks = (max_len + 63) / 64 + 1;  // one padding column of -1
     const int num_blocks = total_pages + 3;          // three pages nobody owns: NaN
     std::vector<int32_t> ids(static_cast<size_t>(num_blocks));
-    for (int i = 0; i < num_blocks; ++i) ids[static_cast<size_t>(i)] = i;
+    for (int i = 0; i < num_blocks; ++i)
+        ids[static_cast<size_t>(i)] = i;
     std::shuffle(ids.begin(), ids.end(), rng);
     std::vector<int32_t> tables(static_cast<size_t>(num_seqs * max_blocks), -1);
     std::vector<Code> cache(static_cast<size_t>(num_blocks) * 64 * 576, kFp8 ? 0xFF : 0xFFFF);  // NaN everywhere
@@ -414,7 +418,8 @@ void check_mla_decode(const std::vector<int32_t>& seq_lens, int num_heads, std::
             tables[static_cast<size_t>(b * max_blocks + page)] = id;
             for (int t = 0; t < std::min(64, len - page * 64); ++t) {  // the page's tail stays NaN
                 for (int d = 0; d < 576; ++d) {
-                    const size_t at = (static_cast<size_t>(id) * 64 + static_cast<size_t>(t)) * 576 + static_cast<size_t>(d);
+                    const size_t at =
+                        (static_cast<size_t>(id) * 64 + static_cast<size_t>(t)) * 576 + static_cast<size_t>(d);
                     if constexpr (kFp8) {
                         cache[at] = float_to_fp8_e4m3(dist(rng) / kv_scale);
                     } else {
@@ -432,8 +437,10 @@ void check_mla_decode(const std::vector<int32_t>& seq_lens, int num_heads, std::
         const auto q_f = bf16_to_floats(q);
         std::vector<int32_t> query_start(static_cast<size_t>(num_seqs + 1));
         std::vector<int32_t> positions(static_cast<size_t>(num_seqs));
-        for (int64_t b = 0; b <= num_seqs; ++b) query_start[static_cast<size_t>(b)] = static_cast<int32_t>(b);
-        for (int64_t b = 0; b < num_seqs; ++b) positions[static_cast<size_t>(b)] = seq_lens[static_cast<size_t>(b)] - 1;
+        for (int64_t b = 0; b <= num_seqs; ++b)
+            query_start[static_cast<size_t>(b)] = static_cast<int32_t>(b);
+        for (int64_t b = 0; b < num_seqs; ++b)
+            positions[static_cast<size_t>(b)] = seq_lens[static_cast<size_t>(b)] - 1;
         cpu::MlaAttentionArgs args;
         args.q = q_f.data();
         args.num_tokens = num_seqs;
@@ -497,6 +504,10 @@ TEST_F(CudaOps, MlaDecode) {
     check_mla_decode<uint16_t>({1, 65, 200}, 64, rng);
     check_mla_decode<uint16_t>({64, 1000}, 128, rng);
     check_mla_decode<uint16_t>({4097}, 64, rng);  // many splits over one sequence
+    // A tensor-parallel rank's heads (Kimi-K2 at tp 8 and 2, DeepSeek-V3 at tp 16): one zero-padded head group.
+    check_mla_decode<uint16_t>({1, 65, 200}, 8, rng);
+    check_mla_decode<uint16_t>({64, 1000}, 32, rng);
+    check_mla_decode<uint8_t>({300, 7}, 8, rng, 0.5f);
 }
 
 // The FP8 cache through the same split-KV kernel (staged e4m3 pages converted to bf16 in shared memory); a
@@ -550,7 +561,7 @@ TEST(CudaOpsHost, ValidationBeforeLaunch) {
 
     cuda::MlaDecodeParams mla;
     mla.num_seqs = 1;
-    mla.num_heads = 16;  // not a multiple of 64
+    mla.num_heads = 96;  // above 64 and not a multiple of it
     EXPECT_THROW(cuda::launch_mla_decode(mla, nullptr), Error);
 }
 

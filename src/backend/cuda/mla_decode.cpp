@@ -12,7 +12,7 @@ int mla_decode_num_splits(const MlaDecodeParams& p, int num_sms) {
     if (p.num_splits > 0) {
         return p.num_splits;
     }
-    const int64_t ctas = p.num_seqs * (p.num_heads / kMlaHeadsPerCta);
+    const int64_t ctas = p.num_seqs * mla_decode_head_groups(p.num_heads);
     const int max_pages = (p.max_seq_len + kMlaPageTokens - 1) / kMlaPageTokens;
     // One CTA per SM (224 KB of shared memory each): one wave of splits.
     return static_cast<int>(std::clamp<int64_t>(num_sms / std::max<int64_t>(ctas, 1), 1, std::max(max_pages, 1)));
@@ -26,8 +26,8 @@ void launch_mla_decode(const MlaDecodeParams& p, cudaStream_t stream) {
     if (p.num_seqs == 0) {
         return;
     }
-    K2_CHECK(p.num_heads > 0 && p.num_heads % kMlaHeadsPerCta == 0, "mla decode: num_heads {} is not a multiple of {}",
-             p.num_heads, kMlaHeadsPerCta);
+    K2_CHECK(p.num_heads > 0 && (p.num_heads < kMlaHeadsPerCta || p.num_heads % kMlaHeadsPerCta == 0),
+             "mla decode: num_heads {} must be below {} or a multiple of it", p.num_heads, kMlaHeadsPerCta);
     K2_CHECK(p.max_seq_len >= 1 && p.max_seq_len <= p.max_blocks_per_seq * kMlaPageTokens,
              "mla decode: max_seq_len {} does not fit {} blocks of {} tokens", p.max_seq_len, p.max_blocks_per_seq,
              kMlaPageTokens);

@@ -14,7 +14,7 @@ cudaError_t launch_split(const MlaDecodeParams& p, int num_splits, int pages_per
         return attribute_status;
     }
     const dim3 grid(static_cast<unsigned>(num_splits), static_cast<unsigned>(p.num_seqs),
-                    static_cast<unsigned>(p.num_heads / kMlaHeadsPerCta));
+                    static_cast<unsigned>(mla_decode_head_groups(p.num_heads)));
     kernels::mla_decode_split_kernel<kFp8>
         <<<grid, kernels::kMlaThreads, kernels::kMlaSmemBytes, stream>>>(p, num_splits, pages_per_split);
     return cudaGetLastError();

@@ -19,21 +19,26 @@ inline constexpr int kMlaPageTokens = 64;
 inline constexpr int kMlaHeadsPerCta = 64;
 
 struct MlaDecodeParams {
-    const uint16_t* q = nullptr;         // [num_seqs, num_heads, 576] bf16 (W_UK^T q_nope | roped q_pe)
-    const uint16_t* cache = nullptr;     // [num_blocks, 64, 576] bf16 paged latent cache, or
-    const uint8_t* cache_fp8 = nullptr;  // [num_blocks, 64, 576] e4m3 codes of value / kv_scale (set one of the two)
-    float kv_scale = 1.0f;               // cache_fp8 only
+    const uint16_t* q = nullptr;            // [num_seqs, num_heads, 576] bf16 (W_UK^T q_nope | roped q_pe)
+    const uint16_t* cache = nullptr;        // [num_blocks, 64, 576] bf16 paged latent cache, or
+    const uint8_t* cache_fp8 = nullptr;     // [num_blocks, 64, 576] e4m3 codes of value / kv_scale (set one of the two)
+    float kv_scale = 1.0f;                  // cache_fp8 only
     const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq] block ids
-    const int32_t* seq_lens = nullptr;   // [num_seqs] cached tokens per sequence (>= 1)
-    float* out = nullptr;                // [num_seqs, num_heads, 512] f32
-    float* workspace = nullptr;          // mla_decode_workspace_floats(...) f32: split partials
+    const int32_t* seq_lens = nullptr;      // [num_seqs] cached tokens per sequence (>= 1)
+    float* out = nullptr;                   // [num_seqs, num_heads, 512] f32
+    float* workspace = nullptr;             // mla_decode_workspace_floats(...) f32: split partials
     int64_t num_seqs = 0;
-    int num_heads = 64;                  // multiple of 64
+    int num_heads = 64;  // a multiple of 64, or fewer (a TP rank's heads: zero-padded to 64)
     int max_blocks_per_seq = 0;
-    int max_seq_len = 0;                 // host-side bound of seq_lens (chooses the split count)
+    int max_seq_len = 0;  // host-side bound of seq_lens (chooses the split count)
     float softmax_scale = 1.0f;
-    int num_splits = 0;                  // 0: chosen by the launcher
+    int num_splits = 0;  // 0: chosen by the launcher
 };
+
+// CTAs per sequence along the heads: 64 heads each, the last group zero-padded.
+inline int64_t mla_decode_head_groups(int64_t num_heads) {
+    return (num_heads + kMlaHeadsPerCta - 1) / kMlaHeadsPerCta;
+}
 
 // Splits the launcher would use, and the workspace they need (floats).
 int mla_decode_num_splits(const MlaDecodeParams& params, int num_sms);

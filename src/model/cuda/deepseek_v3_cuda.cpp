@@ -170,7 +170,7 @@ void DeepseekV3CudaModel::allocate_graph_buffers() {
     g.slot_mapping = cuda::DeviceBuffer(kMaxGraphSeqs * 8);
     g.block_tables = cuda::DeviceBuffer(static_cast<size_t>(kMaxGraphSeqs) * static_cast<size_t>(m_graph_blocks) * 4);
     if (c.kv_lora_rank == cuda::kMlaLatent && c.qk_rope_head_dim == cuda::kMlaRope &&
-        c.num_attention_heads % cuda::kMlaHeadsPerCta == 0) {
+        (c.num_attention_heads < cuda::kMlaHeadsPerCta || c.num_attention_heads % cuda::kMlaHeadsPerCta == 0)) {
         int64_t floats = 0;
         cuda::MlaDecodeParams md;
         md.num_heads = static_cast<int>(c.num_attention_heads);
@@ -289,8 +289,9 @@ bool DeepseekV3CudaModel::use_fast_decode(const ForwardBatch& b) const {
     static const bool disabled = std::getenv("K2_DISABLE_FAST_MLA_DECODE") != nullptr;
     const ModelConfig& c = m_config;
     return !disabled && c.kv_lora_rank == cuda::kMlaLatent && c.qk_rope_head_dim == cuda::kMlaRope &&
-           c.num_attention_heads % cuda::kMlaHeadsPerCta == 0 && m_options.kv_cache_dtype != KvCacheDType::F32 &&
-           b.num_tokens() == b.num_seqs() && b.num_seqs() <= kFastDecodeMaxSeqs &&
+           (c.num_attention_heads < cuda::kMlaHeadsPerCta || c.num_attention_heads % cuda::kMlaHeadsPerCta == 0) &&
+           m_options.kv_cache_dtype != KvCacheDType::F32 && b.num_tokens() == b.num_seqs() &&
+           b.num_seqs() <= kFastDecodeMaxSeqs &&
            std::adjacent_find(b.query_start.begin(), b.query_start.end(),
                               [](int32_t a, int32_t next) { return next - a != 1; }) == b.query_start.end();
 }

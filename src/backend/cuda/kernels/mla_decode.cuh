@@ -75,7 +75,7 @@ __device__ __forceinline__ void mla_convert_fp8_stage(uint32_t tile, uint32_t st
     }
 }
 
-// grid: [num_splits, num_seqs, num_heads / 64], block: 256, dynamic smem kMlaSmemBytes.
+// grid: [num_splits, num_seqs, ceil(num_heads / 64)], block: 256, dynamic smem kMlaSmemBytes.
 // Shared memory: Q tile | BF16: two page tiles / FP8: one page tile + two e4m3 staging buffers | P | pair maxima.
 template <bool kFp8>
 __global__ void __launch_bounds__(kMlaThreads, 1) mla_decode_split_kernel(const __grid_constant__ MlaDecodeParams p,
@@ -120,7 +120,9 @@ __global__ void __launch_bounds__(kMlaThreads, 1) mla_decode_split_kernel(const 
                           valid_rows);
         }
     };
-    mla_load_tile(q_smem, p.q + (seq * p.num_heads + head0) * kMlaEntry, kMlaEntry, kMlaHeadsPerCta);
+    // Fewer than 64 heads (a tensor-parallel rank's share): the missing query rows are zeros and never written.
+    mla_load_tile(q_smem, p.q + (seq * p.num_heads + head0) * kMlaEntry, kMlaEntry,
+                  min(kMlaHeadsPerCta, p.num_heads - head0));
     if (page_begin < page_end) {
         load_page(page_begin, 0);
     }
@@ -272,6 +274,9 @@ __global__ void __launch_bounds__(kMlaThreads, 1) mla_decode_split_kernel(const 
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const int head = head0 + warp_head + group + 8 * r;
+        if (head >= p.num_heads) {
+            continue;  // a padding row of a partial head group
+        }
         const int64_t slot = (seq * p.num_heads + head) * num_splits + split;
         float* o_part = p.workspace + slot * kMlaLatent + warp_dim;
 #pragma unroll
