@@ -4,14 +4,8 @@
 # each cache dtype. Carry build-pkg/ holding carry.tar.xz (stripped k2 + test_backend_ops + their .so files, packed
 # like bench/gpu_model.sh build) and run `bash bench/mla_fp8_decode.sh`.
 set -u
-tar -xJf build-pkg/carry.tar.xz  # unpacks build-lead-carry/{bin,rt}
-export LD_LIBRARY_PATH="$PWD/build-lead-carry/rt:${LD_LIBRARY_PATH:-}"
-lt="$(find / -name 'libcublasLt.so.13*' -not -path '/proc/*' 2>/dev/null | head -1 || true)"
-[[ -n "$lt" ]] && export LD_LIBRARY_PATH="$(dirname "$lt"):$LD_LIBRARY_PATH"
-export K2_SOURCE_DIR="$PWD"
-b=build-lead-carry/bin
-o="${OUT:-out}"; mkdir -p "$o"
-nvidia-smi --query-gpu=name,driver_version --format=csv | tee "$o/gpu.txt"; date -u | tee -a "$o/gpu.txt"
+source "$(dirname "$0")/lib_device.sh"
+device_setup
 $b/test_backend_ops --gtest_brief=1 >"$o/ops.log" 2>&1; grep -E "^\[  (PASSED|FAILED)|Failure" -A3 "$o/ops.log" | head -30
 cs=$(command -v compute-sanitizer || find / -name compute-sanitizer -type f 2>/dev/null | head -1)
 timeout 150 $cs --tool memcheck $b/test_backend_ops --gtest_filter='*MlaDecodeFp8*' >"$o/memcheck.log" 2>&1; tail -3 "$o/memcheck.log"

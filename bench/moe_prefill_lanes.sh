@@ -4,16 +4,8 @@
 # = 1, 4, 2. Carry build-pkg/ with carry.tar.xz (stripped k2, test_moe_ops, test_cuda_model + .so files, packed like
 # bench/gpu_model.sh build) and run `bash bench/moe_prefill_lanes.sh`.
 set -u
-tar -xJf build-pkg/carry.tar.xz
-export LD_LIBRARY_PATH="$PWD/build-lead-carry/rt:${LD_LIBRARY_PATH:-}"
-for so in 'libcublasLt.so.13*' 'libnccl.so.2*'; do
-  f="$(find / -name "$so" -not -path '/proc/*' 2>/dev/null | head -1 || true)"
-  [[ -n "$f" ]] && export LD_LIBRARY_PATH="$(dirname "$f"):$LD_LIBRARY_PATH"
-done
-export K2_SOURCE_DIR="$PWD"
-b=build-lead-carry/bin
-o="${OUT:-out}"; mkdir -p "$o"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$o/gpu.txt"; date -u | tee -a "$o/gpu.txt"
+source "$(dirname "$0")/lib_device.sh"
+device_setup
 timeout 200 $b/test_moe_ops --gtest_brief=1 >"$o/moe_ops.log" 2>&1; grep -E "^\[  (PASSED|FAILED)|Failure" -A4 "$o/moe_ops.log" | head -30
 timeout 200 $b/test_cuda_model --gtest_brief=1 >"$o/cuda_model.log" 2>&1; grep -E "^\[  (PASSED|FAILED)" "$o/cuda_model.log"
 m=/tmp/k2-synth-3

@@ -1,8 +1,10 @@
 #include "bench/bench_serve.h"
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -260,8 +262,20 @@ void save_result(const BenchServeOptions& options, const Plan& plan, const Repor
         path = std::filesystem::path(options.result_dir) / path;
     }
     std::ofstream file(path);
-    K2_CHECK(file.good(), "--result-filename: cannot write {}", path.string());
+    K2_CHECK(file.good(), "--save-result: cannot open {} for writing: {}", path.string(), std::strerror(errno));
     file << doc.dump();
+    file.close();
+    // A full disk shows only when the buffered bytes are flushed; without this check the run would report a
+    // result file that is empty or cut short.
+    if (file.fail()) {
+        const std::string reason = std::strerror(errno);
+        // A cut-short JSON file would pass for a result; only regular files are removed (not /dev/full).
+        std::error_code ignored;
+        if (std::filesystem::is_regular_file(path, ignored)) {
+            std::filesystem::remove(path, ignored);
+        }
+        K2_FAIL("--save-result: writing {} failed: {}", path.string(), reason);
+    }
     K2_INFO("saved benchmark result to {}", path.string());
 }
 

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <random>
 
+#include "bench/numpy_random.h"
 #include "core/error.h"
 #include "core/log.h"
 
@@ -26,7 +27,7 @@ struct DecodedPrompt {
 // vLLM's gen_prompt_decode_to_target_len: decode, re-encode, then truncate or pad with random ids and retry,
 // because decode -> encode is not the identity (BPE merges across the joined text).
 DecodedPrompt decode_to_target_len(const PromptTokenizer& tokenizer, std::vector<int32_t> tokens, int target_len,
-                                   std::mt19937_64& rng) {
+                                   NumpyGenerator& rng) {
     constexpr int kMaxRetry = 10;
     DecodedPrompt result;
     for (int retries_left = kMaxRetry;; --retries_left) {
@@ -40,7 +41,7 @@ DecodedPrompt decode_to_target_len(const PromptTokenizer& tokenizer, std::vector
         }
         if (num_tokens < target_len) {
             for (int i = num_tokens; i < target_len; ++i) {
-                tokens.push_back(static_cast<int32_t>(draw(rng, 0, tokenizer.vocab_size() - 1)));
+                tokens.push_back(static_cast<int32_t>(rng.integers(0, tokenizer.vocab_size())));
             }
         } else {
             tokens.resize(static_cast<size_t>(target_len));
@@ -133,15 +134,17 @@ std::vector<SampleRequest> sample_random(const PromptTokenizer& tokenizer, const
     K2_CHECK(!allowed.empty(), "tokenizer has no non-special tokens");
     const auto num_allowed = static_cast<int64_t>(allowed.size());
 
-    std::mt19937_64 rng(options.seed);
+    // vLLM's draw order from one default_rng(seed): all input lengths, all output lengths, all offsets, the prefix,
+    // then the padding ids of each re-encode retry.
+    NumpyGenerator rng(options.seed);
     const auto n = static_cast<size_t>(options.num_requests);
     std::vector<int64_t> input_lens(n), output_lens(n), offsets(n);
-    for (auto& len : input_lens) len = draw(rng, input_low, input_high);
-    for (auto& len : output_lens) len = draw(rng, output_low, output_high);
-    for (auto& offset : offsets) offset = draw(rng, 0, tokenizer.vocab_size() - 1);
+    for (auto& len : input_lens) len = rng.integers(input_low, input_high + 1);
+    for (auto& len : output_lens) len = rng.integers(output_low, output_high + 1);
+    for (auto& offset : offsets) offset = rng.integers(0, tokenizer.vocab_size());
     std::vector<int32_t> prefix;
     for (int i = 0; i < options.prefix_len; ++i) {
-        prefix.push_back(allowed[static_cast<size_t>(draw(rng, 0, num_allowed - 1))]);
+        prefix.push_back(allowed[static_cast<size_t>(rng.integers(0, num_allowed))]);
     }
 
     std::vector<SampleRequest> samples;

@@ -50,7 +50,8 @@ struct RandomDatasetOptions {
 
 // vLLM's RandomDataset: cyclic runs of non-special ids from a random offset after a shared random prefix,
 // decoded and re-encoded (up to 10 times) until the prompt is exactly the target length.
-// NOTE: draws use std::mt19937_64 (seeded), so prompts are reproducible but not NumPy's.
+// Draws come from numpy.random.default_rng(seed) in vLLM's order (numpy_random.h), so a seed gives vLLM's lengths
+// and offsets.
 std::vector<SampleRequest> sample_random(const PromptTokenizer& tokenizer, const RandomDatasetOptions& options);
 
 // vLLM's ShareGPTDataset: entries with >= 2 turns, shuffled by seed; prompt = turn 0, output length = turn 1's

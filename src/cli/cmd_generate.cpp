@@ -15,6 +15,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/demo_model.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "io/model_path.h"
@@ -42,28 +43,6 @@ struct GenerateOptions {
     std::string kv_cache_dtype = "auto";
     std::string device = "cpu";
 };
-
-// tests/fixtures/tiny-kimi-k2 of the source tree: from K2_SOURCE_DIR when compiled in, else searched upwards
-// from the executable's folder (the build folder sits inside the source tree).
-std::filesystem::path bundled_tiny_model() {
-    const std::filesystem::path rel = std::filesystem::path("tests") / "fixtures" / "tiny-kimi-k2";
-#ifdef K2_SOURCE_DIR
-    if (std::filesystem::is_directory(std::filesystem::path(K2_SOURCE_DIR) / rel)) {
-        return std::filesystem::path(K2_SOURCE_DIR) / rel;
-    }
-#endif
-    std::error_code ec;
-    std::filesystem::path dir = std::filesystem::read_symlink("/proc/self/exe", ec).parent_path();
-    for (; !ec && !dir.empty(); dir = dir.parent_path()) {
-        if (std::filesystem::is_directory(dir / rel)) {
-            return dir / rel;
-        }
-        if (dir == dir.root_path()) {
-            break;
-        }
-    }
-    K2_FAIL("no MODEL given and the bundled model {} was not found above the k2 executable", rel.string());
-}
 
 KvCacheDType parse_kv_dtype(const std::string& s) {
     if (s == "auto" || s == "float32" || s == "fp32")
@@ -120,7 +99,7 @@ std::vector<int32_t> prompt_ids(const GenerateOptions& o, const Tokenizer* tok) 
 }
 
 void run_generate(const GenerateOptions& o) {
-    const std::filesystem::path dir = o.model.empty() ? bundled_tiny_model() : resolve_model_path(o.model);
+    const std::filesystem::path dir = o.model.empty() ? demo_model_dir() : resolve_model_path(o.model);
     K2_CHECK(o.max_tokens >= 1, "--max-tokens must be at least 1");
     K2_CHECK(o.top_p > 0.0 && o.top_p <= 1.0, "--top-p must be in (0, 1]");
     std::shared_ptr<const Tokenizer> tok;
@@ -187,7 +166,7 @@ void run_generate(const GenerateOptions& o) {
 void add_generate_command(CLI::App& app) {
     auto o = std::make_shared<GenerateOptions>();
     CLI::App* cmd = app.add_subcommand("generate", "Offline generation with a simple loop (no scheduler)");
-    cmd->add_option("model", o->model, "Model directory or hub id (default: the bundled tiny-kimi-k2)");
+    cmd->add_option("model", o->model, "Model directory or hub id (default: the demo model models/kimi-k2-demo)");
     cmd->add_option("--token-ids", o->token_ids, "Prompt as comma-separated token ids");
     cmd->add_option("--prompt", o->prompt, "Prompt text (encoded as is)");
     cmd->add_option("--chat", o->chat, "A user message, rendered with the chat template");

@@ -1,4 +1,10 @@
 // `k2 serve [MODEL]`: vLLM's `vllm serve` flags (reference/vllm.md §1.1), an OpenAI-compatible server.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -6,6 +12,7 @@
 #include <memory>
 
 #include "cli/commands.h"
+#include "cli/demo_model.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "io/model_path.h"
@@ -37,6 +44,10 @@ struct ServeFlags {
     int api_server_count = 1;
     bool headless = false;
     bool enable_expert_parallel = false;
+    std::string master_addr = "127.0.0.1";
+    int master_port = 0;  // 0: a free port pair on master_addr (one node), 29501 (vLLM's default) with --nnodes
+    int nnodes = 1;
+    int node_rank = 0;
     std::string dtype = "auto";
     std::string quantization;
     std::string tokenizer_mode = "auto";
@@ -49,32 +60,129 @@ struct ServeFlags {
     int block_size = 0;
 };
 
-void check_parallelism(const ServeFlags& f) {
-    K2_CHECK(f.decode_context_parallel_size >= 1 && f.tensor_parallel_size >= 1 && f.pipeline_parallel_size >= 1 &&
-                 f.data_parallel_size >= 1,
-             "parallel sizes must be at least 1");
-    K2_CHECK(f.tensor_parallel_size % f.decode_context_parallel_size == 0,
-             "tp_size={} must be divisible by dcp_size={}", f.tensor_parallel_size, f.decode_context_parallel_size);
-    auto no_parallel_backend = [](const char* flag, int value) {
-        K2_CHECK(value <= 1,
-                 "{} {} needs the multi-GPU parallel backend, which this build of k2 serve does not have yet; run with "
-                 "{} 1",
-                 flag, value, flag);
-    };
-    no_parallel_backend("--tensor-parallel-size", f.tensor_parallel_size);
-    no_parallel_backend("--pipeline-parallel-size", f.pipeline_parallel_size);
-    no_parallel_backend("--data-parallel-size", f.data_parallel_size);
-    no_parallel_backend("--data-parallel-size-local", f.data_parallel_size_local);
-    no_parallel_backend("--decode-context-parallel-size", f.decode_context_parallel_size);
-    no_parallel_backend("--api-server-count", f.api_server_count);
-    K2_CHECK(!f.headless,
-             "--headless runs data-parallel engines without an API server, which needs the multi-node "
-             "parallel backend that this build does not have yet");
-    K2_CHECK(f.data_parallel_start_rank < 0 && f.data_parallel_rank < 0,
-             "--data-parallel-start-rank / --data-parallel-rank need the multi-node parallel backend, which this build "
-             "does not have yet");
+bool can_bind(const std::string& host, int port) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return false;
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    const bool ok = inet_pton(AF_INET, host.c_str(), &addr.sin_addr) == 1 &&
+                    bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0;
+    close(fd);
+    return ok;
+}
+
+// A port P with P + 1 also free on `host` (rendezvous and control), from the kernel's ephemeral range.
+int free_port_pair(const std::string& host) {
+    for (int attempt = 0; attempt < 100; ++attempt) {
+        const int fd = socket(AF_INET, SOCK_STREAM, 0);
+        K2_CHECK(fd >= 0, "socket() failed while looking for a free --master-port");
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        K2_CHECK(inet_pton(AF_INET, host.c_str(), &addr.sin_addr) == 1,
+                 "--master-addr {}: not an IPv4 address (pass --master-port explicitly)", host);
+        socklen_t len = sizeof(addr);
+        int port = 0;
+        if (bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0 &&
+            getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+            port = ntohs(addr.sin_port);
+        }
+        close(fd);
+        if (port > 0 && port < 65535 && can_bind(host, port) && can_bind(host, port + 1))
+            return port;
+    }
+    K2_FAIL("no free port pair on {} for the parallel job; pass --master-port", host);
+}
+
+// The address of this host's interface that routes to `peer` (a UDP connect sends nothing): where a headless
+// node's ranks listen for collectives unless --host names one.
+std::string local_address_towards(const std::string& peer) {
+    const int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    K2_CHECK(fd >= 0, "socket() failed");
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(9);
+    socklen_t len = sizeof(addr);
+    char text[INET_ADDRSTRLEN] = {};
+    const bool ok = inet_pton(AF_INET, peer.c_str(), &addr.sin_addr) == 1 &&
+                    connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0 &&
+                    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0 &&
+                    inet_ntop(AF_INET, &addr.sin_addr, text, sizeof(text)) != nullptr;
+    close(fd);
+    K2_CHECK(ok, "--data-parallel-address {}: no route from this host (pass --host with this node's address)", peer);
+    return text;
+}
+
+// vLLM's parallel flags: the layout, and clear errors for what this server does not do.
+dist::ParallelConfig make_parallel_config(const ServeFlags& f) {
+    dist::ParallelConfig c;
+    c.tensor_parallel_size = f.tensor_parallel_size;
+    c.pipeline_parallel_size = f.pipeline_parallel_size;
+    c.data_parallel_size = f.data_parallel_size;
+    c.decode_context_parallel_size = f.decode_context_parallel_size;
+    c.enable_expert_parallel = f.enable_expert_parallel;
+    c.validate();
+    K2_CHECK(f.api_server_count <= 1,
+             "--api-server-count {}: this server runs one API server process (DP replicas share it)",
+             f.api_server_count);
+    K2_CHECK(f.data_parallel_rank < 0,
+             "--data-parallel-rank (external load balancing, one engine per API server) is not supported; use "
+             "--data-parallel-size with --data-parallel-size-local / --data-parallel-start-rank / --headless");
     K2_CHECK(f.data_parallel_backend == "mp" || f.data_parallel_backend == "ray",
              "--data-parallel-backend must be mp or ray, got {}", f.data_parallel_backend);
+    K2_CHECK(f.data_parallel_backend == "mp", "--data-parallel-backend ray is not supported; use mp (processes)");
+    if (c.world_size() > 1) {
+        // GPUs: tensor parallelism over NCCL, one GPU per rank (rank % visible GPUs); the CUDA model refuses
+        // shards that miss its FP8 blocks. PP, DP, DCP and EP on GPUs are not implemented yet.
+        K2_CHECK(f.options.device == "cpu" || (c.pipeline_parallel_size == 1 && c.data_parallel_size == 1 &&
+                                               c.decode_context_parallel_size == 1 && !c.enable_expert_parallel),
+                 "--device cuda runs tensor parallelism only (got TP={} PP={} DP={} DCP={} expert parallel {}); "
+                 "the CPU backend (--device cpu) runs -tp/-pp/-dp/-dcp as one process per rank",
+                 c.tensor_parallel_size, c.pipeline_parallel_size, c.data_parallel_size, c.decode_context_parallel_size,
+                 c.enable_expert_parallel);
+        K2_CHECK(f.options.test_scripted_output.empty(),
+                 "--test-scripted-output runs without ranks; drop the parallel flags");
+    }
+    return c;
+}
+
+// Which ranks this node hosts and where the job meets (reference/vllm.md §1.3; docs/parallelism.md).
+executor::ParallelJob make_parallel_job(const ServeFlags& f) {
+    executor::ParallelJob job;
+    job.config = make_parallel_config(f);
+    const dist::ParallelConfig& c = job.config;
+    job.nnodes = f.nnodes;
+    job.node_rank = f.node_rank;
+    job.dp_start = std::max(f.data_parallel_start_rank, 0);
+    job.dp_local = f.data_parallel_size_local > 0 ? f.data_parallel_size_local : c.data_parallel_size - job.dp_start;
+    K2_CHECK(!f.headless || !job.hosts_rank_zero(),
+             "--headless starts the ranks another node's API server drives: pass --data-parallel-start-rank (the "
+             "first replica on this node, > 0) and --data-parallel-address, or --nnodes with --node-rank (> 0)");
+    K2_CHECK(f.headless || job.dp_start == 0,
+             "--data-parallel-start-rank {} without --headless (an API server per node, vLLM's hybrid load "
+             "balancing) is not supported; start the other nodes with --headless",
+             job.dp_start);
+    K2_CHECK(f.headless || job.node_rank == 0,
+             "--node-rank {} runs no API server: start it with --headless (its ranks join node 0's job)",
+             job.node_rank);
+    if (job.nnodes > 1) {
+        // TP/PP across nodes: every node meets at --master-addr:--master-port (control on the next port).
+        job.master_addr = f.master_addr;
+        job.master_port = f.master_port > 0 ? f.master_port : 29501;
+    } else if (job.dp_local < c.data_parallel_size) {
+        // DP across nodes: every node meets at the head node's DP address: rendezvous on the rpc port, control on
+        // rpc port + 1.
+        job.master_addr = f.data_parallel_address.empty() ? "127.0.0.1" : f.data_parallel_address;
+        job.master_port = f.data_parallel_rpc_port;
+    } else if (c.world_size() > 1) {
+        job.master_addr = f.master_addr;
+        job.master_port = f.master_port > 0 ? f.master_port : free_port_pair(f.master_addr);
+    }
+    if (f.headless)  // this node's address for the collectives
+        job.host_addr = f.options.host != "0.0.0.0" ? f.options.host : local_address_towards(job.master_addr);
+    job.validate();
+    return job;
 }
 
 void check_model_flags(const ServeFlags& f) {
@@ -125,8 +233,9 @@ void add_serve_command(CLI::App& app) {
     auto flags = std::make_shared<ServeFlags>();
     server::ServeOptions& o = flags->options;
     CLI::App* cmd = app.add_subcommand("serve", "Serve a model with an OpenAI-compatible HTTP API (vLLM's flags)");
-    cmd->add_option("model", o.model, "Checkpoint directory, or a hub id (org/name) from the local HF cache")
-        ->capture_default_str();
+    cmd->add_option("model", o.model,
+                    "Checkpoint directory, or a hub id (org/name) from the local HF cache (default: the demo model "
+                    "models/kimi-k2-demo, served as kimi-k2-demo)");
     cmd->add_option("--revision", o.revision, "Hub id only: branch, tag or commit of the cached snapshot");
     cmd->add_option("--download-dir", o.download_dir, "Hub id only: Hugging Face cache root to look in");
     cmd->add_option("--served-model-name", o.served_model_names,
@@ -168,6 +277,10 @@ void add_serve_command(CLI::App& app) {
     cmd->add_flag("--disable-log-requests", flags->disable_log_requests,
                   "Deprecated: requests are not logged by default");
     cmd->add_flag("--disable-log-stats", flags->disable_log_stats, "No periodic throughput lines");
+    cmd->add_option("--shutdown-timeout", o.shutdown_timeout_s,
+                    "Seconds running requests get to finish after SIGTERM/SIGINT before they are aborted")
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
     cmd->add_flag("--enable-force-include-usage", o.enable_force_include_usage, "Usage chunk in every stream");
     cmd->add_flag("--disable-web-ui", o.disable_web_ui, "No chat page at / and /chat (the API is unchanged)");
     cmd->add_flag("--enforce-eager", flags->enforce_eager, "CUDA: no CUDA graphs (every decode step runs eagerly)");
@@ -185,15 +298,30 @@ void add_serve_command(CLI::App& app) {
     cmd->add_option("--decode-context-parallel-size", flags->decode_context_parallel_size, "DCP size (-dcp)")
         ->capture_default_str();
     cmd->add_option("--api-server-count", flags->api_server_count, "API server processes (-asc)");
-    cmd->add_flag("--headless", flags->headless, "Engines only, no API server");
+    cmd->add_flag("--headless", flags->headless,
+                  "Engines only, no API server: this node's ranks (replicas -dpr/-dpl, or --node-rank) of the "
+                  "head node's job");
+    cmd->add_option("--master-addr", flags->master_addr, "Rank 0's address for rendezvous and control")
+        ->capture_default_str();
+    cmd->add_option("--master-port", flags->master_port,
+                    "Rendezvous port (control: +1); default a free pair, 29501 with --nnodes");
+    cmd->add_option("--nnodes", flags->nnodes, "Nodes the ranks of every replica are split over (TP/PP across nodes)")
+        ->capture_default_str();
+    cmd->add_option("--node-rank", flags->node_rank, "This node's index among --nnodes (> 0: with --headless)")
+        ->capture_default_str();
     cmd->add_flag("--enable-expert-parallel", flags->enable_expert_parallel, "Partition MoE experts over TP x DP");
     // TEST ONLY, hidden: replaces the model with scripted output; also needs K2_ENABLE_TEST_MODEL=1.
     cmd->add_option("--test-scripted-output", o.test_scripted_output,
                     "TEST ONLY: scripted outputs instead of the model (needs K2_ENABLE_TEST_MODEL=1)")
         ->group("");
-    cmd->callback([flags] {
+    cmd->callback([flags, cmd] {
         ServeFlags& f = *flags;
         server::ServeOptions& opts = f.options;
+        if (cmd->count("model") == 0) {
+            opts.model = demo_model_dir().string();
+            if (opts.served_model_names.empty())
+                opts.served_model_names = {std::string(kDemoModelName)};
+        }
         if (!f.max_model_len.empty()) {
             opts.max_model_len = static_cast<int>(server::parse_human_int(f.max_model_len, "--max-model-len"));
         }
@@ -224,7 +352,8 @@ void add_serve_command(CLI::App& app) {
         }
         if (f.disable_log_stats)
             opts.log_stats_interval_s = 0;
-        check_parallelism(f);
+        opts.parallel = make_parallel_job(f);
+        opts.headless = f.headless;
         check_model_flags(f);
         const int code = server::run_serve(opts);
         if (code != 0)

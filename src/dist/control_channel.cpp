@@ -1,5 +1,8 @@
 #include "dist/control_channel.h"
 
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <set>
 
 #include <zmq.hpp>
@@ -33,6 +36,38 @@ std::optional<ControlMessage> decode_or_warn(const zmq::message_t& frame, const 
     }
 }
 
+// An eventfd polled next to the socket: wake() from any thread ends the owner's poll early.
+class WakeFd {
+public:
+    WakeFd() : m_fd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) { K2_CHECK(m_fd >= 0, "eventfd failed"); }
+    ~WakeFd() { close(m_fd); }
+    WakeFd(const WakeFd&) = delete;
+    WakeFd& operator=(const WakeFd&) = delete;
+    int fd() const { return m_fd; }
+    void wake() const {
+        const uint64_t one = 1;
+        [[maybe_unused]] const ssize_t n = write(m_fd, &one, sizeof(one));
+    }
+    void drain() const {
+        uint64_t value = 0;
+        [[maybe_unused]] const ssize_t n = read(m_fd, &value, sizeof(value));
+    }
+
+private:
+    int m_fd;
+};
+
+// Polls the socket and the wake fd; true when the socket has input, false on timeout or wake.
+bool poll_input(zmq::socket_t& socket, const WakeFd& wake, std::chrono::milliseconds timeout) {
+    zmq::pollitem_t items[2] = {{socket.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, wake.fd(), ZMQ_POLLIN, 0}};
+    zmq::poll(items, 2, std::max(timeout, std::chrono::milliseconds(0)));
+    if ((items[1].revents & ZMQ_POLLIN) != 0) {
+        wake.drain();
+        return (items[0].revents & ZMQ_POLLIN) != 0;
+    }
+    return (items[0].revents & ZMQ_POLLIN) != 0;
+}
+
 }  // namespace
 
 std::string tcp_endpoint(const std::string& host, int port) {
@@ -47,6 +82,7 @@ struct ControlServer::Impl {
     zmq::context_t context{1};
     zmq::socket_t socket{context, zmq::socket_type::router};
     std::set<int> ranks;
+    WakeFd wake;
 };
 
 ControlServer::ControlServer(const std::string& host, int port) : m_impl(std::make_unique<Impl>()) {
@@ -69,9 +105,7 @@ std::optional<ReceivedMessage> ControlServer::receive(std::chrono::milliseconds 
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (true) {
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-        zmq::pollitem_t item{m_impl->socket.handle(), 0, ZMQ_POLLIN, 0};
-        zmq::poll(&item, 1, std::max(left, std::chrono::milliseconds(0)));
-        if ((item.revents & ZMQ_POLLIN) == 0) {
+        if (!poll_input(m_impl->socket, m_impl->wake, left)) {
             return std::nullopt;
         }
         std::vector<zmq::message_t> parts;
@@ -104,11 +138,14 @@ void ControlServer::broadcast(const ControlMessage& message) {
     }
 }
 
+void ControlServer::wake() { m_impl->wake.wake(); }
+
 std::vector<int> ControlServer::known_ranks() const { return {m_impl->ranks.begin(), m_impl->ranks.end()}; }
 
 struct ControlClient::Impl {
     zmq::context_t context{1};
     zmq::socket_t socket{context, zmq::socket_type::dealer};
+    WakeFd wake;
 };
 
 ControlClient::ControlClient(const std::string& host, int port, int rank) : m_impl(std::make_unique<Impl>()) {
@@ -122,6 +159,8 @@ ControlClient::ControlClient(const std::string& host, int port, int rank) : m_im
 
 ControlClient::~ControlClient() = default;
 
+void ControlClient::wake() { m_impl->wake.wake(); }
+
 void ControlClient::send(const ControlMessage& message) { send_raw(encode_control_message(message)); }
 
 void ControlClient::send_raw(const std::vector<uint8_t>& bytes) {
@@ -132,9 +171,7 @@ std::optional<ControlMessage> ControlClient::receive(std::chrono::milliseconds t
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (true) {
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-        zmq::pollitem_t item{m_impl->socket.handle(), 0, ZMQ_POLLIN, 0};
-        zmq::poll(&item, 1, std::max(left, std::chrono::milliseconds(0)));
-        if ((item.revents & ZMQ_POLLIN) == 0) {
+        if (!poll_input(m_impl->socket, m_impl->wake, left)) {
             return std::nullopt;
         }
         zmq::message_t frame;

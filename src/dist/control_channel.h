@@ -28,8 +28,11 @@ public:
     ControlServer(const ControlServer&) = delete;
     ControlServer& operator=(const ControlServer&) = delete;
 
-    // Waits up to `timeout` for one well-formed message; nullopt on timeout.
+    // Waits up to `timeout` for one well-formed message; nullopt on timeout or after wake().
     std::optional<ReceivedMessage> receive(std::chrono::milliseconds timeout);
+    // Thread-safe: makes a receive() in progress (or the next one) return at once, so the thread that owns the
+    // socket can send what other threads queued without waiting out its poll timeout.
+    void wake();
     void send_to(int rank, const ControlMessage& message);  // dropped if that rank never connected
     void broadcast(const ControlMessage& message);           // to every rank that has been heard from
     std::vector<int> known_ranks() const;
@@ -47,7 +50,9 @@ public:
     ControlClient& operator=(const ControlClient&) = delete;
 
     void send(const ControlMessage& message);
+    // Waits up to `timeout` for one well-formed message; nullopt on timeout or after wake().
     std::optional<ControlMessage> receive(std::chrono::milliseconds timeout);
+    void wake();  // thread-safe, as ControlServer::wake
     // Raw bytes, for tests that feed the driver malformed frames.
     void send_raw(const std::vector<uint8_t>& bytes);
 

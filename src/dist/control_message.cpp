@@ -119,6 +119,26 @@ void write_payload(Writer& w, const RankFailed& m) {
     w.put<int32_t>(m.pid);
     w.put_string(m.reason);
 }
+void write_payload(Writer& w, const AllocateKv& m) { w.put<int32_t>(m.num_blocks); }
+void write_payload(Writer& w, const WorkerStatus& m) {
+    w.put<int32_t>(m.rank);
+    w.put<uint8_t>(m.loaded ? 1 : 0);
+    w.put_string(m.error);
+}
+void write_payload(Writer& w, const StepResult& m) {
+    K2_CHECK(m.rows >= 0 && m.cols >= 0 &&
+                 m.logits.size() == static_cast<size_t>(m.rows) * static_cast<size_t>(m.cols),
+             "StepResult: {} logits for [{}, {}]", m.logits.size(), m.rows, m.cols);
+    w.put<uint64_t>(m.step_id);
+    w.put<int32_t>(m.dp_rank);
+    w.put<int32_t>(m.rows);
+    w.put<int32_t>(m.cols);
+    std::vector<uint32_t> bits(m.logits.size());
+    if (!bits.empty()) {  // memcpy with an empty vector's null data() is undefined
+        std::memcpy(bits.data(), m.logits.data(), bits.size() * sizeof(uint32_t));
+    }
+    w.put_vector(bits);
+}
 
 ControlType type_of(const ControlMessage& message) {
     return static_cast<ControlType>(message.index() + 1);  // variant order == enum order
@@ -141,6 +161,24 @@ StepPlan read_step_plan(Reader& r) {
     return m;
 }
 
+StepResult read_step_result(Reader& r) {
+    StepResult m;
+    m.step_id = r.get<uint64_t>("step_id");
+    m.dp_rank = r.get<int32_t>("dp_rank");
+    m.rows = r.get<int32_t>("rows");
+    m.cols = r.get<int32_t>("cols");
+    K2_CHECK(m.dp_rank >= 0, "control message: StepResult dp_rank {} is negative", m.dp_rank);
+    K2_CHECK(m.rows >= 0 && m.cols >= 0, "control message: StepResult shape [{}, {}] is negative", m.rows, m.cols);
+    const std::vector<uint32_t> bits = r.get_vector<uint32_t>("logits");
+    K2_CHECK(bits.size() == static_cast<size_t>(m.rows) * static_cast<size_t>(m.cols),
+             "control message: StepResult has {} logits for shape [{}, {}]", bits.size(), m.rows, m.cols);
+    m.logits.resize(bits.size());
+    if (!bits.empty()) {
+        std::memcpy(m.logits.data(), bits.data(), bits.size() * sizeof(uint32_t));
+    }
+    return m;
+}
+
 }  // namespace
 
 std::string_view control_type_name(ControlType type) {
@@ -149,6 +187,9 @@ std::string_view control_type_name(ControlType type) {
         case ControlType::SHUTDOWN: return "Shutdown";
         case ControlType::HEARTBEAT: return "Heartbeat";
         case ControlType::RANK_FAILED: return "RankFailed";
+        case ControlType::ALLOCATE_KV: return "AllocateKv";
+        case ControlType::WORKER_STATUS: return "WorkerStatus";
+        case ControlType::STEP_RESULT: return "StepResult";
     }
     return "unknown";
 }
@@ -233,6 +274,22 @@ ControlMessage decode_control_message(std::span<const uint8_t> bytes) {
             out = f;
             break;
         }
+        case ControlType::ALLOCATE_KV: {
+            AllocateKv a;
+            a.num_blocks = r.get<int32_t>("num_blocks");
+            K2_CHECK(a.num_blocks > 0, "control message: AllocateKv num_blocks must be positive, got {}", a.num_blocks);
+            out = a;
+            break;
+        }
+        case ControlType::WORKER_STATUS: {
+            WorkerStatus st;
+            st.rank = r.get<int32_t>("rank");
+            st.loaded = r.get_bool("loaded");
+            st.error = r.get_string("error");
+            out = st;
+            break;
+        }
+        case ControlType::STEP_RESULT: out = read_step_result(r); break;
         default: K2_FAIL("control message: unknown type {}", type);
     }
     r.finish(control_type_name(static_cast<ControlType>(type)).data());

@@ -23,7 +23,15 @@ inline constexpr uint16_t kControlVersion = 1;
 inline constexpr size_t kControlHeaderBytes = 12;
 inline constexpr size_t kMaxControlStringBytes = 1 << 16;
 
-enum class ControlType : uint16_t { STEP_PLAN = 1, SHUTDOWN = 2, HEARTBEAT = 3, RANK_FAILED = 4 };
+enum class ControlType : uint16_t {
+    STEP_PLAN = 1,
+    SHUTDOWN = 2,
+    HEARTBEAT = 3,
+    RANK_FAILED = 4,
+    ALLOCATE_KV = 5,
+    WORKER_STATUS = 6,
+    STEP_RESULT = 7,
+};
 
 // One scheduler step every rank must run (TP/PP/DCP ranks execute the same batch; a DP rank with no work gets
 // is_dummy = true so it still joins the step's collectives).
@@ -51,7 +59,32 @@ struct RankFailed {
     std::string reason;  // e.g. "exited with signal 9"
 };
 
-using ControlMessage = std::variant<StepPlan, Shutdown, Heartbeat, RankFailed>;
+// Driver -> the ranks of one DP replica: (re)allocate the latent KV cache with this many blocks (Model contract:
+// every rank of a replica allocates the same count).
+struct AllocateKv {
+    int32_t num_blocks = 0;
+};
+
+// Worker -> driver, once: its shard is loaded (loaded = true) or loading failed (error says why; the worker
+// then exits 1). The driver names the rank and this error when it reports the failure.
+struct WorkerStatus {
+    int32_t rank = 0;
+    bool loaded = false;
+    std::string error;
+};
+
+// DP leader of replica dp_rank (a worker) -> driver: the replica's float32 logits [rows, cols] of one
+// non-dummy step. Sent as IEEE-754 bit patterns (u32, little-endian).
+struct StepResult {
+    uint64_t step_id = 0;
+    int32_t dp_rank = 0;
+    int32_t rows = 0;
+    int32_t cols = 0;
+    std::vector<float> logits;  // [rows, cols]
+};
+
+// Variant order == ControlType order (type = index + 1).
+using ControlMessage = std::variant<StepPlan, Shutdown, Heartbeat, RankFailed, AllocateKv, WorkerStatus, StepResult>;
 
 std::vector<uint8_t> encode_control_message(const ControlMessage& message);
 // Throws k2::Error for any malformed frame. Safe on arbitrary bytes (the libFuzzer entry point).

@@ -37,9 +37,10 @@ WorkerGroup::WorkerGroup(WorkerGroupOptions options, FailureCallback on_failure)
     if (m_options.control_port == 0) {
         m_options.control_port = m_options.master_port + 1;
     }
-    if (m_options.ranks.empty()) {
+    if (!m_options.ranks) {
+        m_options.ranks.emplace();
         for (int r = 1; r < m_options.world_size; ++r) {
-            m_options.ranks.push_back(r);
+            m_options.ranks->push_back(r);
         }
     }
 }
@@ -53,14 +54,23 @@ WorkerGroup::~WorkerGroup() {
 int WorkerGroup::control_port() const { return m_options.control_port; }
 
 void WorkerGroup::start() {
-    m_server = std::make_unique<ControlServer>(m_options.master_addr, m_options.control_port);
+    if (m_options.serve_control) {
+        m_server = std::make_unique<ControlServer>(m_options.master_addr, m_options.control_port);
+    }
     m_started = Clock::now();
-    for (int rank : m_options.ranks) {
+    for (int rank : *m_options.ranks) {
         K2_CHECK(rank >= 0 && rank < m_options.world_size, "rank {} outside world size {}", rank,
                  m_options.world_size);
         Worker worker;
         worker.rank = rank;
         spawn(worker);
+        m_workers.push_back(worker);
+    }
+    for (int rank : m_options.remote_ranks) {
+        K2_CHECK(m_options.serve_control, "remote ranks need the control socket");
+        Worker worker;
+        worker.rank = rank;
+        worker.remote = true;
         m_workers.push_back(worker);
     }
     m_monitor = std::thread([this] { monitor(); });
@@ -104,32 +114,67 @@ void WorkerGroup::spawn(Worker& worker) {
 void WorkerGroup::monitor() {
     auto last_beat = Clock::now() - kHeartbeatInterval;
     while (!m_stop) {
+        if (!m_server) {  // a launcher only: waitpid is all there is to watch
+            std::this_thread::sleep_for(kMonitorTick);
+            check_children(Clock::now());
+            continue;
+        }
         if (auto received = m_server->receive(kMonitorTick)) {
-            std::lock_guard lock(m_mutex);
-            for (Worker& worker : m_workers) {
-                const auto* beat = std::get_if<Heartbeat>(&received->message);
-                if (worker.rank == received->rank && beat != nullptr) {
-                    worker.last_heartbeat = Clock::now();
-                    worker.heard_from = true;
-                    worker.step = beat->step_id;
-                }
-            }
-            m_cv.notify_all();
+            on_message(std::move(*received));
         }
         const auto now = Clock::now();
-        std::deque<ControlMessage> outbox;
-        {
-            std::lock_guard lock(m_mutex);
-            outbox.swap(m_outbox);
-        }
-        for (const ControlMessage& message : outbox) {
-            m_server->broadcast(message);
-        }
+        flush_outbox();
         if (now - last_beat >= kHeartbeatInterval) {
             m_server->broadcast(Heartbeat{0, static_cast<int32_t>(getpid()), 0});
             last_beat = now;
         }
         check_children(now);
+    }
+}
+
+void WorkerGroup::on_message(ReceivedMessage received) {
+    std::string failure;
+    {
+        std::lock_guard lock(m_mutex);
+        Worker* worker = nullptr;
+        for (Worker& w : m_workers) {
+            worker = w.rank == received.rank ? &w : worker;
+        }
+        if (worker == nullptr) {
+            K2_WARN("control message from rank {}, which is not part of this group; ignored", received.rank);
+            return;
+        }
+        if (const auto* beat = std::get_if<Heartbeat>(&received.message)) {
+            worker->last_heartbeat = Clock::now();
+            worker->heard_from = true;
+            worker->step = beat->step_id;
+            if (worker->remote) {
+                worker->pid = beat->pid;
+            }
+        } else if (const auto* status = std::get_if<WorkerStatus>(&received.message); status && !status->loaded) {
+            failure = fmt::format("rank {} (pid {}) failed: {}", worker->rank, worker->pid, status->error);
+        } else {
+            m_inbox.push_back(std::move(received));
+        }
+        m_cv.notify_all();
+    }
+    if (!failure.empty() && !this->failure()) {
+        fail(failure, received.rank);
+    }
+}
+
+void WorkerGroup::flush_outbox() {
+    std::deque<std::pair<int, ControlMessage>> outbox;
+    {
+        std::lock_guard lock(m_mutex);
+        outbox.swap(m_outbox);
+    }
+    for (const auto& [rank, message] : outbox) {
+        if (rank < 0) {
+            m_server->broadcast(message);
+        } else {
+            m_server->send_to(rank, message);
+        }
     }
 }
 
@@ -143,10 +188,15 @@ void WorkerGroup::check_children(Clock::time_point now) {
         }
         for (Worker& worker : m_workers) {
             int status = 0;
-            if (!worker.exited && waitpid(worker.pid, &status, WNOHANG) == worker.pid) {
+            if (!worker.remote && !worker.exited && waitpid(worker.pid, &status, WNOHANG) == worker.pid) {
                 worker.exited = true;
                 worker.status = status;
-                failure = fmt::format("rank {} (pid {}) {}", worker.rank, worker.pid, describe_exit_status(status));
+                if (m_options.exit_zero_is_failure || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+                    failure =
+                        fmt::format("rank {} (pid {}) {}", worker.rank, worker.pid, describe_exit_status(status));
+                }
+            } else if (!m_server) {
+                continue;  // a launcher only: no heartbeats to check
             } else if (!worker.exited && worker.heard_from && now - worker.last_heartbeat > m_options.heartbeat_timeout) {
                 failure = fmt::format("rank {} (pid {}) sent no heartbeat for {} ms", worker.rank, worker.pid,
                                       m_options.heartbeat_timeout.count());
@@ -178,7 +228,9 @@ void WorkerGroup::fail(const std::string& message, int rank) {
         m_cv.notify_all();
     }
     K2_ERROR("{}; stopping the worker group", message);
-    m_server->broadcast(RankFailed{rank, static_cast<int32_t>(pid), message});
+    if (m_server) {
+        m_server->broadcast(RankFailed{rank, static_cast<int32_t>(pid), message});
+    }
     terminate_all();
     if (m_on_failure) {
         m_on_failure(message);
@@ -188,7 +240,8 @@ void WorkerGroup::fail(const std::string& message, int rank) {
 // SIGTERM everybody still running, then SIGKILL whoever is left after the grace period; reaps all.
 void WorkerGroup::terminate_all() {
     std::lock_guard lock(m_mutex);
-    for (const Worker& worker : m_workers) {
+    for (Worker& worker : m_workers) {
+        worker.exited = worker.exited || worker.remote;  // another node's launcher owns those processes
         if (!worker.exited) {
             kill(worker.pid, SIGTERM);
         }
@@ -251,16 +304,37 @@ bool WorkerGroup::wait_step(uint64_t step, std::chrono::milliseconds timeout) {
     }) && !m_failure;
 }
 
-void WorkerGroup::broadcast(const ControlMessage& message) {
-    std::lock_guard lock(m_mutex);
-    m_outbox.push_back(message);
+void WorkerGroup::broadcast(const ControlMessage& message) { send_to(-1, message); }
+
+void WorkerGroup::send_to(int rank, const ControlMessage& message) {
+    {
+        std::lock_guard lock(m_mutex);
+        m_outbox.emplace_back(rank, message);
+    }
+    if (m_server) {
+        m_server->wake();
+    }
+}
+
+std::optional<ReceivedMessage> WorkerGroup::receive(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(m_mutex);
+    m_cv.wait_for(lock, timeout, [this] { return m_failure || !m_inbox.empty(); });
+    if (m_failure || m_inbox.empty()) {
+        return std::nullopt;
+    }
+    ReceivedMessage message = std::move(m_inbox.front());
+    m_inbox.pop_front();
+    return message;
 }
 
 void WorkerGroup::shutdown(const std::string& reason) {
     {
         std::lock_guard lock(m_mutex);
         m_shutting_down = true;
-        m_outbox.push_back(Shutdown{reason});
+        m_outbox.emplace_back(-1, Shutdown{reason});
+    }
+    if (m_server) {
+        m_server->wake();
     }
     // Give the monitor a moment to deliver Shutdown, and the workers to exit on their own.
     const auto deadline = Clock::now() + m_options.kill_grace;
@@ -270,11 +344,11 @@ void WorkerGroup::shutdown(const std::string& reason) {
             std::lock_guard lock(m_mutex);
             for (Worker& worker : m_workers) {
                 int status = 0;
-                if (!worker.exited && waitpid(worker.pid, &status, WNOHANG) == worker.pid) {
+                if (!worker.remote && !worker.exited && waitpid(worker.pid, &status, WNOHANG) == worker.pid) {
                     worker.exited = true;
                     worker.status = status;
                 }
-                all_gone = all_gone && worker.exited;
+                all_gone = all_gone && (worker.exited || worker.remote);
             }
         }
         if (all_gone) {
@@ -292,6 +366,16 @@ void WorkerGroup::shutdown(const std::string& reason) {
 std::optional<std::string> WorkerGroup::failure() const {
     std::lock_guard lock(m_mutex);
     return m_failure;
+}
+
+bool WorkerGroup::all_exited() const {
+    std::lock_guard lock(m_mutex);
+    for (const Worker& worker : m_workers) {
+        if (!worker.remote && !worker.exited) {
+            return false;
+        }
+    }
+    return true;
 }
 
 std::vector<std::pair<int, pid_t>> WorkerGroup::workers() const {
@@ -317,18 +401,55 @@ WorkerControl::~WorkerControl() {
     }
 }
 
+void WorkerControl::send(const ControlMessage& message) {
+    {
+        std::lock_guard lock(m_mutex);
+        m_outbox.push_back(message);
+    }
+    m_client->wake();
+}
+
+void WorkerControl::flush(std::chrono::milliseconds timeout) {
+    const auto deadline = Clock::now() + timeout;
+    while (Clock::now() < deadline) {
+        {
+            std::lock_guard lock(m_mutex);
+            if (m_outbox.empty()) {
+                break;
+            }
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    // ZeroMQ sends from its I/O thread; give it a moment to put the last frame on the wire (linger is 0).
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+}
+
 void WorkerControl::loop() {
     auto last_sent = Clock::now() - kHeartbeatInterval;
     auto last_heard = Clock::now();
+    bool heard_driver = false;  // another node's ranks may start well before the driver binds its socket
     while (!m_stop) {
+        std::deque<ControlMessage> outbox;
+        {
+            std::lock_guard lock(m_mutex);
+            outbox.swap(m_outbox);
+        }
+        for (const ControlMessage& message : outbox) {
+            m_client->send(message);
+        }
         const auto now = Clock::now();
         if (now - last_sent >= kHeartbeatInterval) {
             m_client->send(Heartbeat{m_rank, static_cast<int32_t>(getpid()), m_step.load()});
             last_sent = now;
         }
-        if (now - last_heard > m_driver_timeout) {
+        if (heard_driver && now - last_heard > m_driver_timeout) {
             K2_ERROR("rank {}: no heartbeat from the driver (rank 0) for {} ms; exiting", m_rank,
                      m_driver_timeout.count());
+            std::_Exit(1);
+        }
+        if (!heard_driver && now - last_heard > kDriverStartupTimeout) {
+            K2_ERROR("rank {}: the driver (rank 0) did not answer within {} s; exiting", m_rank,
+                     std::chrono::duration_cast<std::chrono::seconds>(kDriverStartupTimeout).count());
             std::_Exit(1);
         }
         std::optional<ControlMessage> message = m_client->receive(std::chrono::milliseconds(50));
@@ -336,6 +457,7 @@ void WorkerControl::loop() {
             continue;
         }
         last_heard = Clock::now();
+        heard_driver = true;
         if (const auto* failed = std::get_if<RankFailed>(&*message)) {
             // The main thread may be blocked inside a collective with the dead rank: exit from here.
             K2_ERROR("rank {}: exiting because {}", m_rank, failed->reason);

@@ -19,17 +19,6 @@ namespace k2::dist {
 
 namespace {
 
-struct WorkerArgs {
-    int rank = 0;
-    int world_size = 1;
-    std::string master_addr = "127.0.0.1";
-    int master_port = 29501;
-    int control_port = 0;
-    std::string task = "idle";
-    bool spawn = false;
-    int heartbeat_timeout_ms = 5000;
-};
-
 volatile std::sig_atomic_t g_stop_signal = 0;
 
 void on_stop_signal(int signal) { g_stop_signal = signal; }
@@ -152,17 +141,29 @@ void run_worker(const WorkerArgs& args) {
     }
 }
 
-void run(WorkerArgs args) {
+void run(WorkerArgs args, const std::vector<WorkerTask>& extra_tasks) {
     K2_CHECK(args.world_size >= 1, "--world-size must be >= 1, got {}", args.world_size);
     K2_CHECK(args.rank >= 0 && args.rank < args.world_size, "--rank {} outside --world-size {}", args.rank,
              args.world_size);
     K2_CHECK(args.heartbeat_timeout_ms >= 1000, "--heartbeat-timeout-ms must be >= 1000 (heartbeats are every "
              "500 ms), got {}", args.heartbeat_timeout_ms);
-    K2_CHECK(args.task == "idle" || args.task == "collectives" || args.task == "steps",
-             "--task must be idle, collectives or steps, got '{}'", args.task);
     if (args.control_port == 0) {
         args.control_port = args.master_port + 1;
     }
+    for (const WorkerTask& task : extra_tasks) {
+        if (task.name == args.task) {
+            K2_CHECK(args.rank != 0, "--task {} runs on ranks 1..W-1; rank 0 is the process that launched them",
+                     args.task);
+            task.run(args);
+            return;
+        }
+    }
+    std::string names = "idle, collectives, steps";
+    for (const WorkerTask& task : extra_tasks) {
+        names += ", " + task.name;
+    }
+    K2_CHECK(args.task == "idle" || args.task == "collectives" || args.task == "steps",
+             "--task must be one of {}, got '{}'", names, args.task);
     std::signal(SIGTERM, on_stop_signal);
     std::signal(SIGINT, on_stop_signal);
     if (args.rank == 0) {
@@ -176,7 +177,7 @@ void run(WorkerArgs args) {
 
 }  // namespace
 
-void add_worker_command(CLI::App& app) {
+void add_worker_command(CLI::App& app, std::vector<WorkerTask> extra_tasks) {
     auto args = std::make_shared<WorkerArgs>();
     CLI::App* cmd = app.add_subcommand("worker", "run one rank of a worker group (internal)");
     cmd->group("");  // hidden from --help: launched by k2 itself
@@ -185,11 +186,16 @@ void add_worker_command(CLI::App& app) {
     cmd->add_option("--master-addr", args->master_addr, "address of rank 0 (rendezvous and control)");
     cmd->add_option("--master-port", args->master_port, "rendezvous port on --master-addr");
     cmd->add_option("--control-port", args->control_port, "ZeroMQ control port (default: master port + 1)");
-    cmd->add_option("--task", args->task, "idle | collectives | steps");
+    cmd->add_option("--task", args->task, "idle | collectives | steps (| model, from k2_executor)");
     cmd->add_option("--heartbeat-timeout-ms", args->heartbeat_timeout_ms,
                     "silence after which a rank (or the driver) counts as hung");
     cmd->add_flag("--spawn", args->spawn, "rank 0: launch ranks 1..W-1 as child processes");
-    cmd->callback([args] { run(*args); });
+    for (const WorkerTask& task : extra_tasks) {
+        if (task.add_options) {
+            task.add_options(*cmd);
+        }
+    }
+    cmd->callback([args, tasks = std::move(extra_tasks)] { run(*args, tasks); });
 }
 
 }  // namespace k2::dist

@@ -570,7 +570,9 @@ void Engine::start() {
     });
 }
 
-void Engine::stop(bool drain) {
+void Engine::stop(bool drain) { stop(drain, std::chrono::steady_clock::time_point::max()); }
+
+void Engine::stop(bool drain, std::chrono::steady_clock::time_point drain_deadline) {
     {
         const std::lock_guard lock(m_impl->inbox_mutex);
         m_impl->accepting = false;
@@ -579,6 +581,12 @@ void Engine::stop(bool drain) {
     }
     m_impl->inbox_cv.notify_all();
     if (m_impl->thread.joinable()) {
+        while (drain && m_impl->loop_alive.load() && std::chrono::steady_clock::now() < drain_deadline) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+        // Past the deadline the loop leaves at its next iteration and aborts what is still unfinished.
+        m_impl->drain_on_stop.store(false);
+        m_impl->inbox_cv.notify_all();
         m_impl->thread.join();
     } else if (drain) {
         while (m_impl->scheduler.has_unfinished() || step()) step();

@@ -101,6 +101,9 @@ public:
 
     void start();            // starts the step-loop thread
     void stop(bool drain);   // drain: finish running+waiting requests first; otherwise abort them
+    // Drains until drain_deadline, then aborts what is left (finish_reason "abort"): SIGTERM with
+    // --shutdown-timeout must end even when requests would run for minutes.
+    void stop(bool drain, std::chrono::steady_clock::time_point drain_deadline);
     // Validates (k2::Error with vLLM's message for a too-long prompt, too many logprobs, ...; an
     // EngineOverloadedError when the waiting queue is full or the engine stopped) and queues the request;
     // outputs (text deltas via IncrementalDetokenizer, stop strings handled) arrive on the returned stream.

@@ -285,28 +285,38 @@ void DeepseekV3Model::routed_experts_local(const LayerWeights& w, const float* x
         routed[static_cast<size_t>(ids[i])].emplace_back(i / top_k, weights[i]);
     }
     std::fill(out, out + num_tokens * hidden, 0.0f);
-    std::vector<float> xs;  // [n_e, hidden] tokens routed to expert e
-    std::vector<float> ys;  // [n_e, hidden]
+    std::vector<int64_t> rows;  // [n_e] tokens routed to expert e
+    std::vector<float> ys;      // [n_e, hidden]
     for (size_t e = 0; e < routed.size(); ++e) {
         const auto& list = routed[e];
         if (list.empty())
             continue;
-        const auto n = static_cast<int64_t>(list.size());
-        xs.resize(static_cast<size_t>(n * hidden));
-        ys.resize(static_cast<size_t>(n * hidden));
-        for (int64_t i = 0; i < n; ++i) {
-            const float* src = x + list[static_cast<size_t>(i)].first * hidden;
-            std::copy(src, src + hidden, xs.data() + i * hidden);
+        rows.clear();
+        for (const auto& [t, weight] : list) {
+            rows.push_back(t);
         }
-        mlp(w.experts[e], xs.data(), n, ys.data());
-        for (int64_t i = 0; i < n; ++i) {
-            const auto [t, weight] = list[static_cast<size_t>(i)];
+        expert_on_rows(w.experts[e], x, rows, ys);
+        for (size_t i = 0; i < list.size(); ++i) {
+            const auto [t, weight] = list[i];
             float* dst = out + t * hidden;
-            const float* y = ys.data() + i * hidden;
+            const float* y = ys.data() + static_cast<int64_t>(i) * hidden;
             for (int64_t j = 0; j < hidden; ++j)
                 dst[j] += weight * y[j];
         }
     }
+}
+
+// ys [rows, hidden] = expert(x[rows]).  x: [*, hidden]
+void DeepseekV3Model::expert_on_rows(const MlpWeights& w, const float* x, std::span<const int64_t> rows,
+                                     std::vector<float>& ys) {
+    const int64_t hidden = m_config.hidden_size;
+    const auto n = static_cast<int64_t>(rows.size());
+    std::vector<float> xs(static_cast<size_t>(n * hidden));  // [n, hidden]
+    for (int64_t i = 0; i < n; ++i) {
+        std::copy_n(x + rows[static_cast<size_t>(i)] * hidden, hidden, xs.data() + i * hidden);
+    }
+    ys.resize(xs.size());
+    mlp(w, xs.data(), n, ys.data());
 }
 
 }  // namespace k2

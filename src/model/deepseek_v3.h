@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "backend/cpu/rope.h"
@@ -92,6 +93,8 @@ private:
                            const float* weights, float* out);
     void routed_experts_local(const LayerWeights& w, const float* x, int64_t num_tokens, const int32_t* ids,
                               const float* weights, float* out);
+    // ys [rows, hidden] = expert(x[rows]) for the given rows of x [*, hidden].
+    void expert_on_rows(const MlpWeights& w, const float* x, std::span<const int64_t> rows, std::vector<float>& ys);
     // x: [T, hidden] normed input; out: [T, hidden].
     void attention(int layer, const float* x, const ForwardBatch& batch, float* out);
     void project_qkv(int layer, const float* x, const ForwardBatch& batch, std::vector<float>& q,

@@ -280,7 +280,6 @@ void DeepseekV3Model::routed_experts_ep(const LayerWeights& w, const float* x, i
 
     // Run each local expert on the pairs it received.
     std::vector<float> recv_y(recv_x.size());  // [R, hidden]
-    std::vector<float> xs;                     // [n_e, hidden]
     std::vector<float> ys;                     // [n_e, hidden]
     for (int64_t e = m_shard.expert_begin; e < m_shard.expert_begin + m_shard.num_experts; ++e) {
         std::vector<int64_t> rows;
@@ -291,15 +290,9 @@ void DeepseekV3Model::routed_experts_ep(const LayerWeights& w, const float* x, i
         }
         if (rows.empty())
             continue;
-        const auto n = static_cast<int64_t>(rows.size());
-        xs.resize(static_cast<size_t>(n * hidden));
-        ys.resize(static_cast<size_t>(n * hidden));
-        for (int64_t i = 0; i < n; ++i) {
-            std::copy_n(recv_x.data() + rows[static_cast<size_t>(i)] * hidden, hidden, xs.data() + i * hidden);
-        }
-        mlp(w.experts[static_cast<size_t>(e)], xs.data(), n, ys.data());
-        for (int64_t i = 0; i < n; ++i) {
-            std::copy_n(ys.data() + i * hidden, hidden, recv_y.data() + rows[static_cast<size_t>(i)] * hidden);
+        expert_on_rows(w.experts[static_cast<size_t>(e)], recv_x.data(), rows, ys);
+        for (size_t i = 0; i < rows.size(); ++i) {
+            std::copy_n(ys.data() + static_cast<int64_t>(i) * hidden, hidden, recv_y.data() + rows[i] * hidden);
         }
     }
 

@@ -1,6 +1,7 @@
 // /v1/chat/completions and /v1/completions: one GenerationJob per HTTP request. It submits one engine request
 // per prompt (n sequences each), and turns the engine's outputs into vLLM's JSON or SSE chunks on the
 // connection's strand, woken by the engine thread through RequestStream::set_notify.
+#include <charconv>
 #include <chrono>
 #include <random>
 #include <variant>
@@ -80,6 +81,7 @@ struct Choice {
 
 struct SubRequest {
     std::string engine_id;
+    std::shared_ptr<Engine> engine;  // the DP replica it was routed to
     std::shared_ptr<RequestStream> stream;
     int choice_base = 0;
     int num_prompt_tokens = 0;
@@ -113,10 +115,10 @@ public:
     std::vector<EngineRequest> requests;
     std::vector<std::string> echo_texts;
     bool echo_logprobs = false;  // completions echo + logprobs: the prompt's tokens lead the logprobs
+    int data_parallel_rank = -1;  // X-data-parallel-rank: the DP engine to use; -1: load balancing
 
     // Submits every engine request; throws (nothing sent yet) when the engine refuses one.
     void start() {
-        Engine& engine = *m_handle->engine;
         for (size_t i = 0; i < requests.size(); ++i) {
             SubRequest sub;
             sub.engine_id = requests[i].request_id;
@@ -126,10 +128,11 @@ public:
             sub.wants_prompt_logprobs = requests[i].params.prompt_logprobs.has_value();
             sub.first_prompt_token = requests[i].prompt_token_ids.empty() ? 0 : requests[i].prompt_token_ids[0];
             try {
-                sub.stream = engine.submit(std::move(requests[i]));
+                sub.engine = m_handle->pick(data_parallel_rank);
+                sub.stream = sub.engine->submit(std::move(requests[i]));
             } catch (...) {
                 for (const SubRequest& s : m_subs)
-                    engine.abort(s.engine_id);
+                    s.engine->abort(s.engine_id);
                 throw;
             }
             m_subs.push_back(std::move(sub));
@@ -163,7 +166,7 @@ private:
         if (m_done)
             return;
         for (const SubRequest& sub : m_subs)
-            m_handle->engine->abort(sub.engine_id);
+            sub.engine->abort(sub.engine_id);
         if (m_server.config().enable_log_requests)
             K2_INFO("Aborted request {} (client disconnected).", id);
         finish_job();
@@ -408,7 +411,7 @@ private:
     void fail(const std::string& message) {
         K2_ERROR("request {} failed: {}", id, message);
         for (const SubRequest& sub : m_subs)
-            m_handle->engine->abort(sub.engine_id);
+            sub.engine->abort(sub.engine_id);
         if (stream) {
             m_writer->write(sse_event(dump_json(error_json(500, message, "InternalServerError"))));
             m_writer->write(kSseDone);
@@ -530,6 +533,21 @@ std::string request_id_for(const HttpRequest& request, const std::string& body_r
     return std::string(prefix) + header;
 }
 
+// vLLM's X-data-parallel-rank header pins a request to one DP engine (vllm.md §1.3).
+int data_parallel_rank_for(const HttpRequest& request, const EngineHandle& handle) {
+    const std::string value = request.header("x-data-parallel-rank");
+    if (value.empty())
+        return -1;
+    int rank = -1;
+    const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), rank);
+    if (ec != std::errc() || end != value.data() + value.size())
+        throw ApiError(400, fmt::format("Invalid X-data-parallel-rank header: {}", value));
+    const int dp_size = static_cast<int>(handle.all().size());
+    if (rank < 0 || rank >= dp_size)
+        throw ApiError(400, fmt::format("data_parallel_rank {} is out of range [0, {}).", rank, dp_size));
+    return rank;
+}
+
 // Unique per engine request even when clients reuse an X-Request-Id (an abort must hit only its own request).
 std::string engine_request_id(const std::string& job_id, size_t prompt_idx) {
     return fmt::format("{}-{}-{}", job_id, prompt_idx, random_hex(8));
@@ -566,6 +584,7 @@ void start_chat_completion(OpenAiServer& server, const HttpRequest& request, con
     const Tokenizer& tokenizer = *handle->tokenizer;
     auto job = std::make_shared<GenerationJob>(server, handle, std::move(writer), Api::kChat);
     job->id = request_id_for(request, req.request_id, "chatcmpl-");
+    job->data_parallel_rank = data_parallel_rank_for(request, *handle);
     job->model_name = config.served_model_names.front();
     job->stream = req.stream;
     job->include_usage = req.include_usage || (req.stream && config.enable_force_include_usage);
@@ -607,6 +626,7 @@ void start_completion(OpenAiServer& server, const HttpRequest& request, const js
     const Tokenizer& tokenizer = *handle->tokenizer;
     auto job = std::make_shared<GenerationJob>(server, handle, std::move(writer), Api::kCompletion);
     job->id = request_id_for(request, req.request_id, "cmpl-");
+    job->data_parallel_rank = data_parallel_rank_for(request, *handle);
     job->model_name = config.served_model_names.front();
     job->stream = req.stream;
     job->include_usage = req.include_usage || (req.stream && config.enable_force_include_usage);

@@ -29,8 +29,8 @@ std::string format_value(double value) {
 
 class Writer {
 public:
-    explicit Writer(const std::string& model_name)
-        : m_labels(fmt::format("engine=\"0\",model_name=\"{}\"", escape_label(model_name))) {}
+    explicit Writer(const std::string& model_name, int engine_index = 0)
+        : m_labels(fmt::format("engine=\"{}\",model_name=\"{}\"", engine_index, escape_label(model_name))) {}
 
     void header(const std::string& name, const char* type, const char* help) {
         m_text += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
@@ -64,8 +64,9 @@ private:
 
 }  // namespace
 
-std::string render_prometheus(const EngineStats& stats, const std::string& model_name, const EngineConfig& config) {
-    Writer w(model_name);
+std::string render_prometheus(const EngineStats& stats, const std::string& model_name, const EngineConfig& config,
+                              int engine_index) {
+    Writer w(model_name, engine_index);
     w.gauge("vllm:num_requests_running", "Number of requests in model execution batches.", stats.num_running);
     w.gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", stats.num_waiting);
     w.gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", stats.kv_usage);
@@ -118,6 +119,42 @@ std::string render_prometheus(const EngineStats& stats, const std::string& model
         "vllm:cache_config_info{{{},block_size=\"{}\",enable_prefix_caching=\"{}\",num_gpu_blocks=\"{}\"}} 1\n",
         w.labels(), kKvBlockSize, config.enable_prefix_caching ? "True" : "False", stats.num_total_blocks));
     return w.take();
+}
+
+namespace {
+
+// Splits a rendering into metric families, each starting at its "# HELP" line.
+std::vector<std::string> split_families(const std::string& text) {
+    std::vector<std::string> families;
+    size_t pos = 0;
+    while (pos < text.size()) {
+        size_t next = text.find("\n# HELP ", pos);
+        next = next == std::string::npos ? text.size() : next + 1;
+        families.push_back(text.substr(pos, next - pos));
+        pos = next;
+    }
+    return families;
+}
+
+}  // namespace
+
+std::string render_prometheus(const std::vector<EngineStats>& stats, const std::string& model_name,
+                              const EngineConfig& config) {
+    std::vector<std::vector<std::string>> per_engine;
+    for (size_t i = 0; i < stats.size(); ++i) {
+        per_engine.push_back(split_families(render_prometheus(stats[i], model_name, config, static_cast<int>(i))));
+    }
+    std::string out;
+    for (size_t f = 0; !per_engine.empty() && f < per_engine[0].size(); ++f) {
+        out += per_engine[0][f];  // "# HELP" and "# TYPE" once, then every engine's samples
+        for (size_t i = 1; i < per_engine.size(); ++i) {
+            const std::string& family = per_engine[i][f];
+            const size_t type_line = family.find("\n# TYPE ");
+            const size_t samples = family.find('\n', type_line + 1);
+            out += family.substr(samples + 1);
+        }
+    }
+    return out;
 }
 
 std::string render_server_metrics(int num_active_requests, const std::string& model_name) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace k2 {
 struct EngineStats;
@@ -11,7 +12,11 @@ struct EngineConfig;
 
 namespace k2::server {
 
-std::string render_prometheus(const EngineStats& stats, const std::string& model_name, const EngineConfig& config);
+std::string render_prometheus(const EngineStats& stats, const std::string& model_name, const EngineConfig& config,
+                              int engine_index = 0);
+// DP replicas (vLLM's per-engine label): each family once, with one sample set per engine (engine="0", "1", ...).
+std::string render_prometheus(const std::vector<EngineStats>& stats, const std::string& model_name,
+                              const EngineConfig& config);
 // Server-side gauges (requests in flight in the HTTP layer).
 std::string render_server_metrics(int num_active_requests, const std::string& model_name);
 

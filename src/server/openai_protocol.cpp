@@ -15,6 +15,13 @@ using json = nlohmann::ordered_json;
 
 namespace {
 
+// Bounds on request parts whose cost grows with their size before the prompt-length check can refuse them
+// (docs/hardening.md, input limits). OpenAI's API documents the same 128-tool bound; vLLM has none of these.
+constexpr size_t kMaxStopStrings = 128;        // each is matched against the output after every token
+constexpr size_t kMaxStopStringBytes = 4096;
+constexpr size_t kMaxTools = 128;
+constexpr size_t kMaxToolsBytes = size_t{1} << 20;  // 20 MB of tools took 14 s to render and tokenize
+
 ApiError bad_request(const std::string& message, std::optional<std::string> param = std::nullopt) {
     return ApiError(400, message, "BadRequestError", std::move(param));
 }
@@ -201,6 +208,20 @@ SamplingParams parse_common_sampling(const json& body, const GenerationDefaults&
         throw bad_request(fmt::format("n must be at least 1, got {}.", p.n), "n");
     if (p.n > limits.max_n)
         throw bad_request(fmt::format("n must be at most {}, got {}.", limits.max_n, p.n), "n");
+    // best_of = n is plain sampling; more would need ranking by cumulative logprob, which k2 does not do (vLLM's
+    // V1 engine refuses best_of > 1 too).
+    if (const std::optional<int> best_of = get_int(body, "best_of")) {
+        if (*best_of < p.n) {
+            throw bad_request(
+                fmt::format("best_of must be greater than or equal to n, got n={} and best_of={}.", p.n, *best_of),
+                "best_of");
+        }
+        if (*best_of > p.n) {
+            throw bad_request(fmt::format("best_of > n is not supported (got n={} and best_of={}); use n.", p.n,
+                                          *best_of),
+                              "best_of");
+        }
+    }
     p.temperature = get_number(body, "temperature").value_or(defaults.temperature.value_or(1.0));
     if (p.temperature < 0.0) {
         throw bad_request(fmt::format("temperature must be non-negative, got {}.", p.temperature), "temperature");
@@ -247,9 +268,19 @@ SamplingParams parse_common_sampling(const json& body, const GenerationDefaults&
         } else {
             throw bad_request("'stop' must be a string or a list of strings", "stop");
         }
+        if (p.stop.size() > kMaxStopStrings) {
+            throw bad_request(fmt::format("'stop' has {} strings; at most {} are allowed.", p.stop.size(),
+                                          kMaxStopStrings),
+                              "stop");
+        }
         for (const std::string& s : p.stop) {
             if (s.empty())
                 throw bad_request("stop cannot contain an empty string.", "stop");
+            if (s.size() > kMaxStopStringBytes) {
+                throw bad_request(fmt::format("a 'stop' string has {} bytes; at most {} are allowed.", s.size(),
+                                              kMaxStopStringBytes),
+                                  "stop");
+            }
         }
     }
     p.include_stop_str_in_output = get_bool(body, "include_stop_str_in_output").value_or(false);
@@ -316,6 +347,15 @@ void parse_tool_choice(const json& body, ChatRequest& req, bool enable_auto_tool
     if (tools) {
         if (!tools->is_array())
             throw bad_request("'tools' must be a list", "tools");
+        if (tools->size() > kMaxTools) {
+            throw bad_request(fmt::format("'tools' has {} entries; at most {} are allowed.", tools->size(), kMaxTools),
+                              "tools");
+        }
+        if (const size_t bytes = tools->dump().size(); bytes > kMaxToolsBytes) {
+            throw bad_request(fmt::format("'tools' takes {} bytes of JSON; at most {} are allowed.", bytes,
+                                          kMaxToolsBytes),
+                              "tools");
+        }
         for (const json& tool : *tools) {
             if (!tool.is_object() || !tool.contains("function") || !tool["function"].is_object() ||
                 !tool["function"].contains("name") || !tool["function"]["name"].is_string()) {
@@ -575,9 +615,13 @@ json parse_body(const std::string& body) {
         throw ApiError(400, fmt::format("The request body nests JSON deeper than {} levels.", kMaxJsonDepth),
                        "BadRequestError");
     }
-    json value = json::parse(body, nullptr, /*allow_exceptions=*/false);
-    if (value.is_discarded()) {
-        throw ApiError(400, "The request body is not valid JSON.", "BadRequestError");
+    json value;
+    try {
+        value = json::parse(body);
+    } catch (const json::exception& error) {
+        // parse_error, or out_of_range for a number beyond double (1e400): nlohmann names the byte and the reason
+        // (e.g. "ill-formed UTF-8 byte", "number overflow parsing '1e400'"), which is what a client needs.
+        throw ApiError(400, fmt::format("The request body is not valid JSON: {}", error.what()), "BadRequestError");
     }
     if (!value.is_object())
         throw ApiError(400, "The request body must be a JSON object.", "BadRequestError");

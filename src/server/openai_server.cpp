@@ -53,6 +53,11 @@ void OpenAiServer::set_engine(EngineHandle handle) {
     m_engine = std::move(shared);
 }
 
+void OpenAiServer::set_failed(const std::string& reason) {
+    m_failed = true;
+    K2_ERROR("/health is now unhealthy: {}", reason);
+}
+
 std::shared_ptr<const EngineHandle> OpenAiServer::engine() const {
     const std::lock_guard lock(m_mutex);
     return m_engine;
@@ -88,7 +93,9 @@ void OpenAiServer::check_model(const std::string& model) const {
 
 void OpenAiServer::handle_health(const std::shared_ptr<ResponseWriter>& writer) const {
     const auto handle = engine();
-    const bool healthy = handle && handle->engine->healthy();
+    bool healthy = handle != nullptr && !m_failed.load();
+    for (const auto& replica : healthy ? handle->all() : std::vector<std::shared_ptr<Engine>>{})
+        healthy = healthy && replica->healthy();
     writer->send({healthy ? 200 : 503, "", "", {}});
 }
 
@@ -122,7 +129,12 @@ HttpResponse OpenAiServer::models() const {
 HttpResponse OpenAiServer::metrics() const {
     const auto handle = engine();
     std::string text;
-    if (handle) {
+    if (handle && handle->replicas) {
+        std::vector<EngineStats> stats;
+        for (const auto& replica : handle->all())
+            stats.push_back(replica->stats());
+        text = render_prometheus(stats, m_config.served_model_names.front(), handle->engine->config());
+    } else if (handle) {
         text =
             render_prometheus(handle->engine->stats(), m_config.served_model_names.front(), handle->engine->config());
     }

@@ -14,6 +14,7 @@
 
 #include "server/http_server.h"
 #include "server/openai_protocol.h"
+#include "server/replica_router.h"
 
 namespace k2 {
 class Engine;
@@ -39,8 +40,20 @@ struct OpenAiServerConfig {
 
 // The engine side of the server, set once the model is loaded (before that /health answers 503).
 struct EngineHandle {
-    std::shared_ptr<Engine> engine;
+    std::shared_ptr<Engine> engine;  // with DP replicas: the first (model config, max_model_len)
     std::shared_ptr<const Tokenizer> tokenizer;
+    std::shared_ptr<ReplicaRouter> replicas;  // DP replicas (-dp N); null: `engine` only
+
+    // The engine a new request goes to: DP engine `dp_rank` (checked by the caller), or with dp_rank -1 vLLM's DP
+    // load balancing when there are replicas.
+    std::shared_ptr<Engine> pick(int dp_rank = -1) const {
+        if (replicas && dp_rank >= 0)
+            return replicas->engines()[static_cast<size_t>(dp_rank)];
+        return replicas ? replicas->pick() : engine;
+    }
+    std::vector<std::shared_ptr<Engine>> all() const {
+        return replicas ? replicas->engines() : std::vector<std::shared_ptr<Engine>>{engine};
+    }
 };
 
 class OpenAiServer : public std::enable_shared_from_this<OpenAiServer> {
@@ -48,6 +61,8 @@ public:
     explicit OpenAiServer(OpenAiServerConfig config);
 
     void set_engine(EngineHandle handle);
+    // A rank of the parallel job died: /health answers 503 from now on (the process is about to exit).
+    void set_failed(const std::string& reason);
     void handle(HttpRequest request, std::shared_ptr<ResponseWriter> writer);
     int num_active_requests() const { return m_num_active.load(); }
 
@@ -70,6 +85,7 @@ private:
     mutable std::mutex m_mutex;
     std::shared_ptr<const EngineHandle> m_engine;
     std::atomic<int> m_num_active{0};
+    std::atomic<bool> m_failed{false};
     int64_t m_created = 0;
 };
 

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -16,6 +17,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "engine/engine.h"
+#include "executor/parallel_executor.h"
 #include "io/model_config.h"
 #include "io/model_path.h"
 #include "model/model.h"
@@ -100,6 +102,26 @@ uint64_t checkpoint_bytes(const fs::path& dir) {
     return total;
 }
 
+ModelOptions make_model_options(const ServeOptions& options) {
+    ModelOptions model_options;
+    model_options.device = options.device;
+    model_options.kv_cache_dtype = parse_kv_cache_dtype(options.kv_cache_dtype, options.device);
+    model_options.max_num_tokens = options.max_num_batched_tokens;
+    model_options.max_num_seqs = options.max_num_seqs;
+    model_options.max_model_len = options.max_model_len;
+    model_options.enforce_eager = options.enforce_eager;
+    return model_options;
+}
+
+// Every rank of a parallel job loads with the same options; OpenMP threads are split between this node's ranks.
+executor::ShardSpec make_shard_spec(const ServeOptions& options) {
+    executor::ShardSpec spec;
+    spec.model_dir = options.model;
+    spec.model = make_model_options(options);
+    spec.model.num_threads = executor::threads_per_rank(static_cast<int>(options.parallel.local_ranks().size()));
+    return spec;
+}
+
 std::unique_ptr<Model> load(const ServeOptions& options, const std::shared_ptr<const Tokenizer>& tokenizer) {
     if (!options.test_scripted_output.empty()) {
         K2_WARN("TEST MODE: the model's weights are not used; outputs come from {}", options.test_scripted_output);
@@ -109,14 +131,7 @@ std::unique_ptr<Model> load(const ServeOptions& options, const std::shared_ptr<c
     const uint64_t bytes = checkpoint_bytes(options.model);
     K2_INFO("Loading weights from {} ({:.2f} GiB)", options.model, static_cast<double>(bytes) / (1ull << 30));
     const auto start = std::chrono::steady_clock::now();
-    ModelOptions model_options;
-    model_options.device = options.device;
-    model_options.kv_cache_dtype = parse_kv_cache_dtype(options.kv_cache_dtype, options.device);
-    model_options.max_num_tokens = options.max_num_batched_tokens;
-    model_options.max_num_seqs = options.max_num_seqs;
-    model_options.max_model_len = options.max_model_len;
-    model_options.enforce_eager = options.enforce_eager;
-    std::unique_ptr<Model> model = load_model(options.model, model_options);
+    std::unique_ptr<Model> model = load_model(options.model, make_model_options(options));
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     K2_INFO("Loading weights took {:.2f} seconds ({:.2f} GiB, {:.2f} GiB/s)", seconds,
             static_cast<double>(bytes) / (1ull << 30),
@@ -127,8 +142,8 @@ std::unique_ptr<Model> load(const ServeOptions& options, const std::shared_ptr<c
 // vLLM's periodic line: throughput since the last line, queue sizes and KV usage.
 class StatsLogger {
 public:
-    StatsLogger(std::shared_ptr<Engine> engine, double interval_s)
-        : m_engine(std::move(engine)), m_interval_s(interval_s) {
+    StatsLogger(std::shared_ptr<Engine> engine, double interval_s, int engine_index = 0)
+        : m_engine(std::move(engine)), m_interval_s(interval_s), m_engine_index(engine_index) {
         if (interval_s > 0)
             m_thread = std::thread([this] { run(); });
     }
@@ -160,8 +175,10 @@ private:
                               static_cast<double>(now.prefix_cache_queries - last.prefix_cache_queries)
                         : 0.0;
                 K2_INFO(
-                    "Engine 000: Avg prompt throughput: {:.1f} tokens/s, Avg generation throughput: {:.1f} tokens/s, "
-                    "Running: {} reqs, Waiting: {} reqs, KV cache usage: {:.1f}%, Prefix cache hit rate: {:.1f}%",
+                    "Engine {:03d}: Avg prompt throughput: {:.1f} tokens/s, Avg generation throughput: {:.1f} "
+                    "tokens/s, Running: {} reqs, Waiting: {} reqs, KV cache usage: {:.1f}%, Prefix cache hit rate: "
+                    "{:.1f}%",
+                    m_engine_index,
                     static_cast<double>(now.prompt_tokens - last.prompt_tokens) / dt,
                     static_cast<double>(now.generation_tokens - last.generation_tokens) / dt, now.num_running,
                     now.num_waiting, 100.0 * now.kv_usage, hit_rate);
@@ -173,6 +190,7 @@ private:
 
     std::shared_ptr<Engine> m_engine;
     double m_interval_s;
+    int m_engine_index;
     std::mutex m_mutex;
     std::condition_variable m_cv;
     bool m_stop = false;
@@ -223,8 +241,8 @@ size_t kv_cache_bytes(const ServeOptions& options, const Model& model) {
     return budget;
 }
 
-std::shared_ptr<Engine> make_engine(const ServeOptions& options, const std::shared_ptr<const Tokenizer>& tokenizer) {
-    std::unique_ptr<Model> model = load(options, tokenizer);
+std::shared_ptr<Engine> make_engine(const ServeOptions& options, const std::shared_ptr<const Tokenizer>& tokenizer,
+                                    std::unique_ptr<Model> model) {
     EngineConfig engine_config;
     engine_config.max_num_seqs = options.max_num_seqs;
     engine_config.max_num_batched_tokens = options.max_num_batched_tokens;
@@ -239,6 +257,42 @@ std::shared_ptr<Engine> make_engine(const ServeOptions& options, const std::shar
     engine_config.seed = options.seed;
     auto engine = std::make_shared<Engine>(engine_config, std::move(model), tokenizer);
     return engine;
+}
+
+// The engines behind the API: one in-process model, or one Engine per DP replica over a ParallelExecutor whose
+// ranks run in `k2 worker` processes (docs/parallelism.md).
+struct Backend {
+    std::shared_ptr<executor::ParallelExecutor> executor;
+    std::vector<std::shared_ptr<Engine>> engines;
+};
+
+Backend make_backend(const ServeOptions& options, const std::shared_ptr<const Tokenizer>& tokenizer,
+                     const std::shared_ptr<OpenAiServer>& server) {
+    Backend backend;
+    if (options.parallel.config.is_single()) {
+        backend.engines.push_back(make_engine(options, tokenizer, load(options, tokenizer)));
+        return backend;
+    }
+    // A dead rank ends the job: /health turns 503 at once, then the process exits naming the rank. Runs on the
+    // worker group's monitor thread, which has already stopped the other ranks; engine threads may be blocked in
+    // a collective with the dead rank, so nothing here waits for them.
+    auto on_failure = [server](const std::string& message) {
+        server->set_failed(message);
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+        K2_ERROR("The parallel job cannot continue ({}); exiting", message);
+        std::fprintf(stderr, "error: worker group failed: %s\n", message.c_str());
+        std::fflush(stderr);
+        std::_Exit(1);
+    };
+    const uint64_t bytes = checkpoint_bytes(options.model);
+    K2_INFO("Loading weights from {} ({:.2f} GiB) over {} ranks", options.model,
+            static_cast<double>(bytes) / (1ull << 30), options.parallel.config.world_size());
+    backend.executor = executor::ParallelExecutor::start(options.parallel, make_shard_spec(options), on_failure);
+    for (int dp = 0; dp < backend.executor->num_replicas(); ++dp) {
+        backend.engines.push_back(
+            make_engine(options, tokenizer, std::make_unique<executor::ShardedModel>(backend.executor, dp)));
+    }
+    return backend;
 }
 
 // A hub id becomes its snapshot directory in the local cache; the id stays the served model name.
@@ -262,6 +316,9 @@ int run_serve(const ServeOptions& requested) {
     sigaddset(&signals, SIGINT);
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     raise_fd_limit();
+    if (options.headless) {
+        return executor::run_headless(options.parallel, make_shard_spec(options));
+    }
     if (!options.test_scripted_output.empty()) {
         const char* enabled = std::getenv("K2_ENABLE_TEST_MODEL");
         K2_CHECK(enabled != nullptr && std::string(enabled) == "1",
@@ -285,22 +342,38 @@ int run_serve(const ServeOptions& requested) {
             http.port());
 
     auto tokenizer = Tokenizer::load(options.model);
-    auto engine = make_engine(options, tokenizer);
-    engine->start();
-    server->set_engine({engine, tokenizer});
-    K2_INFO("Model {} served as {}; max_model_len {}", options.model, fmt::join(config.served_model_names, ", "),
-            engine->max_model_len());
+    Backend backend = make_backend(options, tokenizer, server);
+    for (const auto& engine : backend.engines) {
+        engine->start();
+    }
+    const std::shared_ptr<Engine> engine = backend.engines.front();
+    EngineHandle handle{engine, tokenizer, nullptr};
+    if (backend.engines.size() > 1) {
+        handle.replicas = std::make_shared<ReplicaRouter>(backend.engines);
+    }
+    server->set_engine(handle);
+    K2_INFO("Model {} served as {}; max_model_len {}; {} engine(s)", options.model,
+            fmt::join(config.served_model_names, ", "), engine->max_model_len(), backend.engines.size());
     K2_INFO(
         "Application startup complete. Routes: /v1/chat/completions, /v1/completions, /v1/models, /tokenize, "
         "/detokenize, /health, /ping, /version, /metrics");
     {
-        StatsLogger stats_logger(engine, options.log_stats_interval_s);
+        std::vector<std::unique_ptr<StatsLogger>> stats_loggers;
+        for (size_t i = 0; i < backend.engines.size(); ++i) {
+            stats_loggers.push_back(std::make_unique<StatsLogger>(backend.engines[i], options.log_stats_interval_s,
+                                                                  static_cast<int>(i)));
+        }
         int signal_number = 0;
         sigwait(&signals, &signal_number);
         K2_INFO("Received signal {}: no new connections; draining {} running request(s)",
                 signal_number == SIGINT ? "SIGINT" : "SIGTERM", server->num_active_requests());
         http.stop_accepting();
-        engine->stop(/*drain=*/true);
+        const auto drain_deadline = std::chrono::steady_clock::now() +
+                                    std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                        std::chrono::duration<double>(options.shutdown_timeout_s));
+        for (const auto& replica : backend.engines) {
+            replica->stop(/*drain=*/true, drain_deadline);
+        }
         // The last outputs still have to reach their clients.
         const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
         while (server->num_active_requests() > 0 && std::chrono::steady_clock::now() < deadline) {
@@ -308,6 +381,9 @@ int run_serve(const ServeOptions& requested) {
         }
     }
     http.stop();
+    if (backend.executor) {
+        backend.executor->shutdown("the server is shutting down");
+    }
     K2_INFO("Shutdown complete.");
     return 0;
 }

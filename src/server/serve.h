@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "executor/parallel_job.h"
+
 namespace k2::server {
 
 struct ServeOptions {
@@ -37,6 +39,9 @@ struct ServeOptions {
     std::string device = "cpu";
     std::string kv_cache_dtype = "auto";
     std::string generation_config = "auto";  // "auto" (the model's), "vllm" (none) or a directory
+    // Parallel job (-tp/-pp/-dp/-dcp, vLLM's flags; docs/parallelism.md): world size 1 runs in this process.
+    executor::ParallelJob parallel;
+    bool headless = false;  // --headless: only start this node's ranks (parallel.dp_start > 0), no API server
     // HTTP.
     size_t max_request_body_bytes = 32u << 20;
     int num_http_threads = 4;
@@ -45,6 +50,8 @@ struct ServeOptions {
     bool enable_force_include_usage = false;
     bool disable_web_ui = false;  // no chat page at / and /chat
     double log_stats_interval_s = 10.0;
+    // SIGTERM/SIGINT: running requests get this long to finish, then are aborted (vLLM's --shutdown-timeout).
+    double shutdown_timeout_s = 30.0;
     // Test only: a JSON file of scripted outputs replaces the model (needs K2_ENABLE_TEST_MODEL=1).
     std::string test_scripted_output;
 };

@@ -138,7 +138,7 @@ def free_port():
 class K2Server:
     """`k2 serve` on the tiny model, on a free loopback port; waits for /health, stops with SIGTERM."""
 
-    def __init__(self, *args, timeout=180):
+    def __init__(self, *args, timeout=180, env=None):
         import signal  # noqa: F401
         import urllib.request
         self.port = free_port()
@@ -146,7 +146,8 @@ class K2Server:
         self.log_path = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / f"k2-bench-serve-{self.port}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([k2_bin(), "serve", str(TINY), *args, "--host", "127.0.0.1", "--port",
-                                      str(self.port)], stdout=self.log, stderr=subprocess.STDOUT)
+                                      str(self.port)], stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
 
         def healthy():
             if self.proc.poll() is not None:
@@ -214,3 +215,80 @@ def check_agreement(k2_runs, client_runs, num_prompts, max_tokens):
     print(summary)
     assert k2_tput == pytest.approx(client_tput, rel=0.05), summary
     assert k2_ttft == pytest.approx(client_ttft, rel=0.05), summary
+
+
+def compare_side_by_side(base_url, tmp_path, num_prompts, max_tokens, rounds, prompt_repeats, max_concurrency=1,
+                         alternate=False):
+    """Runs `k2 bench serve` and the openai-package client at the same time against one server, round by
+    round: the client waits (after its warm-up) until k2 prints its last line before the measured run, so both
+    measure the same stretch of the server's run under the same machine load. Run one after the other instead,
+    the 2-core machine's load from other processes moved each side's numbers by up to 2x between rounds.
+    alternate=True runs them in turns instead (k2's round, then the client's, and so on): for TTFT, which
+    side by side depends on whose request reaches the server first.
+    Both send the same prompts (the server must run with prefix caching off, so neither gets the other's cache
+    hits). Returns both measurements."""
+    prompts = tmp_path / "prompts.jsonl"
+    with open(prompts, "w") as f:
+        for i in range(num_prompts):
+            f.write(json.dumps({"prompt": f"Request {i}: " + "the quick brown fox jumps over the lazy dog "
+                                * prompt_repeats}) + "\n")
+    limits = ["--max-concurrency", str(max_concurrency)] if max_concurrency else []
+    client = subprocess.Popen([sys.executable, str(HERE / "openai_client_bench.py"), "--base-url", base_url,
+                               "--prompts", str(prompts), "--max-tokens", str(max_tokens), "--rounds", str(rounds),
+                               "--wait-for-go", *limits],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    k2_runs = []
+    try:
+        for round_idx in range(rounds):
+            noise = []
+            while (line := client.stderr.readline()) and line.strip() != "READY":
+                noise.append(line)  # e.g. a library warning
+            assert line, "the openai client exited before its round:\n" + "".join(noise)
+            out_dir = tmp_path / f"k2-{round_idx}"
+            bench = subprocess.Popen(
+                [k2_bin(), "bench", "serve", "--base-url", base_url, "--tokenizer", str(TINY), "--dataset-name",
+                 "custom", "--dataset-path", str(prompts), "--skip-chat-template", "--custom-output-len",
+                 str(max_tokens), "--num-prompts", str(num_prompts), "--ignore-eos", "--save-result",
+                 "--save-detailed", "--result-dir", str(out_dir), "--disable-tqdm", *limits],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            output = []
+            for line in bench.stdout:
+                output.append(line)
+                if line.startswith("Maximum request concurrency:") and not alternate:
+                    client.stdin.write("go\n")  # k2 flushed this line right before its run starts
+                    client.stdin.flush()
+                    break
+            output += bench.stdout.readlines()
+            assert bench.wait(timeout=300) == 0, "".join(output)
+            if alternate:
+                client.stdin.write("go\n")  # the client's round right after k2's, on a quiet server
+                client.stdin.flush()
+            k2_runs.append(load_result(out_dir)[1])
+        stdout, stderr = client.communicate(timeout=300)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert client.returncode == 0, stderr
+    return k2_runs, json.loads(stdout)
+
+
+def check_side_by_side(k2_runs, client_runs, num_prompts, max_tokens, metrics=("throughput", "ttft")):
+    """Pooled over the rounds: output throughput (all tokens / all measured time) and the median TTFT of every
+    request agree within 5% (those named in metrics)."""
+    for k2, client in zip(k2_runs, client_runs):
+        assert k2["completed"] == client["completed"] == num_prompts
+        assert k2["total_output_tokens"] == client["total_output_tokens"] == num_prompts * max_tokens
+    import numpy as np
+    k2_tput = sum(r["total_output_tokens"] for r in k2_runs) / sum(r["duration"] for r in k2_runs)
+    client_tput = sum(r["total_output_tokens"] for r in client_runs) / sum(r["duration"] for r in client_runs)
+    k2_ttft = float(np.median([t for r in k2_runs for t in r["ttfts"]])) * 1000
+    client_ttft = float(np.median([t for r in client_runs for t in r["ttfts"]])) * 1000
+    rounds = "; ".join(f"{k['output_throughput']:.1f}/{c['output_throughput']:.1f} tok/s "
+                       f"{k['median_ttft_ms']:.0f}/{c['median_ttft_ms']:.0f} ms" for k, c in zip(k2_runs, client_runs))
+    summary = (f"k2 {k2_tput:.1f} tok/s, {k2_ttft:.1f} ms; openai client {client_tput:.1f} tok/s, "
+               f"{client_ttft:.1f} ms (rounds k2/client: {rounds})")
+    print(summary)
+    if "throughput" in metrics:
+        assert k2_tput == pytest.approx(client_tput, rel=0.05), summary
+    if "ttft" in metrics:
+        assert k2_ttft == pytest.approx(client_ttft, rel=0.05), summary

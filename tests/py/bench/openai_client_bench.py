@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import sys
 import time
 import uuid
 
@@ -68,6 +69,11 @@ async def run(args):
 
     runs = []
     for _ in range(args.rounds):
+        if args.wait_for_go:
+            # Side by side with `k2 bench serve` (k2_bench_util.compare_side_by_side): the round starts when the
+            # driver says k2's round starts, so both measure the same stretch of the server's run.
+            print("READY", file=sys.stderr, flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         start = time.perf_counter()
         results = await asyncio.gather(*(limited(p) for p in prompts))
         duration = time.perf_counter() - start
@@ -75,7 +81,7 @@ async def run(args):
         total_output = sum(r[1] for r in results)
         runs.append({"completed": len(results), "duration": duration, "total_output_tokens": total_output,
                      "output_throughput": total_output / duration,
-                     "median_ttft_ms": float(np.median(ttfts)) * 1000})
+                     "median_ttft_ms": float(np.median(ttfts)) * 1000, "ttfts": ttfts})
     print(json.dumps(runs))
 
 
@@ -87,6 +93,8 @@ def main():
     parser.add_argument("--max-tokens", type=int, required=True)
     parser.add_argument("--max-concurrency", type=int, default=0, help="requests in flight (0: all)")
     parser.add_argument("--rounds", type=int, default=1, help="measured rounds; one JSON object per round")
+    parser.add_argument("--wait-for-go", action="store_true",
+                        help="before each round print READY on stderr and wait for a line on stdin")
     asyncio.run(run(parser.parse_args()))
 
 
