@@ -396,7 +396,7 @@ SynthTokenizerSources default_tokenizer_sources() {
 #else
     const fs::path root = env != nullptr ? fs::path(env) : fs::path(".");
 #endif
-    return {root / "tests/fixtures/tokenizer/o200k_base.tiktoken",
+    return {root / "tests/fixtures/tokenizer/kimi-o200k/tiktoken.model",
             root / "tests/fixtures/chat_templates/kimi-k2-instruct-0905.jinja"};
 }
 

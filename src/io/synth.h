@@ -61,7 +61,7 @@ SynthPlan plan_synth(const ModelConfig& config, const std::vector<ExpectedTensor
 void write_synth_weights(const SynthPlan& plan, const std::filesystem::path& out_dir, uint64_t seed);
 
 struct SynthTokenizerSources {
-    std::filesystem::path tiktoken;       // e.g. tests/fixtures/tokenizer/o200k_base.tiktoken
+    std::filesystem::path tiktoken;       // e.g. tests/fixtures/tokenizer/kimi-o200k/tiktoken.model
     std::filesystem::path chat_template;  // optional: copied to chat_template.jinja when it exists
 };
 // The source files bundled with the repository (under K2_SOURCE_DIR, the env var or the build's).

@@ -95,6 +95,7 @@ void DeepseekV3CudaModel::setup_tensor_parallel(const ModelOptions& options) {
     m_config.moe_intermediate_size = f.moe_intermediate_size / tp;
     m_vocab_begin = layout.vocab_begin;
     m_vocab_local = layout.vocab_size;
+    m_logits_rank = options.parallel->is_dp_leader();
     K2_INFO("CUDA model: tensor-parallel rank {}/{} on GPU {} ({} heads, vocabulary rows {}..{}, {} all-reduce)",
             layout.tp_rank, tp, device, layout.num_heads, m_vocab_begin, m_vocab_begin + m_vocab_local,
             kind != nullptr ? kind : "nccl");
@@ -331,7 +332,7 @@ Tensor DeepseekV3CudaModel::forward(const ForwardBatch& batch) {
     if (const int graph_size = graph_size_for(batch); graph_size > 0) {
         run_graph(batch, graph_size);
         download_logits(0, num_rows, logits);
-        return logits;
+        return m_logits_rank ? logits : Tensor::zeros(DType::F32, {0, m_config.vocab_size});
     }
     upload_batch(batch, *m_batch);
     run_layers(*m_batch);
@@ -340,7 +341,7 @@ Tensor DeepseekV3CudaModel::forward(const ForwardBatch& batch) {
         logits_pass(*m_batch, r0, n);
         download_logits(r0, n, logits);
     }
-    return logits;
+    return m_logits_rank ? logits : Tensor::zeros(DType::F32, {0, m_config.vocab_size});
 }
 
 void DeepseekV3CudaModel::run_layers(const StepBatch& b) {
@@ -488,7 +489,10 @@ void DeepseekV3CudaModel::download_logits(int64_t r0, int64_t n, Tensor& logits)
     const int64_t vocab = m_config.vocab_size;
     const size_t bytes = static_cast<size_t>(n * vocab) * 4;
     float* dst = logits.data_as<float>() + r0 * vocab;
-    if (m_tp == nullptr) {
+    if (!m_logits_rank) {
+        // Another TP rank: the all-gather fed rank 0; copying every step's [rows, vocab] to the host here would be
+        // wasted PCIe traffic (model.h: only the DP leader returns logits).
+    } else if (m_tp == nullptr) {
         CUDA_CHECK(cudaMemcpyAsync(dst, m_ws->logits.data(), bytes, cudaMemcpyDeviceToHost, m_stream));
     } else {  // rank d's slice [n, vocab / tp] becomes columns [d * vocab / tp, ..) of the rows
         const auto slice = static_cast<size_t>(m_vocab_local);

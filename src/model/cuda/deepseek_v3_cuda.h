@@ -127,6 +127,7 @@ private:
     std::unique_ptr<cuda_model::TpComm> m_tp;
     int64_t m_vocab_begin = 0;
     int64_t m_vocab_local = 0;
+    bool m_logits_rank = true;             // TP rank 0 (the DP leader): the only rank that copies logits to the host
     std::vector<int32_t> m_local_ids;      // [T] token ids mapped into the rank's embedding rows
     cuda::DeviceBuffer m_logits_gathered;  // [tp, rows, vocab / tp] f32: every rank's lm_head slice
     std::unique_ptr<cuda_model::MoePrefillLanes> m_moe_lanes;  // null: expert GEMMs of a prefill on m_stream

@@ -17,7 +17,7 @@ from tiktoken.load import load_tiktoken_bpe
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 TINY = REPO / "tests" / "fixtures" / "tiny-kimi-k2"
-O200K = REPO / "tests" / "fixtures" / "tokenizer" / "o200k_base.tiktoken"
+O200K = REPO / "tests" / "fixtures" / "tokenizer" / "kimi-o200k" / "tiktoken.model"
 
 
 def k2(*args, env=None):
