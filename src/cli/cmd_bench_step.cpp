@@ -2,9 +2,13 @@
 // HBM floor of a decode step (bytes it must read over the copy rate measured in the same run) — the numbers behind
 // docs/perf/e2e.md. --layers L times the checkpoint's first L layers (so two runs give one layer's cost by
 // difference, CUDA graphs included).
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -13,8 +17,11 @@
 #include <random>
 
 #include "cli/commands.h"
+#include "cli/net_ports.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "dist/gloo_communicator.h"
+#include "dist/parallel.h"
 #include "io/model_path.h"
 #include "model/model.h"
 #ifdef K2_HAVE_CUDA_MODEL
@@ -43,6 +50,10 @@ struct StepOptions {
     bool enforce_eager = false;
     bool profile_layers = false;
     std::string output_json;
+    // Parallel runs: one process per rank on this host (rank r on GPU r), rank 0 reports.
+    int tensor_parallel_size = 1;
+    int decode_context_parallel_size = 1;
+    bool enable_expert_parallel = false;
 };
 
 using Clock = std::chrono::steady_clock;
@@ -117,11 +128,14 @@ ForwardBatch prefill_batch(const Seq& seq, int tokens, std::mt19937& rng, int vo
     return b;
 }
 
-// Bytes one decode step must read: every weight it touches once (active_experts routed experts per MoE layer) and
-// the latent cache of every sequence.
-double decode_bytes(const ModelConfig& c, int batch, int context, int active_experts, size_t cache_elem) {
+// Bytes one decode step must read on one rank (rank 0 of a parallel run): every weight it touches once and its
+// part of the latent cache. active_experts: this rank's routed experts with rows in a MoE layer. TP splits the
+// heads' projections, the MLPs, each expert (unless EP holds them whole) and lm_head; q_a / kv_a and the router
+// stay whole on every rank; the latent cache is whole on every TP rank unless DCP splits it by token.
+double decode_bytes(const ModelConfig& c, const StepOptions& o, int active_experts, size_t cache_elem) {
+    const double tp = o.tensor_parallel_size;
     const double hidden = static_cast<double>(c.hidden_size);
-    const double heads = static_cast<double>(c.num_attention_heads);
+    const double heads = static_cast<double>(c.num_attention_heads) / tp;
     const double attn = static_cast<double>(c.q_lora_rank) * hidden +
                         heads * static_cast<double>(c.qk_head_dim()) * static_cast<double>(c.q_lora_rank) +
                         static_cast<double>(c.kv_lora_rank + c.qk_rope_head_dim) * hidden +
@@ -129,28 +143,51 @@ double decode_bytes(const ModelConfig& c, int batch, int context, int active_exp
                         2.0 * heads * static_cast<double>(c.qk_nope_head_dim + c.v_head_dim) *
                             static_cast<double>(c.kv_lora_rank);  // W_UK, W_UV in bf16
     const double expert = 3.0 * static_cast<double>(c.moe_intermediate_size) * hidden;
-    const double cache = static_cast<double>(batch) * context *
-                         static_cast<double>(c.kv_lora_rank + c.qk_rope_head_dim) * static_cast<double>(cache_elem);
-    double total = 2.0 * hidden * static_cast<double>(c.vocab_size);  // lm_head (bf16)
+    const double routed = o.enable_expert_parallel ? expert : expert / tp;
+    const double cache = static_cast<double>(o.batch) * o.context *
+                         static_cast<double>(c.kv_lora_rank + c.qk_rope_head_dim) * static_cast<double>(cache_elem) /
+                         o.decode_context_parallel_size;
+    double total = 2.0 * hidden * static_cast<double>(c.vocab_size) / tp;  // lm_head (bf16)
     for (int l = 0; l < c.num_hidden_layers; ++l) {
         total += attn + cache;
         if (c.is_moe_layer(l)) {
             total += 2.0 * static_cast<double>(c.n_routed_experts) * hidden +
-                     expert * static_cast<double>(c.n_shared_experts + active_experts);
+                     expert / tp * static_cast<double>(c.n_shared_experts) + routed * active_experts;
         } else {
-            total += 3.0 * static_cast<double>(c.intermediate_size) * hidden;
+            total += 3.0 * static_cast<double>(c.intermediate_size) * hidden / tp;
         }
     }
     return total;
 }
 
+// Medians over the profiled steps of per-layer [a, b] pairs: [[a, b] per layer].
+nlohmann::ordered_json layer_medians(const std::vector<std::vector<float>>& runs) {
+    nlohmann::ordered_json layers = nlohmann::ordered_json::array();
+    for (size_t l = 0; !runs.empty() && l + 1 < runs.front().size(); l += 2) {
+        std::vector<double> a, b;
+        for (const auto& run : runs) {
+            a.push_back(run[l]);
+            b.push_back(run[l + 1]);
+        }
+        layers.push_back({median(a), median(b)});
+    }
+    return layers;
+}
+
+// Per-layer profiles of the profiled steps: [layers, 2] each (see the model's last_*_times_ms).
+struct Profiles {
+    std::vector<std::vector<float>> decode;
+    std::vector<std::vector<float>> prefill;
+    std::vector<std::vector<float>> decode_comm;
+};
+
 void report(const StepOptions& o, const ModelConfig& c, double load_s, double copy_rate,
             const std::vector<double>& prefill_s, double fill_s, const std::vector<double>& step_s,
-            const std::array<std::vector<std::vector<float>>, 2>& profiles, int active_experts) {
+            const Profiles& profiles, int active_experts) {
     const double prefill = median(prefill_s);
     const double step = median(step_s);
     const size_t cache_elem = o.kv_cache_dtype == "fp8" ? 1 : 2;
-    const double bytes = decode_bytes(c, o.batch, o.context, active_experts, cache_elem);
+    const double bytes = decode_bytes(c, o, active_experts, cache_elem);
     const double floor_s = copy_rate > 0.0 ? bytes / copy_rate : 0.0;
     nlohmann::ordered_json j;
     j["model"] = o.model;
@@ -162,6 +199,9 @@ void report(const StepOptions& o, const ModelConfig& c, double load_s, double co
             n += c.is_moe_layer(l);
         return n;
     }();
+    j["tensor_parallel_size"] = o.tensor_parallel_size;
+    j["decode_context_parallel_size"] = o.decode_context_parallel_size;
+    j["expert_parallel"] = o.enable_expert_parallel;
     j["kv_cache_dtype"] = o.kv_cache_dtype;
     j["cuda_graphs"] = !o.enforce_eager;
     j["batch"] = o.batch;
@@ -176,27 +216,18 @@ void report(const StepOptions& o, const ModelConfig& c, double load_s, double co
     j["decode_step_s_median"] = step;
     j["decode_step_s_min"] = step_s.empty() ? 0.0 : *std::min_element(step_s.begin(), step_s.end());
     j["decode_step_s_all"] = step_s;
-    j["active_experts_last_moe_layer"] = active_experts;
+    j["active_experts_last_moe_layer"] = active_experts;  // on rank 0 (EP: of its own experts)
     j["decode_bytes"] = bytes;
     j["decode_floor_s"] = floor_s;
     j["decode_step_over_floor"] = floor_s > 0 ? step / floor_s : 0.0;
-    // Per layer: [attention ms, feed-forward ms], medians over the profiled steps.
-    const char* names[2] = {"decode_layer_attn_ffn_ms", "prefill_layer_attn_ffn_ms"};
-    for (size_t i = 0; i < 2; ++i) {
-        const auto& runs = profiles[i];
-        if (runs.empty() || runs.front().empty())
-            continue;
-        nlohmann::ordered_json layers = nlohmann::ordered_json::array();
-        for (size_t l = 0; l + 1 < runs.front().size(); l += 2) {
-            std::vector<double> attn, ffn;
-            for (const auto& run : runs) {
-                attn.push_back(run[l]);
-                ffn.push_back(run[l + 1]);
-            }
-            layers.push_back({median(attn), median(ffn)});
-        }
-        j[names[i]] = layers;
-    }
+    // Per layer: [attention ms, feed-forward ms] (each with its all-reduce), medians over the profiled steps; and
+    // of that, the all-reduces alone as rank 0 saw them.
+    if (!profiles.decode.empty())
+        j["decode_layer_attn_ffn_ms"] = layer_medians(profiles.decode);
+    if (!profiles.prefill.empty())
+        j["prefill_layer_attn_ffn_ms"] = layer_medians(profiles.prefill);
+    if (!profiles.decode_comm.empty() && !profiles.decode_comm.front().empty())
+        j["decode_layer_allreduce_ms"] = layer_medians(profiles.decode_comm);
     std::printf("%s\n", j.dump(2).c_str());
     std::printf(
         "decode: %.3f ms/step (batch %d, context %d, %d layers), floor %.3f ms (%.2f GB at %.0f GB/s) -> %.2fx\n",
@@ -244,7 +275,10 @@ double measure_copy_rate() {
 }
 #endif
 
-void run_bench_step(const StepOptions& o) {
+// One rank's run (groups: null on one rank). Every rank runs the same steps (the same seeded batches: forward is
+// collective); rank 0 reports.
+void run_rank(const StepOptions& o, std::shared_ptr<dist::ParallelGroups> groups) {
+    const bool reporter = groups == nullptr || groups->rank == 0;
     fs::path dir = resolve_model_path(o.model);
     if (o.layers > 0) {
         dir = with_layers(dir, o.layers);
@@ -260,6 +294,7 @@ void run_bench_step(const StepOptions& o) {
     options.max_model_len = o.context + o.decode_steps + o.warmup + 64;
     options.max_num_seqs = o.batch;
     options.enforce_eager = o.enforce_eager;
+    options.parallel = std::move(groups);
     const auto load_start = Clock::now();
     std::unique_ptr<Model> model = load_model(dir, options);
     const double load_s = seconds_since(load_start);
@@ -314,6 +349,7 @@ void run_bench_step(const StepOptions& o) {
     const double fill_s = seconds_since(fill_start);
     std::vector<double> step_s;
     std::vector<std::vector<float>> layer_ms;
+    std::vector<std::vector<float>> comm_ms;
     for (int i = 0; i < o.warmup + o.decode_steps; ++i) {
         const ForwardBatch b = decode_batch(seqs, rng, vocab);
         const auto t0 = Clock::now();
@@ -324,6 +360,7 @@ void run_bench_step(const StepOptions& o) {
 #ifdef K2_HAVE_CUDA_MODEL
         if (cuda_model != nullptr && o.profile_layers && i >= o.warmup) {
             layer_ms.push_back(cuda_model->last_layer_times_ms());
+            comm_ms.push_back(cuda_model->last_comm_times_ms());
         }
 #endif
     }
@@ -333,7 +370,65 @@ void run_bench_step(const StepOptions& o) {
         active = cuda_model->last_moe_active_experts();
     }
 #endif
-    report(o, c, load_s, copy_rate, prefill_s, fill_s, step_s, {layer_ms, prefill_layer_ms}, active);
+    if (reporter) {
+        report(o, c, load_s, copy_rate, prefill_s, fill_s, step_s, {layer_ms, prefill_layer_ms, comm_ms}, active);
+    }
+}
+
+// One process per rank, forked before anything touches CUDA (a CUDA context does not survive fork); rank r
+// drives GPU r. The ranks meet over Gloo on a free local port (NCCL bootstraps over that).
+void run_bench_step(const StepOptions& o) {
+    dist::ParallelConfig config;
+    config.tensor_parallel_size = o.tensor_parallel_size;
+    config.decode_context_parallel_size = o.decode_context_parallel_size;
+    config.enable_expert_parallel = o.enable_expert_parallel;
+    config.validate();
+    if (config.is_single()) {
+        run_rank(o, nullptr);
+        return;
+    }
+    K2_CHECK(o.device == "cuda",
+             "k2 bench step: -tp/-dcp/--enable-expert-parallel time the CUDA model (--device cuda)");
+    dist::GlooOptions base;
+    base.master_addr = "127.0.0.1";
+    base.master_port = free_port_pair(base.master_addr);
+    base.timeout = std::chrono::minutes(10);  // rank 0 also measures the copy rate and fills long contexts
+    const int world = config.world_size();
+    std::vector<pid_t> children;
+    for (int rank = 1; rank < world; ++rank) {
+        std::fflush(nullptr);
+        const pid_t pid = fork();
+        K2_CHECK(pid >= 0, "k2 bench step: fork() failed for rank {}", rank);
+        if (pid == 0) {
+            int code = 0;
+            try {
+                run_rank(o, dist::make_gloo_groups(config, rank, base));
+            } catch (const std::exception& e) {
+                std::fprintf(stderr, "k2 bench step: rank %d: %s\n", rank, e.what());
+                code = 1;
+            }
+            std::fflush(nullptr);
+            _exit(code);
+        }
+        children.push_back(pid);
+    }
+    std::string failed;
+    try {
+        run_rank(o, dist::make_gloo_groups(config, 0, base));
+    } catch (const std::exception& e) {
+        failed = fmt::format("rank 0: {}", e.what());
+        for (const pid_t pid : children) {
+            kill(pid, SIGTERM);  // the others would wait in a collective until the timeout
+        }
+    }
+    for (size_t i = 0; i < children.size(); ++i) {
+        int status = 0;
+        waitpid(children[i], &status, 0);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            failed += fmt::format("{}rank {} failed", failed.empty() ? "" : "; ", i + 1);
+        }
+    }
+    K2_CHECK(failed.empty(), "k2 bench step: {}", failed);
 }
 
 }  // namespace
@@ -356,6 +451,14 @@ void add_bench_step_command(CLI::App& bench) {
     cmd->add_flag("--enforce-eager", o->enforce_eager, "No CUDA graphs");
     cmd->add_flag("--profile-layers", o->profile_layers, "Per-layer decode times (needs --enforce-eager)");
     cmd->add_option("--output-json", o->output_json, "Write the result here too");
+    cmd->add_option("--tensor-parallel-size", o->tensor_parallel_size,
+                    "TP size (-tp): ranks (processes, one GPU each); rank 0 reports")
+        ->capture_default_str();
+    cmd->add_option("--decode-context-parallel-size", o->decode_context_parallel_size,
+                    "DCP size (-dcp): the latent cache split by token over this many TP ranks")
+        ->capture_default_str();
+    cmd->add_flag("--enable-expert-parallel", o->enable_expert_parallel,
+                  "Routed experts held whole, spread over the TP ranks");
     cmd->callback([o] { run_bench_step(*o); });
 }
 

@@ -1,7 +1,4 @@
 // `k2 serve [MODEL]`: vLLM's `vllm serve` flags (reference/vllm.md §1.1), an OpenAI-compatible server.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,6 +10,7 @@
 
 #include "cli/commands.h"
 #include "cli/demo_model.h"
+#include "cli/net_ports.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "io/model_path.h"
@@ -60,60 +58,6 @@ struct ServeFlags {
     int block_size = 0;
 };
 
-bool can_bind(const std::string& host, int port) {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return false;
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(port));
-    const bool ok = inet_pton(AF_INET, host.c_str(), &addr.sin_addr) == 1 &&
-                    bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0;
-    close(fd);
-    return ok;
-}
-
-// A port P with P + 1 also free on `host` (rendezvous and control), from the kernel's ephemeral range.
-int free_port_pair(const std::string& host) {
-    for (int attempt = 0; attempt < 100; ++attempt) {
-        const int fd = socket(AF_INET, SOCK_STREAM, 0);
-        K2_CHECK(fd >= 0, "socket() failed while looking for a free --master-port");
-        sockaddr_in addr{};
-        addr.sin_family = AF_INET;
-        K2_CHECK(inet_pton(AF_INET, host.c_str(), &addr.sin_addr) == 1,
-                 "--master-addr {}: not an IPv4 address (pass --master-port explicitly)", host);
-        socklen_t len = sizeof(addr);
-        int port = 0;
-        if (bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0 &&
-            getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-            port = ntohs(addr.sin_port);
-        }
-        close(fd);
-        if (port > 0 && port < 65535 && can_bind(host, port) && can_bind(host, port + 1))
-            return port;
-    }
-    K2_FAIL("no free port pair on {} for the parallel job; pass --master-port", host);
-}
-
-// The address of this host's interface that routes to `peer` (a UDP connect sends nothing): where a headless
-// node's ranks listen for collectives unless --host names one.
-std::string local_address_towards(const std::string& peer) {
-    const int fd = socket(AF_INET, SOCK_DGRAM, 0);
-    K2_CHECK(fd >= 0, "socket() failed");
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(9);
-    socklen_t len = sizeof(addr);
-    char text[INET_ADDRSTRLEN] = {};
-    const bool ok = inet_pton(AF_INET, peer.c_str(), &addr.sin_addr) == 1 &&
-                    connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0 &&
-                    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0 &&
-                    inet_ntop(AF_INET, &addr.sin_addr, text, sizeof(text)) != nullptr;
-    close(fd);
-    K2_CHECK(ok, "--data-parallel-address {}: no route from this host (pass --host with this node's address)", peer);
-    return text;
-}
-
 // vLLM's parallel flags: the layout, and clear errors for what this server does not do.
 dist::ParallelConfig make_parallel_config(const ServeFlags& f) {
     dist::ParallelConfig c;
@@ -133,14 +77,13 @@ dist::ParallelConfig make_parallel_config(const ServeFlags& f) {
              "--data-parallel-backend must be mp or ray, got {}", f.data_parallel_backend);
     K2_CHECK(f.data_parallel_backend == "mp", "--data-parallel-backend ray is not supported; use mp (processes)");
     if (c.world_size() > 1) {
-        // GPUs: tensor parallelism over NCCL, one GPU per rank (rank % visible GPUs); the CUDA model refuses
-        // shards that miss its FP8 blocks. PP, DP, DCP and EP on GPUs are not implemented yet.
-        K2_CHECK(f.options.device == "cpu" || (c.pipeline_parallel_size == 1 && c.data_parallel_size == 1 &&
-                                               c.decode_context_parallel_size == 1 && !c.enable_expert_parallel),
-                 "--device cuda runs tensor parallelism only (got TP={} PP={} DP={} DCP={} expert parallel {}); "
-                 "the CPU backend (--device cpu) runs -tp/-pp/-dp/-dcp as one process per rank",
-                 c.tensor_parallel_size, c.pipeline_parallel_size, c.data_parallel_size, c.decode_context_parallel_size,
-                 c.enable_expert_parallel);
+        // GPUs: tensor parallelism over NCCL (and peer memory), one GPU per rank (rank % visible GPUs), with expert
+        // parallelism and decode context parallelism inside the TP group; the CUDA model refuses shards that miss
+        // its FP8 blocks. PP and DP on GPUs are not implemented yet.
+        K2_CHECK(f.options.device == "cpu" || (c.pipeline_parallel_size == 1 && c.data_parallel_size == 1),
+                 "--device cuda runs -tp with --enable-expert-parallel and -dcp inside it (got PP={} DP={}); the CPU "
+                 "backend (--device cpu) runs -tp/-pp/-dp/-dcp as one process per rank",
+                 c.pipeline_parallel_size, c.data_parallel_size);
         K2_CHECK(f.options.test_scripted_output.empty(),
                  "--test-scripted-output runs without ranks; drop the parallel flags");
     }

@@ -1,5 +1,6 @@
 // Tensor parallelism of the CUDA model runner (issues 9 and 10): TP = 2 ranks, each a separate process holding half
-// the heads, intermediate dimensions and vocabulary, reproduce the single-rank CUDA model's logits. The ranks share
+// the heads, intermediate dimensions and vocabulary, reproduce the single-rank CUDA model's logits; likewise with
+// expert parallelism over the TP group and with decode context parallelism (TP 2 x DCP 2). The ranks share
 // GPU 0 and sum their sublayer outputs through host memory over Gloo (K2_TP_COMM=host), so the sharded forward is
 // checked on a one-GPU machine; on several GPUs the same code runs over NCCL, one GPU per rank.
 //
@@ -22,6 +23,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <span>
 
 #include "backend/cuda/device_buffer.h"
 #include "core/error.h"
@@ -80,14 +82,33 @@ std::vector<int32_t> prompt(int p) {
     return ids;
 }
 
-// Every prompt's prefill with all logits, rows appended: [kNumPrompts * kPromptLen, vocab].
-std::vector<float> all_logits(Model& model) {
+// Chunked runs: a 100-token sequence (two KV blocks) as a 70-token prefill, then 30 one-token decode steps.
+constexpr int kChunkedLen = 100;
+constexpr int kChunkedPrefill = 70;
+
+// Every prompt's logits for all its tokens, rows appended: [kNumPrompts * tokens, vocab]. Unchunked: one prefill
+// of kPromptLen tokens; chunked: see kChunkedLen (decode steps attend to what earlier steps cached).
+std::vector<float> all_logits(Model& model, bool chunked = false) {
     std::vector<float> out;
-    for (int p = 0; p < kNumPrompts; ++p) {
-        SingleSequence seq(model, kPromptLen);
-        const std::vector<int32_t> ids = prompt(p);
-        const Tensor logits = seq.append(ids, true);  // [kPromptLen, vocab]
+    const auto append = [&](SingleSequence& seq, std::span<const int32_t> ids) {
+        const Tensor logits = seq.append(ids, true);  // [ids, vocab]
         out.insert(out.end(), logits.data_as<float>(), logits.data_as<float>() + logits.numel());
+    };
+    for (int p = 0; p < kNumPrompts; ++p) {
+        if (!chunked) {
+            SingleSequence seq(model, kPromptLen);
+            append(seq, prompt(p));
+            continue;
+        }
+        std::vector<int32_t> ids = prompt(p);
+        const std::vector<int32_t> more = prompt(p + kNumPrompts);
+        ids.insert(ids.end(), more.begin(), more.end());
+        ids.insert(ids.end(), more.begin(), more.begin() + (kChunkedLen - 2 * kPromptLen));
+        SingleSequence seq(model, kChunkedLen);
+        append(seq, std::span(ids).first(kChunkedPrefill));
+        for (int i = kChunkedPrefill; i < kChunkedLen; ++i) {
+            append(seq, std::span(ids).subspan(static_cast<size_t>(i), 1));
+        }
     }
     return out;
 }
@@ -177,26 +198,38 @@ void write_floats(const std::filesystem::path& f, const std::vector<float>& v) {
         .write(reinterpret_cast<const char*>(v.data()), static_cast<std::streamsize>(v.size() * 4));
 }
 
+// How the two ranks split the model: TP = 2 over `comm` (host or nccl), optionally with expert parallelism over
+// the TP group or decode context parallelism.
+struct Split {
+    const char* comm = "host";
+    bool expert_parallel = false;
+    int dcp = 1;
+    bool chunked = false;  // all_logits' chunked runs (prefill + decode steps) instead of one prefill
+};
+
 // The model in `dir` on one rank and on TP = 2 ranks (rank r on GPU r % device count, so both on GPU 0 of a one-GPU
-// machine) whose all-reduces go through `comm` (host or nccl); row-by-row agreement of their logits.
-Agreement compare_tp2(const std::filesystem::path& dir, const char* comm = "host") {
+// machine) split as `split`; row-by-row agreement of their logits.
+Agreement compare_tp2(const std::filesystem::path& dir, const Split& split = {}) {
     const std::filesystem::path ref_file = dir / "single.f32";
     const std::filesystem::path tp_file = dir / "tp2.f32";
     K2_CHECK(in_child([&] {
-                 write_floats(ref_file, all_logits(*load(dir, nullptr)));
+                 write_floats(ref_file, all_logits(*load(dir, nullptr), split.chunked));
                  return 0;
              }) == 0,
              "the single-rank run failed");
-    setenv("K2_TP_COMM", comm, 1);
+    setenv("K2_TP_COMM", split.comm, 1);
     const std::string failures = dist::testing::run_ranks(
         2,
         [&](int rank, int port) {
             dist::ParallelConfig config;
             config.tensor_parallel_size = 2;
+            config.enable_expert_parallel = split.expert_parallel;
+            config.decode_context_parallel_size = split.dcp;
             dist::GlooOptions base;
             base.master_port = port;
             base.timeout = std::chrono::milliseconds(120000);
-            const std::vector<float> logits = all_logits(*load(dir, dist::make_gloo_groups(config, rank, base)));
+            const std::vector<float> logits =
+                all_logits(*load(dir, dist::make_gloo_groups(config, rank, base)), split.chunked);
             if (rank == 0) {
                 write_floats(tp_file, logits);
             }
@@ -207,7 +240,8 @@ Agreement compare_tp2(const std::filesystem::path& dir, const char* comm = "host
     const std::vector<float> ref = read_floats(ref_file);
     const std::vector<float> tp = read_floats(tp_file);
     const int64_t vocab = 4096;
-    K2_CHECK(ref.size() == static_cast<size_t>(kNumPrompts * kPromptLen * vocab) && tp.size() == ref.size(),
+    const int rows_per_prompt = split.chunked ? kChunkedLen : kPromptLen;
+    K2_CHECK(ref.size() == static_cast<size_t>(kNumPrompts * rows_per_prompt * vocab) && tp.size() == ref.size(),
              "logits sizes {} and {}", ref.size(), tp.size());
     Agreement a;
     for (size_t r = 0; r < ref.size() / vocab; ++r) {
@@ -222,9 +256,12 @@ Agreement compare_tp2(const std::filesystem::path& dir, const char* comm = "host
         }
     }
     std::sort(a.cos.begin(), a.cos.end());
-    std::printf("%s tp2 vs tp1: %zu rows, median cosine %.6f, min %.6f, >= 0.995: %.3f, argmax agree %d/%d\n",
-                dir.filename().c_str(), a.cos.size(), a.median(), a.cos.front(), a.fraction_at_least(0.995), a.agree,
-                a.confident);
+    std::printf(
+        "%s tp2%s%s%s (%s) vs tp1: %zu rows, median cosine %.6f, min %.6f, >= 0.995: %.3f, argmax agree "
+        "%d/%d\n",
+        dir.filename().c_str(), split.expert_parallel ? " ep" : "", split.dcp > 1 ? " dcp2" : "",
+        split.chunked ? ", chunked" : "", split.comm, a.cos.size(), a.median(), a.cos.front(),
+        a.fraction_at_least(0.995), a.agree, a.confident);
     return a;
 }
 
@@ -235,20 +272,69 @@ TEST_F(CudaTensorParallel, DenseModelMatchesOnEveryRow) {
     EXPECT_EQ(a.agree, a.confident);
 }
 
-TEST_F(CudaTensorParallel, MoeModelMatchesStatistically) {
-    const Agreement a = compare_tp2(s_dir);
+// The production path: NCCL between two GPUs (a multi-GPU machine only; NCCL refuses two ranks on one GPU).
+TEST_F(CudaTensorParallel, NcclAcrossTwoGpus) {
+    if (s_gpus < 2) {
+        GTEST_SKIP() << s_gpus << " CUDA device(s): the NCCL tensor-parallel test needs 2 GPUs";
+    }
+    const Agreement a = compare_tp2(s_root / "dense", {.comm = "nccl"});
+    EXPECT_GE(a.median(), 0.999);
+    EXPECT_GE(a.cos.front(), 0.995);
+}
+
+// The default on one host: the one-shot peer-memory all-reduce for small messages (decode steps), NCCL for the rest.
+TEST_F(CudaTensorParallel, PeerMemoryAllReduceAcrossTwoGpus) {
+    if (s_gpus < 2) {
+        GTEST_SKIP() << s_gpus << " CUDA device(s): the peer-memory all-reduce needs 2 GPUs";
+    }
+    const Agreement a = compare_tp2(s_root / "dense", {.comm = "p2p", .chunked = true});
+    EXPECT_GE(a.median(), 0.999);
+    EXPECT_GE(a.cos.front(), 0.995);
+    EXPECT_EQ(a.agree, a.confident);
+}
+
+// Expert parallelism over the TP group (vLLM's EP with dp = 1): each rank holds 4 of the 8 experts whole and the
+// shared expert's half; the ranks' partial MoE outputs meet in the TP all-reduce. Same statistics as TP (the bf16
+// rounding of partial sums moves routing near-ties); a rank that dropped or double-counted the other's experts
+// gives cosines far below these bounds.
+void expect_moe_agreement(const Agreement& a) {
     EXPECT_GE(a.median(), 0.998);
     EXPECT_GE(a.fraction_at_least(0.995), 0.95);
     EXPECT_LE(1.0 - a.fraction_at_least(0.9), 0.02);
     EXPECT_GE(a.agree, a.confident * 4 / 5);
 }
 
-// The production path: NCCL between two GPUs (a multi-GPU machine only; NCCL refuses two ranks on one GPU).
-TEST_F(CudaTensorParallel, NcclAcrossTwoGpus) {
+TEST_F(CudaTensorParallel, MoeModelMatchesStatistically) {
+    expect_moe_agreement(compare_tp2(s_dir));
+}
+
+TEST_F(CudaTensorParallel, ExpertParallelMatchesStatistically) {
+    expect_moe_agreement(compare_tp2(s_dir, {.expert_parallel = true}));
+}
+
+TEST_F(CudaTensorParallel, ExpertParallelNcclAcrossTwoGpus) {
     if (s_gpus < 2) {
-        GTEST_SKIP() << s_gpus << " CUDA device(s): the NCCL tensor-parallel test needs 2 GPUs";
+        GTEST_SKIP() << s_gpus << " CUDA device(s): the NCCL expert-parallel test needs 2 GPUs";
     }
-    const Agreement a = compare_tp2(s_root / "dense", "nccl");
+    expect_moe_agreement(compare_tp2(s_dir, {.comm = "nccl", .expert_parallel = true}));
+}
+
+// Decode context parallelism over the TP group (TP 2 x DCP 2): each rank stores every other token of the latent
+// cache and the partial attentions are merged by log-sum-exp. Chunked runs (a 70-token prefill, then 30 decode
+// steps over two KV blocks), so cached context on both ranks is attended. The dense model: every row must match as
+// TP alone does; a token stored on the wrong rank, a wrong local slot or a wrong merge weight breaks whole rows.
+TEST_F(CudaTensorParallel, DecodeContextParallelMatchesOnEveryRow) {
+    const Agreement a = compare_tp2(s_root / "dense", {.dcp = 2, .chunked = true});
+    EXPECT_GE(a.median(), 0.999);
+    EXPECT_GE(a.cos.front(), 0.995);
+    EXPECT_EQ(a.agree, a.confident);
+}
+
+TEST_F(CudaTensorParallel, DecodeContextParallelNcclAcrossTwoGpus) {
+    if (s_gpus < 2) {
+        GTEST_SKIP() << s_gpus << " CUDA device(s): the NCCL decode-context-parallel test needs 2 GPUs";
+    }
+    const Agreement a = compare_tp2(s_root / "dense", {.comm = "nccl", .dcp = 2, .chunked = true});
     EXPECT_GE(a.median(), 0.999);
     EXPECT_GE(a.cos.front(), 0.995);
 }

@@ -16,6 +16,7 @@
 
 #include "backend/cpu/linear.h"
 #include "backend/cpu/ref_fp8_quant.h"
+#include "backend/cuda/moe_layout.h"
 #include "backend/cuda/moe_ops.h"
 #include "core/error.h"
 #include "core/tensor.h"
@@ -81,10 +82,12 @@ struct HostPermute {
     std::vector<int32_t> pair_row;   // [num_tokens * top_k], -1 for an id outside [0, num_experts)
 };
 
-HostPermute host_permute(const std::vector<int32_t>& ids, int top_k, int num_experts) {
+// expert_begin: the local experts are global ids [expert_begin, + num_experts) (expert parallelism).
+HostPermute host_permute(std::vector<int32_t> ids, int top_k, int num_experts, int expert_begin = 0) {
     HostPermute out;
     std::vector<int32_t> order;
     for (size_t i = 0; i < ids.size(); ++i) {
+        ids[i] -= expert_begin;
         if (ids[i] >= 0 && ids[i] < num_experts)
             order.push_back(static_cast<int32_t>(i));
     }
@@ -117,12 +120,13 @@ void expect_prefix_equal(const std::vector<int32_t>& got, const std::vector<int3
                               << want[first] << ")";
 }
 
-void check_permute(int64_t num_tokens, int top_k, int num_experts, const std::vector<int32_t>& ids) {
+void check_permute(int64_t num_tokens, int top_k, int num_experts, const std::vector<int32_t>& ids,
+                   int expert_begin = 0) {
     SCOPED_TRACE("permute tokens " + std::to_string(num_tokens) + " top_k " + std::to_string(top_k) + " experts " +
-                 std::to_string(num_experts));
+                 std::to_string(num_experts) + " from " + std::to_string(expert_begin));
     const auto num_pairs = static_cast<size_t>(num_tokens * top_k);
     ASSERT_EQ(ids.size(), num_pairs);
-    const HostPermute ref = host_permute(ids, top_k, num_experts);
+    const HostPermute ref = host_permute(ids, top_k, num_experts, expert_begin);
     const auto ids_dev = to_device(ids);                                       // [num_tokens, top_k]
     cuda::DeviceBuffer offsets_dev(static_cast<size_t>(num_experts + 2) * 4);  // one poisoned slot past the end
     cuda::DeviceBuffer row_token_dev((num_pairs + 1) * 4);
@@ -138,6 +142,7 @@ void check_permute(int64_t num_tokens, int top_k, int num_experts, const std::ve
     p.num_tokens = num_tokens;
     p.top_k = top_k;
     p.num_experts = num_experts;
+    p.expert_begin = expert_begin;
     cuda::launch_moe_permute(p, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
     const auto offsets = to_host<int32_t>(offsets_dev, static_cast<size_t>(num_experts + 2));
@@ -173,12 +178,72 @@ TEST_F(CudaMoeOps, Permute) {
     check_permute(5, 2, 1, std::vector<int32_t>(10, 0));                 // one expert
     check_permute(3000, 1, 384, std::vector<int32_t>(3000, 383));        // everything on the last expert
     check_permute(0, 8, 384, {});
+    // Expert parallelism: this rank holds 192 (or 96) of the 384 experts; pairs of the others get no row.
+    for (const int64_t t : {1, 16, 300}) {
+        check_permute(t, 8, 192, random_topk_ids(t, 8, 384, rng), 192);
+        check_permute(t, 8, 96, random_topk_ids(t, 8, 384, rng), 96);
+    }
 }
 
 TEST_F(CudaMoeOps, PermuteInvalidIds) {
     // Ids outside [0, num_experts) get no row (pair_row -1) and are not counted in offsets[num_experts].
     std::vector<int32_t> ids = {3, -1, 5, 3, 16, 0, 15, 3};
     check_permute(4, 2, 16, ids);
+}
+
+// ---- scale relayout (moe_layout.h) ----
+
+// [groups, P] token-contiguous scales -> expert-blocked: expert e's block at offsets[e] * groups, [groups, n_e].
+// Rows past offsets[num_experts] (pairs of another rank's experts) must stay untouched.
+void check_scales_to_expert_blocked(int64_t num_tokens, int top_k, int num_experts, int expert_begin, int64_t groups,
+                                    std::mt19937& rng) {
+    SCOPED_TRACE("scale layout tokens " + std::to_string(num_tokens) + " experts " + std::to_string(num_experts) +
+                 " from " + std::to_string(expert_begin));
+    const HostPermute ref =
+        host_permute(random_topk_ids(num_tokens, top_k, 384, rng), top_k, num_experts, expert_begin);
+    const int64_t rows = num_tokens * top_k;                                                  // P
+    const auto scale = random_uniform(static_cast<size_t>(groups * rows), rng, 1e-3f, 1.0f);  // [groups, P]
+    std::vector<float> want(static_cast<size_t>(groups * rows), std::nanf(""));
+    const int64_t valid = ref.offsets.back();
+    for (int64_t r = 0; r < valid; ++r) {
+        const auto e =
+            static_cast<size_t>(std::upper_bound(ref.offsets.begin(), ref.offsets.end(), static_cast<int32_t>(r)) -
+                                ref.offsets.begin() - 1);
+        const int64_t begin = ref.offsets[e];
+        const int64_t n_e = ref.offsets[e + 1] - begin;
+        for (int64_t g = 0; g < groups; ++g)
+            want[static_cast<size_t>(begin * groups + g * n_e + (r - begin))] =
+                scale[static_cast<size_t>(g * rows + r)];
+    }
+    const auto scale_dev = to_device(scale);
+    const auto offsets_dev = to_device(ref.offsets);
+    cuda::DeviceBuffer out_dev(static_cast<size_t>(groups * rows) * 4);
+    out_dev.fill_bytes(0xFF);
+    cuda::MoeScaleLayoutParams p;
+    p.scale = scale_dev.as<float>();
+    p.offsets = offsets_dev.as<int32_t>();
+    p.out = out_dev.as<float>();
+    p.num_rows = rows;
+    p.num_groups = groups;
+    p.num_experts = num_experts;
+    cuda::launch_moe_scales_to_expert_blocked(p, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const auto out = to_host<uint32_t>(out_dev, static_cast<size_t>(groups * rows));
+    for (size_t i = 0; i < out.size(); ++i) {
+        uint32_t bits = 0xFFFFFFFFu;  // untouched (poison) where no valid row maps
+        if (i < static_cast<size_t>(valid * groups))
+            std::memcpy(&bits, &want[i], 4);
+        ASSERT_EQ(out[i], bits) << "scale slot " << i << " of " << out.size() << " (" << valid << " valid rows)";
+    }
+}
+
+TEST_F(CudaMoeOps, ScalesToExpertBlocked) {
+    std::mt19937 rng(21);
+    check_scales_to_expert_blocked(16, 8, 384, 0, 16, rng);  // expert down at decode: k = 2048
+    check_scales_to_expert_blocked(3, 8, 384, 0, 16, rng);
+    check_scales_to_expert_blocked(257, 8, 384, 0, 3, rng);
+    check_scales_to_expert_blocked(16, 8, 192, 192, 16, rng);  // EP over 2 ranks: about half the rows are remote
+    check_scales_to_expert_blocked(64, 8, 48, 96, 16, rng);    // EP over 8 ranks
 }
 
 // ---- gather ----

@@ -26,7 +26,7 @@ struct LatentCacheRef {
 //   cache[slot, 0:lat]        = rms_norm(kv[t, 0:lat]) * norm_weight (eps), in fp32, rounded once to the cache type
 //   cache[slot, lat:lat+rope] = rope_interleaved(kv[t, lat:lat+rope], positions[t])
 struct LatentStoreParams {
-    const uint16_t* kv = nullptr;           // [num_tokens, lat + rope] bf16 (kv_a_proj_with_mqa output), row stride kv_stride
+    const uint16_t* kv = nullptr;  // [num_tokens, lat + rope] bf16 (kv_a_proj_with_mqa output), row stride kv_stride
     const uint16_t* norm_weight = nullptr;  // [lat] bf16 kv_a_layernorm
     const int32_t* positions = nullptr;     // [num_tokens]
     const int64_t* slot_mapping = nullptr;  // [num_tokens], negative: skip
@@ -43,8 +43,8 @@ struct LatentStoreParams {
 // q_abs[t, h, lat:lat+rope] = rope_interleaved(q[t, h, nope:nope+rope], positions[t]); q_abs[.., 0:lat] is left
 // alone (the W_UK GEMM writes it).
 struct QueryRopeParams {
-    const uint16_t* q = nullptr;      // [num_tokens, heads, nope + rope] bf16 (q_b_proj output)
-    uint16_t* q_abs = nullptr;        // [num_tokens, heads, lat + rope] bf16
+    const uint16_t* q = nullptr;         // [num_tokens, heads, nope + rope] bf16 (q_b_proj output)
+    uint16_t* q_abs = nullptr;           // [num_tokens, heads, lat + rope] bf16
     const int32_t* positions = nullptr;  // [num_tokens]
     const float* inv_freq = nullptr;     // [rope / 2]
     float rope_scale = 1.0f;
@@ -58,21 +58,23 @@ struct QueryRopeParams {
 // Token t of sequence s = token_seq[t], head h: scores(j) = softmax_scale * q[t, h, :] . cache[slot(s, j), :] for
 // j = 0..positions[t] (causal by position, so prefill chunks attend to cached prefix blocks), softmax in fp32,
 // out[t, h, :] = sum_j P(j) cache[slot(s, j), 0:lat], rounded once to bf16. slot(s, j) =
-// block_tables[s, j / block_size] * block_size + j % block_size.
+// block_tables[s, j / block_size] * block_size + j % block_size. positions[t] = -1 attends to nothing (out 0,
+// lse -inf): decode context parallelism passes each rank's last local key index there, and its own block_size.
 struct MlaAttentionParams {
-    const uint16_t* q = nullptr;             // [num_tokens, heads, lat + rope] bf16
+    const uint16_t* q = nullptr;  // [num_tokens, heads, lat + rope] bf16
     LatentCacheRef cache;
-    const int32_t* block_tables = nullptr;   // [num_seqs, max_blocks_per_seq]
-    const int32_t* token_seq = nullptr;      // [num_tokens] sequence index of each token
-    const int32_t* positions = nullptr;      // [num_tokens]
-    uint16_t* out = nullptr;                 // [num_tokens, heads, lat] bf16
+    const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]
+    const int32_t* token_seq = nullptr;     // [num_tokens] sequence index of each token
+    const int32_t* positions = nullptr;     // [num_tokens]
+    uint16_t* out = nullptr;                // [num_tokens, heads, lat] bf16
+    float* lse = nullptr;                   // optional [num_tokens, heads]: ln sum_j exp(scaled score j), -inf if none
     int64_t num_tokens = 0;
     int heads = 0;
     int lat = 0;
     int rope = 0;
     int block_size = 64;
     int max_blocks_per_seq = 0;
-    int max_context = 0;                     // host bound of positions[t] + 1 (sizes splits; 0: unknown)
+    int max_context = 0;  // host bound of positions[t] + 1 (sizes splits; 0: unknown)
     float softmax_scale = 1.0f;
 };
 

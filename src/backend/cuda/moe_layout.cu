@@ -13,6 +13,9 @@ __global__ void moe_scales_to_expert_blocked_kernel(const MoeScaleLayoutParams p
     }
     const int64_t g = i / p.num_rows;
     const int64_t r = i % p.num_rows;
+    if (r >= p.offsets[p.num_experts]) {
+        return;
+    }
     int lo = 0;  // last expert whose offset is <= r
     int hi = p.num_experts - 1;
     while (lo < hi) {

@@ -1,7 +1,8 @@
 // Scale relayout between the two FP8 activation-scale layouts of the MoE path. The fused quant kernels
 // (silu_mul_quant) write token-contiguous scales for all P permuted rows, [k / 128, P]; the grouped expert GEMMs
 // read them expert-blocked (moe_ops.h): expert e's block starts at off[e] * (k / 128) and is laid out [k / 128, n_e],
-// the per-expert layout cuBLASLt's VEC128_32F scales need.
+// the per-expert layout cuBLASLt's VEC128_32F scales need. Rows past offsets[num_experts] (pairs routed to another
+// rank's experts under expert parallelism) belong to no expert and are not written.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -40,6 +40,7 @@ void launch_moe_permute(const MoePermuteParams& p, cudaStream_t stream) {
     K2_CHECK(p.top_k >= 1, "moe permute: top_k {} < 1", p.top_k);
     K2_CHECK(p.num_experts >= 1 && p.num_experts <= detail::kMoeMaxExperts,
              "moe permute: num_experts {} not in [1, {}]", p.num_experts, detail::kMoeMaxExperts);
+    K2_CHECK(p.expert_begin >= 0, "moe permute: expert_begin {} < 0", p.expert_begin);
     K2_CHECK(p.num_tokens <= kMaxRows / p.top_k, "moe permute: {} tokens x top_k {} pairs overflow int32", p.num_tokens,
              p.top_k);
     K2_CHECK(p.topk_ids != nullptr && p.offsets != nullptr && p.row_token != nullptr && p.pair_row != nullptr,

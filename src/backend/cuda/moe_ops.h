@@ -15,16 +15,18 @@
 namespace k2::cuda {
 
 // Stable counting sort of the (token, k) pairs by expert: within an expert, rows follow pair order t * top_k + k.
-// One block, deterministic (no atomics). An id outside [0, num_experts) gets no row: pair_row -1, not counted in
-// offsets[num_experts] (gather and combine skip it). num_tokens == 0 writes nothing.
+// One block, deterministic (no atomics). Expert ids are taken relative to expert_begin (expert parallelism: this
+// rank's experts are [expert_begin, expert_begin + num_experts)); an id outside that range gets no row: pair_row
+// -1, not counted in offsets[num_experts] (gather and combine skip it). num_tokens == 0 writes nothing.
 struct MoePermuteParams {
-    const int32_t* topk_ids = nullptr;  // [num_tokens, top_k] in [0, num_experts)
+    const int32_t* topk_ids = nullptr;  // [num_tokens, top_k] global expert ids
     int32_t* offsets = nullptr;         // [num_experts + 1] out
     int32_t* row_token = nullptr;       // [P] out: source token of each permuted row
     int32_t* pair_row = nullptr;        // [num_tokens, top_k] out: permuted row of each pair
     int64_t num_tokens = 0;
     int top_k = 0;
-    int num_experts = 0;  // <= 512
+    int num_experts = 0;   // <= 512
+    int expert_begin = 0;  // global id of local expert 0
 };
 
 // Quantized rows into expert order. Scales are expert-blocked: expert e's scales start at

@@ -3,6 +3,7 @@
 // is ever copied whole into host memory.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -222,15 +223,21 @@ DeviceLayer upload_layer(LayerUploader& up, const LayerWeights& l, const ModelCo
     if (l.is_moe) {
         d.router = up.bf16(l.router);
         d.router_bias = up.f32(l.router_bias);
-        const auto num = static_cast<int64_t>(l.experts.size());
-        const MlpWeights& e0 = l.experts.front();
+        // Expert parallelism leaves the other ranks' experts empty (shard_weights): upload the held run only.
+        const auto held = [](const MlpWeights& e) { return e.gate.weight.rank() > 0; };
+        const auto first = std::find_if(l.experts.begin(), l.experts.end(), held);
+        const auto last = std::find_if_not(first, l.experts.end(), held);
+        K2_CHECK(first != l.experts.end() && std::none_of(last, l.experts.end(), held),
+                 "CUDA model: a rank's routed experts must be one contiguous, non-empty range");
+        const auto num = static_cast<int64_t>(last - first);
         d.experts.num_experts = static_cast<int>(num);
-        d.experts.gate_up = up.linear({&e0.gate, &e0.up}, num);
-        d.experts.down = up.linear({&e0.down}, num);
+        d.experts.first_expert = static_cast<int>(first - l.experts.begin());
+        d.experts.gate_up = up.linear({&first->gate, &first->up}, num);
+        d.experts.down = up.linear({&first->down}, num);
         size_t gw = 0, gs = 0, dw = 0, ds = 0;
-        for (const MlpWeights& e : l.experts) {
-            up.fill(d.experts.gate_up, {&e.gate, &e.up}, gw, gs);
-            up.fill(d.experts.down, {&e.down}, dw, ds);
+        for (auto e = first; e != last; ++e) {
+            up.fill(d.experts.gate_up, {&e->gate, &e->up}, gw, gs);
+            up.fill(d.experts.down, {&e->down}, dw, ds);
         }
     }
     return d;

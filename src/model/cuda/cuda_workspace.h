@@ -21,6 +21,14 @@ inline int64_t round_up(int64_t x, int64_t m) {
     return (x + m - 1) / m * m;
 }
 
+// A device buffer that grows to the largest request (contents are not kept; eager-only buffers: graphs keep
+// pointers).
+inline void ensure(cuda::DeviceBuffer& buf, size_t num_bytes) {
+    if (buf.num_bytes() < num_bytes) {
+        buf = cuda::DeviceBuffer(std::max(num_bytes, buf.num_bytes() * 2));
+    }
+}
+
 // Activations of one step, sized for max_num_tokens tokens (T) and T * top_k permuted expert rows (P).
 struct Workspace {
     // Every row buffer has 16 rows of slack past max_tokens (and past P): a GEMM with m % 16 != 0 runs on cuBLASLt
@@ -196,6 +204,9 @@ struct StepBatch {
     std::vector<int64_t> host_ctx_slots;
     int64_t num_ctx = 0;
     int max_q_len = 0;
+    // Decode context parallelism: each token's last key index among this rank's tokens (-1: none), for attention.
+    cuda::DeviceBuffer dcp_last_keys;  // [T] i32
+    int dcp_max_context = 0;           // host bound of dcp_last_keys + 1
 };
 
 }  // namespace k2::cuda_model

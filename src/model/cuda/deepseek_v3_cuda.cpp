@@ -28,16 +28,9 @@ constexpr int64_t kFastDecodeMaxSeqs = 512;
 // at 64: above it the MoE needs the expert row counts on the host).
 constexpr int kGraphBatchSizes[] = {1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64};
 
-// A device buffer that grows to the largest request (contents are not kept).
-void ensure(cuda::DeviceBuffer& buf, size_t num_bytes) {
-    if (buf.num_bytes() < num_bytes) {
-        buf = cuda::DeviceBuffer(std::max(num_bytes, buf.num_bytes() * 2));
-    }
-}
-
 template <typename T>
 void upload_async(cuda::DeviceBuffer& buf, const std::vector<T>& host, cudaStream_t stream) {
-    ensure(buf, std::max<size_t>(host.size() * sizeof(T), 16));
+    cuda_model::ensure(buf, std::max<size_t>(host.size() * sizeof(T), 16));
     if (!host.empty()) {
         CUDA_CHECK(cudaMemcpyAsync(buf.data(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice, stream));
     }
@@ -63,11 +56,10 @@ void DeepseekV3CudaModel::setup_tensor_parallel(const ModelOptions& options) {
         return;
     }
     const dist::ParallelConfig& p = options.parallel->config;
-    K2_CHECK(p.pipeline_parallel_size == 1 && p.data_parallel_size == 1 && p.decode_context_parallel_size == 1 &&
-                 !p.enable_expert_parallel,
-             "--device cuda: only tensor parallelism is implemented on GPUs (got pp {}, dp {}, dcp {}, expert "
-             "parallel {})",
-             p.pipeline_parallel_size, p.data_parallel_size, p.decode_context_parallel_size, p.enable_expert_parallel);
+    K2_CHECK(p.pipeline_parallel_size == 1 && p.data_parallel_size == 1,
+             "--device cuda: tensor parallelism (with --enable-expert-parallel and -dcp over it) is what runs on "
+             "GPUs so far (got pp {}, dp {})",
+             p.pipeline_parallel_size, p.data_parallel_size);
     const int tp = p.tensor_parallel_size;
     const ModelConfig& f = m_full_config;
     const auto check_blocks = [&](int64_t value, const char* field) {
@@ -77,28 +69,45 @@ void DeepseekV3CudaModel::setup_tensor_parallel(const ModelOptions& options) {
                  tp, field, value);
     };
     check_blocks(f.intermediate_size, "intermediate_size");
-    if (f.n_routed_experts > 0) {
-        check_blocks(f.moe_intermediate_size, "moe_intermediate_size");
+    if (f.n_routed_experts > 0) {  // the shared experts, and the routed ones without expert parallelism
+        check_blocks(f.moe_intermediate_size * std::max<int64_t>(f.n_shared_experts, 1), "moe_intermediate_size");
     }
     check_blocks(f.num_attention_heads * f.qk_head_dim(), "num_attention_heads x qk_head_dim");
     check_blocks(f.num_attention_heads * f.v_head_dim, "num_attention_heads x v_head_dim");
     const int device = options.parallel->rank % cuda::cuda_device_count();
     CUDA_CHECK(cudaSetDevice(device));
     const char* kind = std::getenv("K2_TP_COMM");
-    m_tp = cuda_model::make_tp_comm(kind != nullptr ? kind : "nccl", options.parallel->tp, device);
+    const std::string comm_kind = kind != nullptr ? kind : "auto";
+    m_tp = cuda_model::make_tp_comm(comm_kind, options.parallel->tp, device);
     if (!m_tp->graph_capturable()) {
         m_options.enforce_eager = true;
     }
     const ShardLayout layout = make_shard_layout(f, options.parallel.get());
     m_config.num_attention_heads = layout.num_heads;
     m_config.intermediate_size = f.intermediate_size / tp;
-    m_config.moe_intermediate_size = f.moe_intermediate_size / tp;
+    // Expert parallelism (vLLM's EP over the TP group when dp = 1): each rank holds whole experts, so the routed
+    // experts keep the full intermediate size; the shared experts stay split like a dense MLP (their DeviceLinear
+    // shapes come from the sliced weights). Each rank's partial MoE output joins the same all-reduce.
+    m_config.moe_intermediate_size = layout.expert_parallel ? f.moe_intermediate_size : f.moe_intermediate_size / tp;
+    if (layout.dcp_size > 1) {
+        m_dcp = std::make_unique<cuda_model::DcpAttention>(
+            cuda_model::make_tp_comm(comm_kind == "host" ? "host" : "nccl", options.parallel->dcp, device),
+            layout.dcp_rank);
+        // The per-step host arrays of DCP (local slots, last local keys) are uploaded into eager buffers.
+        m_options.enforce_eager = true;
+    }
     m_vocab_begin = layout.vocab_begin;
     m_vocab_local = layout.vocab_size;
     m_logits_rank = options.parallel->is_dp_leader();
-    K2_INFO("CUDA model: tensor-parallel rank {}/{} on GPU {} ({} heads, vocabulary rows {}..{}, {} all-reduce)",
-            layout.tp_rank, tp, device, layout.num_heads, m_vocab_begin, m_vocab_begin + m_vocab_local,
-            kind != nullptr ? kind : "nccl");
+    K2_INFO("CUDA model: tensor-parallel rank {}/{} on GPU {} ({} heads, vocabulary rows {}..{}, {} all-reduce{})",
+            layout.tp_rank, tp, device, layout.num_heads, m_vocab_begin, m_vocab_begin + m_vocab_local, m_tp->name(),
+            layout.expert_parallel ? fmt::format(", routed experts {}..{} whole", layout.expert_begin,
+                                                 layout.expert_begin + layout.num_experts)
+                                   : std::string());
+    if (m_dcp != nullptr) {
+        K2_INFO("CUDA model: decode context parallel rank {}/{}: {} of every 64 KV tokens here (CUDA graphs off)",
+                layout.dcp_rank, layout.dcp_size, m_dcp->block_tokens());
+    }
 }
 
 void DeepseekV3CudaModel::tp_all_reduce(uint16_t* buf, int64_t count) {
@@ -194,6 +203,9 @@ DeepseekV3CudaModel::~DeepseekV3CudaModel() {
     for (cudaEvent_t e : m_layer_events) {
         cudaEventDestroy(e);
     }
+    for (cudaEvent_t e : m_comm_events) {
+        cudaEventDestroy(e);
+    }
     if (m_stream != nullptr) {
         cudaStreamSynchronize(m_stream);
         cudaStreamDestroy(m_stream);
@@ -202,7 +214,8 @@ DeepseekV3CudaModel::~DeepseekV3CudaModel() {
 
 size_t DeepseekV3CudaModel::kv_cache_bytes_per_block() const {
     const size_t elem = m_options.kv_cache_dtype == KvCacheDType::FP8_E4M3 ? 1 : 2;
-    return static_cast<size_t>(m_config.num_hidden_layers) * kKvBlockSize *
+    const size_t block_tokens = m_dcp != nullptr ? m_dcp->block_tokens() : kKvBlockSize;
+    return static_cast<size_t>(m_config.num_hidden_layers) * block_tokens *
            static_cast<size_t>(m_config.kv_lora_rank + m_config.qk_rope_head_dim) * elem;
 }
 
@@ -252,7 +265,14 @@ void DeepseekV3CudaModel::upload_batch(const ForwardBatch& b, StepBatch& d, int 
         upload_async(d.token_ids, b.token_ids, m_stream);
     }
     upload_async(d.positions, b.positions, m_stream);
-    upload_async(d.slot_mapping, b.slot_mapping, m_stream);
+    if (m_dcp != nullptr) {  // eager only (setup_tensor_parallel): this rank's share of the cache
+        m_dcp->local_slots(b, m_local_slots);
+        upload_async(d.slot_mapping, m_local_slots, m_stream);
+        d.dcp_max_context = m_dcp->local_last_keys(b, m_dcp_last_keys);
+        upload_async(d.dcp_last_keys, m_dcp_last_keys, m_stream);
+    } else {
+        upload_async(d.slot_mapping, b.slot_mapping, m_stream);
+    }
     upload_async(d.token_seq, d.host_token_seq, m_stream);
     upload_async(d.seq_lens, b.seq_lens, m_stream);
     if (table_pitch > 0 && b.max_blocks_per_seq > 0) {  // into the fixed [seqs, table_pitch] table of the graphs
@@ -263,7 +283,7 @@ void DeepseekV3CudaModel::upload_batch(const ForwardBatch& b, StepBatch& d, int 
         upload_async(d.block_tables, b.block_tables, m_stream);
     }
     upload_async(d.logits_indices, b.logits_indices, m_stream);
-    if (table_pitch == 0) {  // graph batches are decode batches: always the absorbed kernels
+    if (table_pitch == 0 && m_dcp == nullptr) {  // graph batches (and DCP) use the absorbed kernels only
         cuda_model::prepare_mla_prefill(b, m_config, m_ws->ctx_capacity, d, m_stream);
     }
 }
@@ -289,7 +309,8 @@ void DeepseekV3CudaModel::linear(const uint8_t* xq, const float* xs, int64_t m, 
 bool DeepseekV3CudaModel::use_fast_decode(const ForwardBatch& b) const {
     static const bool disabled = std::getenv("K2_DISABLE_FAST_MLA_DECODE") != nullptr;
     const ModelConfig& c = m_config;
-    return !disabled && c.kv_lora_rank == cuda::kMlaLatent && c.qk_rope_head_dim == cuda::kMlaRope &&
+    return !disabled && m_dcp == nullptr && c.kv_lora_rank == cuda::kMlaLatent &&
+           c.qk_rope_head_dim == cuda::kMlaRope &&
            (c.num_attention_heads < cuda::kMlaHeadsPerCta || c.num_attention_heads % cuda::kMlaHeadsPerCta == 0) &&
            m_options.kv_cache_dtype != KvCacheDType::F32 && b.num_tokens() == b.num_seqs() &&
            b.num_seqs() <= kFastDecodeMaxSeqs &&
@@ -364,10 +385,19 @@ void DeepseekV3CudaModel::run_layers(const StepBatch& b) {
     const bool profile = m_profile_layers && capture == cudaStreamCaptureStatusNone;
     if (profile && m_layer_events.empty()) {
         m_layer_events.resize(static_cast<size_t>(2 * c.num_hidden_layers + 1));
-        for (cudaEvent_t& e : m_layer_events) {
-            CUDA_CHECK(cudaEventCreate(&e));
+        m_comm_events.resize(m_tp != nullptr ? static_cast<size_t>(2 * c.num_hidden_layers) : 0);
+        for (std::vector<cudaEvent_t>* events : {&m_layer_events, &m_comm_events}) {
+            for (cudaEvent_t& e : *events) {
+                CUDA_CHECK(cudaEventCreate(&e));
+            }
         }
     }
+    // Marks the start of sublayer i's all-reduce (its end is the next layer event).
+    const auto comm_mark = [&](int i) {
+        if (profile && !m_comm_events.empty()) {
+            CUDA_CHECK(cudaEventRecord(m_comm_events[static_cast<size_t>(i)], m_stream));
+        }
+    };
     for (int l = 0; l < c.num_hidden_layers; ++l) {
         const cuda_model::DeviceLayer& w = m_weights.layers[static_cast<size_t>(l)];
         if (profile) {
@@ -378,6 +408,7 @@ void DeepseekV3CudaModel::run_layers(const StepBatch& b) {
                                        l == 0 ? nullptr : ws.h.as<uint16_t>(), w.input_norm.as<uint16_t>(), t_count,
                                        hidden, eps, m_stream);
         attention(l, t_count, b);
+        comm_mark(2 * l);
         tp_all_reduce(ws.y.as<uint16_t>(), t_count * hidden);
         if (profile) {
             CUDA_CHECK(cudaEventRecord(m_layer_events[static_cast<size_t>(2 * l + 1)], m_stream));
@@ -391,6 +422,7 @@ void DeepseekV3CudaModel::run_layers(const StepBatch& b) {
                                            t_count, hidden, eps, m_stream);
             dense_mlp(w.gate_up, w.down, t_count, ws.y.as<uint16_t>());
         }
+        comm_mark(2 * l + 1);
         tp_all_reduce(ws.y.as<uint16_t>(), t_count * hidden);
     }
     if (profile) {
@@ -413,11 +445,26 @@ std::vector<float> DeepseekV3CudaModel::last_layer_times_ms() {
     return times;
 }
 
+std::vector<float> DeepseekV3CudaModel::last_comm_times_ms() {
+    std::vector<float> times;  // [layers, 2]: the attention's and the feed-forward's all-reduce
+    if (m_comm_events.empty() || m_layer_events.empty()) {
+        return times;
+    }
+    CUDA_CHECK(cudaEventSynchronize(m_layer_events.back()));
+    for (size_t i = 0; i < m_comm_events.size(); ++i) {
+        float ms = 0.0f;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, m_comm_events[i], m_layer_events[i + 1]));
+        times.push_back(ms);
+    }
+    return times;
+}
+
 int DeepseekV3CudaModel::last_moe_active_experts() {
-    if (m_config.n_routed_experts == 0) {
+    if (m_config.n_routed_experts == 0 || m_weights.layers.empty()) {
         return 0;
     }
-    std::vector<int32_t> offsets(static_cast<size_t>(m_config.n_routed_experts + 1));
+    // Offsets of this rank's experts (all of them, or its range under expert parallelism).
+    std::vector<int32_t> offsets(static_cast<size_t>(m_weights.layers.back().experts.num_experts + 1));
     CUDA_CHECK(cudaStreamSynchronize(m_stream));
     m_ws->offsets.download(offsets.data(), offsets.size() * 4);
     int active = 0;
@@ -467,7 +514,7 @@ void DeepseekV3CudaModel::logits_pass(const StepBatch& b, int64_t r0, int64_t n)
     lm.ldc = vocab;
     m_bf16->run(lm, m_stream);
     if (m_tp != nullptr) {  // [n, vocab / tp] from every rank: [tp, n, vocab / tp], reordered by download_logits
-        m_tp->all_gather_f32(ws.logits.as<float>(), m_logits_gathered.as<float>(), n * vocab, m_stream);
+        m_tp->all_gather(ws.logits.as<float>(), m_logits_gathered.as<float>(), n * vocab, DType::F32, m_stream);
     }
 }
 

@@ -13,6 +13,7 @@
 #include "backend/cuda/fp8_gemm.h"
 #include "backend/cuda/mla_ops.h"
 #include "io/safetensors.h"
+#include "model/cuda/dcp_attention.h"
 #include "model/cuda/moe_lanes.h"
 #include "model/cuda/tp_comm.h"
 #include "model/deepseek_v3.h"
@@ -30,11 +31,14 @@ struct DeviceLinear {
     int64_t k = 0;
 };
 
-// All experts of a layer stacked: gate_up [E, 2 * inter, hidden] (gate rows first), down [E, hidden, inter].
+// The routed experts this rank holds, stacked: gate_up [E, 2 * inter, hidden] (gate rows first), down [E, hidden,
+// inter]. Without expert parallelism all of them (E = n_routed_experts); with it the global ids
+// [first_expert, first_expert + E), each whole.
 struct DeviceExperts {
     DeviceLinear gate_up;  // n = 2 * inter per expert
     DeviceLinear down;     // n = hidden per expert
     int num_experts = 0;
+    int first_expert = 0;
 };
 
 struct DeviceLayer {
@@ -87,7 +91,10 @@ public:
     // Benchmark probes (k2 bench step). With profiling on, eager steps record an event around every layer.
     void set_layer_profiling(bool on) { m_profile_layers = on; }
     std::vector<float> last_layer_times_ms();  // [num_layers, 2] (attention, feed-forward) of the last eager step
-    int last_moe_active_experts();             // experts with rows in the last step's last MoE layer
+    // [num_layers, 2] (attention's, feed-forward's) tensor-parallel all-reduce of the last eager step, as this rank
+    // saw it (waiting for slower ranks included); empty on one rank.
+    std::vector<float> last_comm_times_ms();
+    int last_moe_active_experts();  // this rank's experts with rows in the last step's last MoE layer
 
 private:
     void check_batch(const ForwardBatch& batch) const;
@@ -130,6 +137,10 @@ private:
     bool m_logits_rank = true;             // TP rank 0 (the DP leader): the only rank that copies logits to the host
     std::vector<int32_t> m_local_ids;      // [T] token ids mapped into the rank's embedding rows
     cuda::DeviceBuffer m_logits_gathered;  // [tp, rows, vocab / tp] f32: every rank's lm_head slice
+    // Decode context parallelism (null without): the latent cache split by token over the DCP group.
+    std::unique_ptr<cuda_model::DcpAttention> m_dcp;
+    std::vector<int64_t> m_local_slots;    // [T] this rank's cache slot of every token (-1: another rank's)
+    std::vector<int32_t> m_dcp_last_keys;  // [T]
     std::unique_ptr<cuda_model::MoePrefillLanes> m_moe_lanes;  // null: expert GEMMs of a prefill on m_stream
     ModelOptions m_options;
     cuda_model::DeviceWeights m_weights;
@@ -143,6 +154,7 @@ private:
     int m_graph_blocks = 0;                                // block-table width of graph batches
     bool m_profile_layers = false;
     std::vector<cudaEvent_t> m_layer_events;  // [2 * num_layers + 1]
+    std::vector<cudaEvent_t> m_comm_events;   // [2 * num_layers]: before each sublayer's all-reduce (TP only)
     cuda::DeviceBuffer m_cache;               // [layers, num_blocks * block_size, entry] bf16 or e4m3
     cuda::DeviceBuffer m_inv_freq;            // [rope / 2] f32
     float m_rope_scale = 1.0f;

@@ -127,7 +127,7 @@ cuda::LatentCacheRef DeepseekV3CudaModel::cache_ref(int layer) const {
     const bool fp8 = m_options.kv_cache_dtype == KvCacheDType::FP8_E4M3;
     cuda::LatentCacheRef ref;
     ref.fp8 = fp8;
-    ref.num_slots = static_cast<int64_t>(m_num_blocks) * kKvBlockSize;
+    ref.num_slots = static_cast<int64_t>(m_num_blocks) * (m_dcp != nullptr ? m_dcp->block_tokens() : kKvBlockSize);
     ref.data =
         m_cache.as<char>() + static_cast<size_t>(layer) * static_cast<size_t>(ref.num_slots * entry) * (fp8 ? 1 : 2);
     return ref;
@@ -139,6 +139,24 @@ void DeepseekV3CudaModel::attend(int layer, int64_t t_count, const cuda_model::S
     const ModelConfig& c = m_config;
     cuda_model::Workspace& ws = *m_ws;
     const cuda::LatentCacheRef cache = cache_ref(layer);
+    if (m_dcp != nullptr) {
+        cuda_model::DcpAttention::Args da;
+        da.q_abs = ws.q_abs.as<uint16_t>();
+        da.cache = cache;
+        da.block_tables = b.block_tables.as<int32_t>();
+        da.token_seq = b.token_seq.as<int32_t>();
+        da.last_keys = b.dcp_last_keys.as<int32_t>();
+        da.out = ws.o_lat.as<uint16_t>();
+        da.num_tokens = t_count;
+        da.heads = static_cast<int>(c.num_attention_heads);
+        da.lat = static_cast<int>(c.kv_lora_rank);
+        da.rope = static_cast<int>(c.qk_rope_head_dim);
+        da.max_blocks_per_seq = b.max_blocks_per_seq;
+        da.max_local_context = b.dcp_max_context;
+        da.softmax_scale = m_softmax_scale;
+        m_dcp->attend(da, m_stream);
+        return;
+    }
     if (b.fast_decode) {
         cuda::MlaDecodeParams md;
         md.q = ws.q_abs.as<uint16_t>();
@@ -206,7 +224,8 @@ void DeepseekV3CudaModel::moe(int layer, int64_t t_count) {
     const ModelConfig& c = m_config;
     const cuda_model::DeviceLayer& w = m_weights.layers[static_cast<size_t>(layer)];
     cuda_model::Workspace& ws = *m_ws;
-    const int experts = static_cast<int>(c.n_routed_experts);
+    const int experts = static_cast<int>(c.n_routed_experts);  // the router's: all of them
+    const int local = w.experts.num_experts;                   // this rank's (expert parallelism: a range)
     const int top_k = static_cast<int>(c.num_experts_per_tok);
     const int64_t hidden = c.hidden_size;
     const int64_t rows = t_count * top_k;  // P
@@ -244,7 +263,8 @@ void DeepseekV3CudaModel::moe(int layer, int64_t t_count) {
     pp.pair_row = ws.pair_row.as<int32_t>();
     pp.num_tokens = t_count;
     pp.top_k = top_k;
-    pp.num_experts = experts;
+    pp.num_experts = local;
+    pp.expert_begin = w.experts.first_expert;  // pairs of other ranks' experts get no row
     cuda::launch_moe_permute(pp, m_stream);
     cuda::MoeGatherParams gp;
     gp.x = ws.xq.as<uint8_t>();
@@ -256,12 +276,12 @@ void DeepseekV3CudaModel::moe(int layer, int64_t t_count) {
     gp.num_rows = rows;
     gp.k = hidden;
     gp.x_scale_stride = cuda::round_up_16(t_count);
-    gp.num_experts = experts;
+    gp.num_experts = local;
     cuda::launch_moe_gather(gp, m_stream);
 
     const bool grouped_launch = t_count <= kGroupedDecodeMaxTokens;
     if (!grouped_launch) {
-        ws.host_offsets.resize(static_cast<size_t>(experts + 1));
+        ws.host_offsets.resize(static_cast<size_t>(local + 1));
         CUDA_CHECK(cudaMemcpyAsync(ws.host_offsets.data(), ws.offsets.data(), ws.host_offsets.size() * 4,
                                    cudaMemcpyDeviceToHost, m_stream));
         CUDA_CHECK(cudaStreamSynchronize(m_stream));
@@ -274,7 +294,7 @@ void DeepseekV3CudaModel::moe(int layer, int64_t t_count) {
         g.w_scale = lin.scale.as<float>();
         g.y = y;
         g.offsets = ws.offsets.as<int32_t>();
-        g.num_experts = experts;
+        g.num_experts = local;
         g.n = lin.n;
         g.k = lin.k;
         g.max_rows_per_expert = t_count;
@@ -297,7 +317,7 @@ void DeepseekV3CudaModel::moe(int layer, int64_t t_count) {
     sl.out = ws.acts_blocked.as<float>();
     sl.num_rows = rows;
     sl.num_groups = mi / 128;
-    sl.num_experts = experts;
+    sl.num_experts = local;
     cuda::launch_moe_scales_to_expert_blocked(sl, m_stream);
     grouped(w.experts.down, ws.actg.as<uint8_t>(), ws.acts_blocked.as<float>(), ws.yg.as<uint16_t>());
 

@@ -5,7 +5,14 @@
 #include "backend/cuda/cuda_check.h"
 #include "core/error.h"
 #ifdef K2_HAVE_NCCL
+#include <unistd.h>
+
+#include <functional>
+#include <string>
+
+#include "core/log.h"
 #include "dist/nccl_communicator.h"
+#include "dist/p2p_allreduce.h"
 #endif
 
 namespace k2::cuda_model {
@@ -16,6 +23,7 @@ class HostStagedComm final : public TpComm {
 public:
     explicit HostStagedComm(std::shared_ptr<dist::Communicator> group) : m_group(std::move(group)) {}
     int size() const override { return m_group->size(); }
+    const char* name() const override { return "host"; }
     bool graph_capturable() const override { return false; }
 
     void all_reduce_bf16(uint16_t* buf, int64_t count, cudaStream_t stream) override {
@@ -27,21 +35,22 @@ public:
         CUDA_CHECK(cudaStreamSynchronize(stream));  // m_bf16 is reused by the next call
     }
 
-    void all_gather_f32(const float* send, float* recv, int64_t count, cudaStream_t stream) override {
-        m_send.resize(static_cast<size_t>(count));           // [count]
-        m_recv.resize(static_cast<size_t>(count * size()));  // [size, count]
-        CUDA_CHECK(cudaMemcpyAsync(m_send.data(), send, m_send.size() * 4, cudaMemcpyDeviceToHost, stream));
+    void all_gather(const void* send, void* recv, int64_t count, DType dtype, cudaStream_t stream) override {
+        const size_t bytes = static_cast<size_t>(count) * dtype_size(dtype);
+        m_send.resize(bytes);                                // [count] of dtype
+        m_recv.resize(bytes * static_cast<size_t>(size()));  // [size, count]
+        CUDA_CHECK(cudaMemcpyAsync(m_send.data(), send, bytes, cudaMemcpyDeviceToHost, stream));
         CUDA_CHECK(cudaStreamSynchronize(stream));
-        m_group->all_gather(m_send.data(), m_recv.data(), m_send.size(), DType::F32);
-        CUDA_CHECK(cudaMemcpyAsync(recv, m_recv.data(), m_recv.size() * 4, cudaMemcpyHostToDevice, stream));
+        m_group->all_gather(m_send.data(), m_recv.data(), bytes, DType::U8);
+        CUDA_CHECK(cudaMemcpyAsync(recv, m_recv.data(), m_recv.size(), cudaMemcpyHostToDevice, stream));
         CUDA_CHECK(cudaStreamSynchronize(stream));
     }
 
 private:
     std::shared_ptr<dist::Communicator> m_group;
     std::vector<uint16_t> m_bf16;
-    std::vector<float> m_send;
-    std::vector<float> m_recv;
+    std::vector<uint8_t> m_send;
+    std::vector<uint8_t> m_recv;
 };
 
 #ifdef K2_HAVE_NCCL
@@ -49,20 +58,80 @@ class NcclComm final : public TpComm {
 public:
     NcclComm(dist::Communicator& bootstrap, int device) : m_nccl(bootstrap, device) {}
     int size() const override { return m_nccl.size(); }
+    const char* name() const override { return "nccl"; }
     bool graph_capturable() const override { return true; }
 
     void all_reduce_bf16(uint16_t* buf, int64_t count, cudaStream_t stream) override {
         m_nccl.set_stream(stream);
         m_nccl.all_reduce_sum(buf, static_cast<size_t>(count), DType::BF16);
     }
-    void all_gather_f32(const float* send, float* recv, int64_t count, cudaStream_t stream) override {
+    void all_gather(const void* send, void* recv, int64_t count, DType dtype, cudaStream_t stream) override {
         m_nccl.set_stream(stream);
-        m_nccl.all_gather(send, recv, static_cast<size_t>(count), DType::F32);
+        m_nccl.all_gather(send, recv, static_cast<size_t>(count), dtype);
     }
 
 private:
     dist::NcclCommunicator m_nccl;
 };
+
+// NCCL plus the one-shot peer-memory all-reduce (p2p_allreduce.h) for the small messages of decode steps: one
+// kernel and one flag barrier instead of NCCL's protocol (docs/perf/multigpu.md: 4.8 vs 7.4 us on two H200s).
+// Larger messages (prefill) fall back to NCCL inside P2pAllReduce. Results are summed in fp32 in rank order and
+// rounded once, the same bits on every rank.
+class P2pComm final : public TpComm {
+public:
+    P2pComm(std::shared_ptr<dist::Communicator> bootstrap, int device)
+        : m_bootstrap(std::move(bootstrap)), m_nccl(*m_bootstrap, device), m_p2p(*m_bootstrap, device, &m_nccl) {}
+    ~P2pComm() override {
+        // A peer may still read this rank's staging buffer until its own last call ends (p2p_allreduce.h).
+        try {
+            m_p2p.synchronize();
+            m_bootstrap->barrier();
+        } catch (const std::exception& e) {
+            K2_WARN("tensor-parallel teardown: {}", e.what());
+        }
+    }
+    int size() const override { return m_nccl.size(); }
+    const char* name() const override { return "p2p+nccl"; }
+    bool graph_capturable() const override { return true; }
+
+    void all_reduce_bf16(uint16_t* buf, int64_t count, cudaStream_t stream) override {
+        m_p2p.set_stream(stream);
+        m_p2p.all_reduce_sum(buf, static_cast<size_t>(count), DType::BF16);
+    }
+    void all_gather(const void* send, void* recv, int64_t count, DType dtype, cudaStream_t stream) override {
+        m_nccl.set_stream(stream);
+        m_nccl.all_gather(send, recv, static_cast<size_t>(count), dtype);
+    }
+
+private:
+    std::shared_ptr<dist::Communicator> m_bootstrap;
+    dist::NcclCommunicator m_nccl;
+    dist::P2pAllReduce m_p2p;
+};
+
+// Peer memory needs every rank of the group on one host, on distinct GPUs that can reach each other. Decided
+// collectively (every rank gets the same answer, so every rank builds the same kind of communicator).
+bool peer_memory_usable(dist::Communicator& group, int device) {
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    const auto host_id = static_cast<int64_t>(std::hash<std::string>{}(host)&0x7fffffffffffll);
+    const int64_t mine[2] = {host_id, device};
+    std::vector<int64_t> all(static_cast<size_t>(2 * group.size()));  // [ranks, (host, device)]
+    group.all_gather(mine, all.data(), 2, DType::I64);
+    float ok = group.size() <= 8 ? 1.0f : 0.0f;
+    for (int r = 0; r < group.size(); ++r) {
+        const int64_t peer_host = all[static_cast<size_t>(2 * r)];
+        const auto peer_device = static_cast<int>(all[static_cast<size_t>(2 * r + 1)]);
+        int can = 0;
+        if (r != group.rank() && (peer_host != host_id || peer_device == device ||
+                                  cudaDeviceCanAccessPeer(&can, device, peer_device) != cudaSuccess || can == 0)) {
+            ok = 0.0f;
+        }
+    }
+    group.all_reduce_sum(&ok, 1, DType::F32);
+    return ok == static_cast<float>(group.size());
+}
 #endif
 
 }  // namespace
@@ -72,8 +141,12 @@ std::unique_ptr<TpComm> make_tp_comm(const std::string& kind, const std::shared_
     if (kind == "host") {
         return std::make_unique<HostStagedComm>(group);
     }
-    K2_CHECK(kind == "nccl", "K2_TP_COMM must be nccl or host, got '{}'", kind);
+    K2_CHECK(kind == "auto" || kind == "nccl" || kind == "p2p", "K2_TP_COMM must be auto, nccl, p2p or host, got '{}'",
+             kind);
 #ifdef K2_HAVE_NCCL
+    if (kind == "p2p" || (kind == "auto" && peer_memory_usable(*group, device))) {
+        return std::make_unique<P2pComm>(group, device);
+    }
     return std::make_unique<NcclComm>(*group, device);
 #else
     (void)device;

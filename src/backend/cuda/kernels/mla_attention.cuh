@@ -35,9 +35,9 @@
 #include <cmath>
 #include <cstdint>
 
+#include "backend/cuda/kernels/warp_mma.cuh"
 #include "backend/cuda/mla_ops.h"
 #include "backend/cuda/mla_ops_detail.h"
-#include "backend/cuda/kernels/warp_mma.cuh"
 
 namespace k2::cuda::kernels::mla_attn {
 
@@ -372,10 +372,17 @@ __global__ void __launch_bounds__(kThreads, 1)
             continue;
         }
         const float total = row_sum[r] + pair_stat[(warp ^ 4) * 16 + group + 8 * r];
-        const float inv = kv_scale / total;
+        // A row with no visible key (decode context parallelism: none of its context on this rank) has O = 0, l = 0:
+        // it writes zeros and lse = -inf, which the DCP merge weighs by exp(-inf) = 0.
+        const float inv = total > 0.0f ? kv_scale / total : 0.0f;
         const int row = warp_row + group + 8 * r;
         const int64_t t = token0 + row_tok[r];
         const int head = head0 + row % hpc;
+        if (p.lse != nullptr && half == 0 && quad_lane == 0) {
+            // ln sum_j exp(scale * q.k_j): row_max is the log2-domain max of the scaled scores, total the sum of
+            // exp2(score - max) (the same bf16-rounded P that O was built from).
+            p.lse[t * p.heads + head] = total > 0.0f ? (row_max[r] + log2f(total)) * 0.6931471805599453f : -INFINITY;
+        }
         uint16_t* dst = p.out + (t * p.heads + head) * p.lat + warp_dim;  // [lat / 2] bf16 of this warp
 #pragma unroll
         for (int n = 0; n < 32; ++n) {

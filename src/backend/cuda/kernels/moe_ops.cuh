@@ -21,13 +21,13 @@ inline constexpr int kCombineVec = 8;  // bf16 per thread: one 16-byte load per 
 // Steps of 32 pairs whose ids one warp loads together: hides the global load latency of the serial walk.
 inline constexpr int kPermuteBatch = 8;
 
-// Expert of pair i of this warp's segment, or -1 past the segment's end or for an id outside [0, num_experts)
-// (such a pair gets no row: pair_row -1, and offsets[num_experts] counts the valid pairs only).
+// Local expert of pair i of this warp's segment, or -1 past the segment's end or for an id outside this rank's
+// [expert_begin, + num_experts) (such a pair gets no row: pair_row -1, offsets[num_experts] counts valid pairs).
 __device__ __forceinline__ int permute_expert(const MoePermuteParams& p, int i, int seg_end) {
     if (i >= seg_end) {
         return -1;
     }
-    const int e = p.topk_ids[i];
+    const int e = p.topk_ids[i] - p.expert_begin;
     return e >= 0 && e < p.num_experts ? e : -1;
 }
 

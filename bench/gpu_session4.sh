@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One device call for session 4's multi-GPU work (run on nvidia-h200-x2; carry build-pkg/ packed by
+# bench/pack_carry.sh build-lead k2 tests/ops/test_moe_ops tests/ops/test_mla_dcp
+# tests/model/test_cuda_model tests/model/test_cuda_model_parallel).
+#   check:   the op tests of the EP / DCP pieces, the CUDA model tests (one GPU) and the tensor-parallel model
+#            tests (TP, EP over TP, TP x DCP: host-staged on one GPU and over NCCL on two)
+#   step:    `k2 bench step` on a 3-layer Kimi-K2 synth: one GPU, -tp 2 (NCCL and P2P all-reduce), -tp 2 with
+#            --enable-expert-parallel, -tp 2 -dcp 2; per-layer and all-reduce times (eager profile) + graph steps
+#   serve:   the seed's serve workloads against -tp 2, -tp 2 --enable-expert-parallel and -tp 2 -dcp 2
+# Logs come back as $OUT/logs.tar.gz, the step/bench JSON files beside it.
+set -u
+source "$(dirname "$0")/lib_device.sh"
+final="${OUT:-out}"
+o="$PWD/session4_logs"
+device_setup
+mkdir -p "$final"
+trap 'tar -czf "$final/logs.tar.gz" -C "$o" .; cp "$o"/*.json "$final/" 2>/dev/null' EXIT
+run_test() {  # binary, gtest filter
+  timeout 300 $b/$1 --gtest_brief=1 --gtest_filter="$2" >"$o/$1.log" 2>&1
+  echo "$1: $(grep -E '^\[  (PASSED|FAILED)' "$o/$1.log" | tr '\n' ' ')"
+  grep -E "Failure|tp2.* vs tp1|rank [0-9]+ failed" -A3 "$o/$1.log" | head -24
+}
+m=/tmp/k2-synth-3
+synth() { [[ -d $m ]] || timeout 200 $b/k2 synth $m --preset kimi-k2 --layers 3 >"$o/synth.log" 2>&1 || tail -3 "$o/synth.log"; }
+step() {  # name, flags...
+  local name=$1
+  shift
+  timeout 300 $b/k2 bench step $m --batch 16 --context 8192 --prefill-tokens 8192 --prefill-runs 2 \
+    --output-json "$o/step_$name.json" "$@" >"$o/step_$name.log" 2>&1
+  echo "step $name: $(tail -n 2 "$o/step_$name.log" | tr '\n' ' ')"
+  grep -E '"decode_layer_(attn_ffn|allreduce)_ms"' -A12 "$o/step_$name.log" | tr -d ' \n'; echo
+}
+for mode in ${MODES:-check step}; do
+  case $mode in
+    check)
+      run_test test_moe_ops '*Permute*:*ScalesToExpertBlocked*:*Gather*:*GroupedGemmTiny*'
+      run_test test_mla_dcp '*'
+      run_test test_mla_ops '*Attention*'
+      run_test test_cuda_model '*'
+      run_test test_cuda_model_parallel '*'
+      ;;
+    step)
+      synth
+      step tp1 --decode-steps 20
+      step tp1_prof --decode-steps 10 --enforce-eager --profile-layers
+      K2_TP_COMM=nccl step tp2_nccl_prof -tp 2 --decode-steps 10 --enforce-eager --profile-layers
+      step tp2_prof -tp 2 --decode-steps 10 --enforce-eager --profile-layers
+      K2_TP_COMM=nccl step tp2_nccl -tp 2 --decode-steps 20
+      step tp2 -tp 2 --decode-steps 20
+      step tp2_ep_prof -tp 2 --enable-expert-parallel --decode-steps 10 --enforce-eager --profile-layers
+      step tp2_ep -tp 2 --enable-expert-parallel --decode-steps 20
+      step tp2_dcp2 -tp 2 -dcp 2 --decode-steps 10 --profile-layers
+      ;;
+    serve)
+      synth
+      serve_and_bench tp2 $m -tp 2
+      serve_and_bench tp2_ep $m -tp 2 --enable-expert-parallel
+      serve_and_bench tp2_dcp2 $m -tp 2 -dcp 2
+      ;;
+  esac
+done
