@@ -202,16 +202,17 @@ void write_floats(const std::filesystem::path& f, const std::vector<float>& v) {
 // the TP group or decode context parallelism.
 struct Split {
     const char* comm = "host";
+    int tp = 2;
     bool expert_parallel = false;
     int dcp = 1;
     bool chunked = false;  // all_logits' chunked runs (prefill + decode steps) instead of one prefill
 };
 
-// The model in `dir` on one rank and on TP = 2 ranks (rank r on GPU r % device count, so both on GPU 0 of a one-GPU
+// The model in `dir` on one rank and on split.tp ranks (rank r on GPU r % device count, so all on GPU 0 of a one-GPU
 // machine) split as `split`; row-by-row agreement of their logits.
-Agreement compare_tp2(const std::filesystem::path& dir, const Split& split = {}) {
+Agreement compare_tp(const std::filesystem::path& dir, const Split& split = {}) {
     const std::filesystem::path ref_file = dir / "single.f32";
-    const std::filesystem::path tp_file = dir / "tp2.f32";
+    const std::filesystem::path tp_file = dir / "tp.f32";
     K2_CHECK(in_child([&] {
                  write_floats(ref_file, all_logits(*load(dir, nullptr), split.chunked));
                  return 0;
@@ -219,10 +220,10 @@ Agreement compare_tp2(const std::filesystem::path& dir, const Split& split = {})
              "the single-rank run failed");
     setenv("K2_TP_COMM", split.comm, 1);
     const std::string failures = dist::testing::run_ranks(
-        2,
+        split.tp,
         [&](int rank, int port) {
             dist::ParallelConfig config;
-            config.tensor_parallel_size = 2;
+            config.tensor_parallel_size = split.tp;
             config.enable_expert_parallel = split.expert_parallel;
             config.decode_context_parallel_size = split.dcp;
             dist::GlooOptions base;
@@ -236,7 +237,7 @@ Agreement compare_tp2(const std::filesystem::path& dir, const Split& split = {})
         },
         std::chrono::seconds(300));
     unsetenv("K2_TP_COMM");
-    K2_CHECK(failures.empty(), "tp=2 ranks failed: {}", failures);
+    K2_CHECK(failures.empty(), "tp={} ranks failed: {}", split.tp, failures);
     const std::vector<float> ref = read_floats(ref_file);
     const std::vector<float> tp = read_floats(tp_file);
     const int64_t vocab = 4096;
@@ -257,16 +258,16 @@ Agreement compare_tp2(const std::filesystem::path& dir, const Split& split = {})
     }
     std::sort(a.cos.begin(), a.cos.end());
     std::printf(
-        "%s tp2%s%s%s (%s) vs tp1: %zu rows, median cosine %.6f, min %.6f, >= 0.995: %.3f, argmax agree "
+        "%s tp%d%s%s%s (%s) vs tp1: %zu rows, median cosine %.6f, min %.6f, >= 0.995: %.3f, argmax agree "
         "%d/%d\n",
-        dir.filename().c_str(), split.expert_parallel ? " ep" : "", split.dcp > 1 ? " dcp2" : "",
+        dir.filename().c_str(), split.tp, split.expert_parallel ? " ep" : "", split.dcp > 1 ? " dcp" : "",
         split.chunked ? ", chunked" : "", split.comm, a.cos.size(), a.median(), a.cos.front(),
         a.fraction_at_least(0.995), a.agree, a.confident);
     return a;
 }
 
 TEST_F(CudaTensorParallel, DenseModelMatchesOnEveryRow) {
-    const Agreement a = compare_tp2(s_root / "dense");
+    const Agreement a = compare_tp(s_root / "dense");
     EXPECT_GE(a.median(), 0.999);
     EXPECT_GE(a.cos.front(), 0.995);
     EXPECT_EQ(a.agree, a.confident);
@@ -277,7 +278,7 @@ TEST_F(CudaTensorParallel, NcclAcrossTwoGpus) {
     if (s_gpus < 2) {
         GTEST_SKIP() << s_gpus << " CUDA device(s): the NCCL tensor-parallel test needs 2 GPUs";
     }
-    const Agreement a = compare_tp2(s_root / "dense", {.comm = "nccl"});
+    const Agreement a = compare_tp(s_root / "dense", {.comm = "nccl"});
     EXPECT_GE(a.median(), 0.999);
     EXPECT_GE(a.cos.front(), 0.995);
 }
@@ -287,7 +288,7 @@ TEST_F(CudaTensorParallel, PeerMemoryAllReduceAcrossTwoGpus) {
     if (s_gpus < 2) {
         GTEST_SKIP() << s_gpus << " CUDA device(s): the peer-memory all-reduce needs 2 GPUs";
     }
-    const Agreement a = compare_tp2(s_root / "dense", {.comm = "p2p", .chunked = true});
+    const Agreement a = compare_tp(s_root / "dense", {.comm = "p2p", .chunked = true});
     EXPECT_GE(a.median(), 0.999);
     EXPECT_GE(a.cos.front(), 0.995);
     EXPECT_EQ(a.agree, a.confident);
@@ -305,18 +306,18 @@ void expect_moe_agreement(const Agreement& a) {
 }
 
 TEST_F(CudaTensorParallel, MoeModelMatchesStatistically) {
-    expect_moe_agreement(compare_tp2(s_dir));
+    expect_moe_agreement(compare_tp(s_dir));
 }
 
 TEST_F(CudaTensorParallel, ExpertParallelMatchesStatistically) {
-    expect_moe_agreement(compare_tp2(s_dir, {.expert_parallel = true}));
+    expect_moe_agreement(compare_tp(s_dir, {.expert_parallel = true}));
 }
 
 TEST_F(CudaTensorParallel, ExpertParallelNcclAcrossTwoGpus) {
     if (s_gpus < 2) {
         GTEST_SKIP() << s_gpus << " CUDA device(s): the NCCL expert-parallel test needs 2 GPUs";
     }
-    expect_moe_agreement(compare_tp2(s_dir, {.comm = "nccl", .expert_parallel = true}));
+    expect_moe_agreement(compare_tp(s_dir, {.comm = "nccl", .expert_parallel = true}));
 }
 
 // Decode context parallelism over the TP group (TP 2 x DCP 2): each rank stores every other token of the latent
@@ -324,7 +325,7 @@ TEST_F(CudaTensorParallel, ExpertParallelNcclAcrossTwoGpus) {
 // steps over two KV blocks), so cached context on both ranks is attended. The dense model: every row must match as
 // TP alone does; a token stored on the wrong rank, a wrong local slot or a wrong merge weight breaks whole rows.
 TEST_F(CudaTensorParallel, DecodeContextParallelMatchesOnEveryRow) {
-    const Agreement a = compare_tp2(s_root / "dense", {.dcp = 2, .chunked = true});
+    const Agreement a = compare_tp(s_root / "dense", {.dcp = 2, .chunked = true});
     EXPECT_GE(a.median(), 0.999);
     EXPECT_GE(a.cos.front(), 0.995);
     EXPECT_EQ(a.agree, a.confident);
@@ -334,9 +335,24 @@ TEST_F(CudaTensorParallel, DecodeContextParallelNcclAcrossTwoGpus) {
     if (s_gpus < 2) {
         GTEST_SKIP() << s_gpus << " CUDA device(s): the NCCL decode-context-parallel test needs 2 GPUs";
     }
-    const Agreement a = compare_tp2(s_root / "dense", {.comm = "nccl", .dcp = 2, .chunked = true});
+    const Agreement a = compare_tp(s_root / "dense", {.comm = "nccl", .dcp = 2, .chunked = true});
     EXPECT_GE(a.median(), 0.999);
     EXPECT_GE(a.cos.front(), 0.995);
+}
+
+// Four GPUs (a 4-GPU machine only): the dense model over TP 4 (2 heads, a quarter of the MLP and vocabulary per
+// rank) with the default all-reduce, and TP 4 x DCP 4 (16 of every 64 cached tokens per rank).
+TEST_F(CudaTensorParallel, FourGpus) {
+    if (s_gpus < 4) {
+        GTEST_SKIP() << s_gpus << " CUDA device(s): the 4-rank tests need 4 GPUs";
+    }
+    for (const Split& split :
+         {Split{.comm = "auto", .tp = 4, .chunked = true}, Split{.comm = "nccl", .tp = 4, .dcp = 4, .chunked = true}}) {
+        const Agreement a = compare_tp(s_root / "dense", split);
+        EXPECT_GE(a.median(), 0.999);
+        EXPECT_GE(a.cos.front(), 0.995);
+        EXPECT_EQ(a.agree, a.confident);
+    }
 }
 
 // A split that does not fall on the FP8 blocks is refused with the field named (before any weight is read).

@@ -314,7 +314,7 @@ TEST_F(CudaOps, CublasLtSmallM) {
 TEST_F(CudaOps, CublasLtRefusesKBlocksNotAMultipleOfFour) {
     EXPECT_EQ(cuda::Fp8GemmRunner::choose(64, 256, 256), cuda::Fp8GemmImpl::Decode);
     EXPECT_EQ(cuda::Fp8GemmRunner::choose(64, 256, 384), cuda::Fp8GemmImpl::Decode);
-    EXPECT_EQ(cuda::Fp8GemmRunner::choose(64, 4096, 7168), cuda::Fp8GemmImpl::CublasLt);
+    EXPECT_EQ(cuda::Fp8GemmRunner::choose(256, 4096, 7168), cuda::Fp8GemmImpl::CublasLt);
     cuda::Fp8GemmRunner runner;
     cuda::Fp8GemmParams p;
     p.num_tokens = 16;
@@ -532,11 +532,17 @@ TEST_F(CudaOps, RejectsBadShapes) {
 // Host-side logic (heuristics, validation before any CUDA call): runs everywhere, CI included.
 TEST(CudaOpsHost, GemmHeuristic) {
     using cuda::Fp8GemmImpl;
-    EXPECT_EQ(cuda::Fp8GemmRunner::choose(1, 2112, 7168), Fp8GemmImpl::Decode);
-    EXPECT_EQ(cuda::Fp8GemmRunner::choose(15, 24576, 1536), Fp8GemmImpl::Decode);  // cuBLASLt NaN at m = 12
-    EXPECT_EQ(cuda::Fp8GemmRunner::choose(16, 2112, 7168), Fp8GemmImpl::CublasLt);
+    // Decode batches take the wgmma kernel (fp8_gemm_config.h prefer_wgmma), any n.
+    EXPECT_EQ(cuda::Fp8GemmRunner::choose(1, 2112, 7168), Fp8GemmImpl::Wgmma);
+    EXPECT_EQ(cuda::Fp8GemmRunner::choose(15, 24576, 1536), Fp8GemmImpl::Wgmma);  // cuBLASLt NaN at m = 12
+    EXPECT_EQ(cuda::Fp8GemmRunner::choose(16, 2112, 7168), Fp8GemmImpl::Wgmma);
+    EXPECT_EQ(cuda::Fp8GemmRunner::choose(16, 12288, 1536), Fp8GemmImpl::CublasLt);  // few k blocks: cuBLASLt
+    EXPECT_EQ(cuda::Fp8GemmRunner::choose(64, 18432, 7168), Fp8GemmImpl::CublasLt);
+    EXPECT_EQ(cuda::Fp8GemmRunner::choose(128, 2112, 7168), Fp8GemmImpl::Wgmma);
+    EXPECT_EQ(cuda::Fp8GemmRunner::choose(129, 2112, 7168), Fp8GemmImpl::CublasLt);
     EXPECT_EQ(cuda::Fp8GemmRunner::choose(4096, 18432, 7168), Fp8GemmImpl::CublasLt);
-    EXPECT_EQ(cuda::Fp8GemmRunner::choose(1, 200, 7168), Fp8GemmImpl::CublasLt);  // n % 16 != 0: not ours
+    EXPECT_EQ(cuda::Fp8GemmRunner::choose(1, 200, 7168), Fp8GemmImpl::Wgmma);
+    EXPECT_EQ(cuda::Fp8GemmRunner::choose(200, 200, 7168), Fp8GemmImpl::CublasLt);  // n % 16 != 0: not Decode
 }
 
 TEST(CudaOpsHost, ValidationBeforeLaunch) {

@@ -174,14 +174,16 @@ TEST_F(MlaDcp, ShardAttentionWithLse) {
     check_shard_attention({64, 512, 64, 32, false, {-1}}, rng);  // a lone empty row
 }
 
-// [dcp, T, G, lat] partials + [dcp, T, G] lses -> this rank's [T, heads, lat], vs dist::merge_partial_attention.
-void check_merge(int dcp, int rank, int heads, int lat, int64_t num_tokens, std::mt19937& rng) {
+// [P, T, G, lat] partials + [P, T, G] lses (P = dcp ranks x key ranges) -> this rank's [T, heads, lat], vs
+// dist::merge_partial_attention.
+void check_merge(int dcp, int rank, int heads, int lat, int64_t num_tokens, std::mt19937& rng, int partials = 0) {
     SCOPED_TRACE("dcp " + std::to_string(dcp) + " rank " + std::to_string(rank) + " heads " + std::to_string(heads) +
-                 " tokens " + std::to_string(num_tokens));
+                 " tokens " + std::to_string(num_tokens) + " partials " + std::to_string(partials));
+    const int num_partials = partials > 0 ? partials : dcp;
     const int group = dcp * heads;
-    const auto outs = random_bf16(static_cast<size_t>(dcp * num_tokens * group * lat), rng);
+    const auto outs = random_bf16(static_cast<size_t>(num_partials * num_tokens * group * lat), rng);
     const auto outs_f = bf16_to_floats(outs);
-    std::vector<float> lses = random_uniform(static_cast<size_t>(dcp * num_tokens * group), rng, -3.0f, 12.0f);
+    std::vector<float> lses = random_uniform(static_cast<size_t>(num_partials * num_tokens * group), rng, -3.0f, 12.0f);
     const float inf = std::numeric_limits<float>::infinity();
     // Special values: a rank without tokens (-inf), vLLM's NaN / +inf rule, and one head no rank saw.
     lses[0] = -inf;
@@ -189,32 +191,38 @@ void check_merge(int dcp, int rank, int heads, int lat, int64_t num_tokens, std:
         lses[3] = std::nanf("");
         lses[5] = inf;
     }
-    for (int d = 0; d < dcp; ++d)
+    for (int d = 0; d < num_partials; ++d)
         lses[static_cast<size_t>((d * num_tokens + num_tokens - 1) * group + rank * heads)] = -inf;
     std::vector<float> want(static_cast<size_t>(num_tokens * heads * lat));
-    std::vector<float> part(static_cast<size_t>(dcp * group * lat));  // [dcp, G, lat] of one token
-    std::vector<float> part_lse(static_cast<size_t>(dcp * group));
+    std::vector<float> part(static_cast<size_t>(num_partials * group * lat));  // [P, G, lat] of one token
+    std::vector<float> part_lse(static_cast<size_t>(num_partials * group));
     std::vector<float> merged(static_cast<size_t>(group * lat));
     std::vector<float> merged_lse(static_cast<size_t>(group));
+    std::vector<float> want_lse(static_cast<size_t>(num_tokens * heads));
     for (int64_t t = 0; t < num_tokens; ++t) {
-        for (int d = 0; d < dcp; ++d) {
+        for (int d = 0; d < num_partials; ++d) {
             std::copy_n(outs_f.begin() + ((d * num_tokens + t) * group) * lat, group * lat,
                         part.begin() + int64_t{d} * group * lat);
             std::copy_n(lses.begin() + (d * num_tokens + t) * group, group, part_lse.begin() + int64_t{d} * group);
         }
-        dist::merge_partial_attention(part, part_lse, dcp, group, lat, merged, merged_lse);
+        dist::merge_partial_attention(part, part_lse, num_partials, group, lat, merged, merged_lse);
         std::copy_n(merged.begin() + int64_t{rank} * heads * lat, heads * lat, want.begin() + t * heads * lat);
+        std::copy_n(merged_lse.begin() + int64_t{rank} * heads, heads, want_lse.begin() + t * heads);
     }
     const auto outs_dev = to_device(outs);
     const auto lses_dev = to_device(lses);
     const int64_t size = num_tokens * heads * lat;
     cuda::DeviceBuffer out_dev(static_cast<size_t>(size + lat) * 2);
+    cuda::DeviceBuffer lse_dev(static_cast<size_t>(num_tokens * heads + 1) * 4);  // one poisoned slot past the end
     out_dev.fill_bytes(0xFF);
+    lse_dev.fill_bytes(0xFF);
     cuda::DcpMergeParams p;
     p.outs = outs_dev.as<uint16_t>();
     p.lses = lses_dev.as<float>();
     p.out = out_dev.as<uint16_t>();
+    p.lse_out = lse_dev.as<float>();
     p.num_tokens = num_tokens;
+    p.num_partials = partials;
     p.dcp = dcp;
     p.rank = rank;
     p.heads = heads;
@@ -233,6 +241,17 @@ void check_merge(int dcp, int rank, int heads, int lat, int64_t num_tokens, std:
     }
     for (int d = 0; d < lat; ++d)
         ASSERT_EQ(bits[static_cast<size_t>(size + d)], 0xFFFF) << "wrote past the output";
+    // The merged lse (the input of a later merge: split-KV ranges first, then the ranks): fp32 vs double.
+    const auto lse = to_host<float>(lse_dev, static_cast<size_t>(num_tokens * heads + 1));
+    for (size_t i = 0; i < want_lse.size(); ++i) {
+        if (std::isinf(want_lse[i]))
+            ASSERT_EQ(lse[i], want_lse[i]) << "lse " << i;
+        else
+            ASSERT_NEAR(lse[i], want_lse[i], 1e-4f * std::max(1.0f, std::fabs(want_lse[i]))) << "lse " << i;
+    }
+    uint32_t past = 0;
+    std::memcpy(&past, &lse[want_lse.size()], 4);
+    ASSERT_EQ(past, 0xFFFFFFFFu) << "wrote past the lse";
 }
 
 TEST_F(MlaDcp, MergePartials) {
@@ -242,6 +261,9 @@ TEST_F(MlaDcp, MergePartials) {
     check_merge(4, 3, 16, 512, 5, rng);
     check_merge(8, 5, 8, 512, 1, rng);
     check_merge(2, 1, 4, 128, 40, rng);  // tiny-model shape
+    // Split-KV: every rank's keys in several ranges (partials = dcp x ranges), up to the kernel's bound.
+    check_merge(2, 0, 32, 512, 16, rng, 16);
+    check_merge(4, 2, 16, 512, 4, rng, 32);
 }
 
 TEST_F(MlaDcp, MergeEmptyIsANoOp) {

@@ -1,4 +1,5 @@
-// The kernel of dcp_merge.h: one CTA per (token, head), threads over the latent dims in bf16 pairs.
+// The kernel of dcp_merge.h: one CTA per (token, head), threads over the latent dims in bf16 pairs. The partials'
+// weights live in registers (num_partials <= kDcpMaxPartials).
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -9,7 +10,6 @@ namespace k2::cuda {
 
 namespace {
 
-constexpr int kMaxDcp = 16;
 constexpr int kThreads = 128;
 
 __device__ __forceinline__ float sanitize_lse(float lse) {
@@ -21,25 +21,28 @@ __global__ void __launch_bounds__(kThreads) dcp_merge_kernel(const DcpMergeParam
     const int h = static_cast<int>(blockIdx.x % p.heads);
     const int group_heads = p.dcp * p.heads;
     const int head = p.rank * p.heads + h;  // in the group's head order
-    float lse[kMaxDcp];
+    float lse[kDcpMaxPartials];
     float max_lse = -INFINITY;
-    for (int d = 0; d < p.dcp; ++d) {
+    for (int d = 0; d < p.num_partials; ++d) {
         lse[d] = sanitize_lse(p.lses[(d * p.num_tokens + t) * group_heads + head]);
         max_lse = fmaxf(max_lse, lse[d]);
     }
-    float weight[kMaxDcp];
+    float weight[kDcpMaxPartials];
     float sum = 0.0f;
-    for (int d = 0; d < p.dcp; ++d) {
+    for (int d = 0; d < p.num_partials; ++d) {
         weight[d] = max_lse == -INFINITY ? 0.0f : expf(lse[d] - max_lse);
         sum += weight[d];
     }
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // exp(lse_d - L) = weight_d / sum
+    if (p.lse_out != nullptr && threadIdx.x == 0) {
+        p.lse_out[t * p.heads + h] = sum > 0.0f ? max_lse + logf(sum) : -INFINITY;
+    }
     __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(p.out + (t * p.heads + h) * p.lat);
     for (int i = static_cast<int>(threadIdx.x); i < p.lat / 2; i += kThreads) {
         float2 acc = make_float2(0.0f, 0.0f);
-        for (int d = 0; d < p.dcp; ++d) {
+        for (int d = 0; d < p.num_partials; ++d) {
             if (weight[d] == 0.0f) {
-                continue;  // a rank with no token for this head: its zeros (or anything) do not count
+                continue;  // a partial with no token for this head: its zeros (or anything) do not count
             }
             const auto* src = reinterpret_cast<const __nv_bfloat162*>(
                 p.outs + ((d * p.num_tokens + t) * group_heads + head) * static_cast<int64_t>(p.lat));

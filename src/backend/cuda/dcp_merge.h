@@ -1,8 +1,8 @@
-// Decode context parallelism (vllm.md §5) on the GPU: the merge of the DCP group's partial attention outputs. Each
-// rank attended the whole group's query heads over the KV tokens it stores (mla_ops.h's attention with lse); after
-// the outputs and log-sum-exps are all-gathered, every rank keeps its own heads:
-//   L = ln sum_d exp(lse_d)        (NaN / +inf count as -inf; all -inf: the head saw no token, out = 0)
-//   out[t, h] = sum_d exp(lse_d - L) * outs[d, t, rank * heads + h]     (fp32 sum, rounded once to bf16)
+// Decode context parallelism (vllm.md §5) on the GPU: the merge of partial attention outputs. Each rank of the DCP
+// group attended the whole group's query heads over the KV tokens it stores (mla_ops.h's attention with lse), maybe
+// in several key ranges (split-KV); after the outputs and log-sum-exps are all-gathered, every rank keeps its heads:
+//   L = ln sum_p exp(lse_p)        over the num_partials partials (NaN / +inf count as -inf; all -inf: out = 0)
+//   out[t, h] = sum_p exp(lse_p - L) * outs[p, t, rank * heads + h]     (fp32 sum, rounded once to bf16)
 // The CPU reference is dist::merge_partial_attention (dist/dcp.h).
 #pragma once
 
@@ -12,12 +12,16 @@
 
 namespace k2::cuda {
 
+inline constexpr int kDcpMaxPartials = 32;
+
 struct DcpMergeParams {
-    const uint16_t* outs = nullptr;  // [dcp, num_tokens, dcp * heads, lat] bf16 partial outputs of every rank
-    const float* lses = nullptr;     // [dcp, num_tokens, dcp * heads]
+    const uint16_t* outs = nullptr;  // [num_partials, num_tokens, dcp * heads, lat] bf16 partial outputs
+    const float* lses = nullptr;     // [num_partials, num_tokens, dcp * heads]
     uint16_t* out = nullptr;         // [num_tokens, heads, lat] bf16: this rank's heads
+    float* lse_out = nullptr;        // optional [num_tokens, heads]: L (a partial of a later merge)
     int64_t num_tokens = 0;
-    int dcp = 1;   // <= 16
+    int num_partials = 0;  // <= kDcpMaxPartials; 0: dcp (one key range per rank)
+    int dcp = 1;
     int rank = 0;  // this rank's place in the DCP group: its heads are [rank * heads, (rank + 1) * heads)
     int heads = 0;
     int lat = 0;  // even

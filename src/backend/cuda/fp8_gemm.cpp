@@ -8,6 +8,7 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/device_buffer.h"
 #include "backend/cuda/fp8_gemm_config.h"
+#include "backend/cuda/fp8_gemm_wgmma.h"
 #include "backend/cuda/launch_detail.h"
 
 namespace k2::cuda {
@@ -106,6 +107,9 @@ Fp8GemmRunner::~Fp8GemmRunner() {
 }
 
 Fp8GemmImpl Fp8GemmRunner::choose(int64_t num_tokens, int64_t n, int64_t k) {
+    if (prefer_wgmma(num_tokens, n, k)) {
+        return Fp8GemmImpl::Wgmma;
+    }
     if (n % 16 != 0) {
         return Fp8GemmImpl::CublasLt;  // our kernel needs whole 16-row warp tiles
     }
@@ -140,7 +144,9 @@ void Fp8GemmRunner::run(const Fp8GemmParams& params, cudaStream_t stream, Fp8Gem
             impl = Fp8GemmImpl::Decode;
         }
     }
-    if (impl == Fp8GemmImpl::CublasLt && !automatic) {
+    if (impl == Fp8GemmImpl::Wgmma) {
+        launch_fp8_gemm_wgmma(params, stream);
+    } else if (impl == Fp8GemmImpl::CublasLt && !automatic) {
         run_cublaslt(params, stream);  // asked for by name: no algorithm is an error
     } else if (impl == Fp8GemmImpl::Decode || !try_cublaslt(params, stream)) {
         launch_fp8_gemm_decode(params, stream);

@@ -36,7 +36,7 @@ struct Fp8GemmParams {
 
 inline int64_t round_up_16(int64_t m) { return (m + 15) / 16 * 16; }
 
-enum class Fp8GemmImpl : uint8_t { Auto, Decode, CublasLt };
+enum class Fp8GemmImpl : uint8_t { Auto, Decode, CublasLt, Wgmma };  // Wgmma: fp8_gemm_wgmma.h
 
 inline constexpr int64_t kDecodeTokensPerPass = 64;
 
@@ -52,8 +52,9 @@ public:
     Fp8GemmRunner(const Fp8GemmRunner&) = delete;
     Fp8GemmRunner& operator=(const Fp8GemmRunner&) = delete;
 
-    // Host heuristic (fp8_gemm_config.h): Decode below kCublasLtMinTokens, cuBLASLt from there on (n a multiple of
-    // 16 for Decode). Auto also falls back to Decode where cuBLASLt has no algorithm for the shape.
+    // Host heuristic (fp8_gemm_config.h): Wgmma where prefer_wgmma() says so (decode batches, <= 128 tokens), else
+    // Decode below kCublasLtMinTokens, cuBLASLt from there on (n a multiple of 16 for Decode). Auto also falls back
+    // to Decode where cuBLASLt has no algorithm for the shape.
     static Fp8GemmImpl choose(int64_t num_tokens, int64_t n, int64_t k);
     void run(const Fp8GemmParams& params, cudaStream_t stream, Fp8GemmImpl impl = Fp8GemmImpl::Auto);
     // cuBLASLt needs x_scale_stride == num_tokens and 16-byte aligned strides; throws where it has no algorithm.

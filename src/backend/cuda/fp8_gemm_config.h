@@ -13,6 +13,22 @@ namespace k2::cuda {
 // seen at m = 12 came from k = 256: cuBLASLt wants the weight scales' k-blocks padded to 4, see choose().)
 inline constexpr int64_t kCublasLtMinTokens = 16;
 
+// The TMA + wgmma kernel (fp8_gemm_wgmma.h) where it measured faster than both cuBLASLt and the v1 decode kernel
+// (docs/perf/kernels.md, "FP8 GEMM v5", H200, 2026-11-29, same-run cuBLASLt 13.0): every shape below 16 tokens
+// (1.0-2.0x cuBLASLt's 16-padded GEMM, faster than v1 on every Kimi-K2 shape but kv_b, where it ties); up to 32
+// tokens where k >= 2048 (1.09-1.89x; q_b k 1536 and kv_b k 512 are 0.92-0.95x: their few k blocks leave the
+// fixed ~3 us of launch and ring fill uncovered); up to 64 tokens for n <= 8192 (1.02-1.53x; dense gate_up n 18432
+// is 0.96x); up to 128 tokens for n <= 2560 (q_a+kv_a 1.19x: cuBLASLt fills only 17 column tiles there).
+inline constexpr int64_t kWgmmaAutoMaxTokens = 128;
+inline constexpr bool prefer_wgmma(int64_t num_tokens, int64_t n, int64_t k) {
+    if (num_tokens <= 0 || num_tokens > kWgmmaAutoMaxTokens || k % 128 != 0) return false;
+    if (num_tokens < 16) return true;
+    if (k < 2048) return false;
+    if (num_tokens <= 32) return true;
+    if (num_tokens <= 64) return n <= 8192;
+    return n <= 2560;
+}
+
 // Split-K: enough 64-row blocks to keep every SM busy with a few blocks; at most a portable cluster (8).
 inline constexpr int kDecodeTargetBlocks = 3 * 132;
 inline constexpr int kDecodeMaxSplits = 8;

@@ -204,9 +204,6 @@ struct StepBatch {
     std::vector<int64_t> host_ctx_slots;
     int64_t num_ctx = 0;
     int max_q_len = 0;
-    // Decode context parallelism: each token's last key index among this rank's tokens (-1: none), for attention.
-    cuda::DeviceBuffer dcp_last_keys;  // [T] i32
-    int dcp_max_context = 0;           // host bound of dcp_last_keys + 1
 };
 
 }  // namespace k2::cuda_model

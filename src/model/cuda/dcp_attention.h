@@ -4,6 +4,11 @@
 // block tables address every rank's share. Attention (prefill and decode alike) all-gathers the group's absorbed
 // queries, attends over the local tokens (mla_ops.h's attention with an lse output), all-gathers the partial
 // outputs and lses and merges each rank's own heads (dcp_merge.h). The CPU model's attend_dcp is the reference.
+//
+// Split-KV: the general attention kernel gives one CTA per token and 64 heads, so a decode batch of 16 would run
+// on 16 SMs. The local keys are therefore cut into `splits` ranges of whole blocks, each range a query row of its
+// own (its block-table row starts at the range's first block, its last key is clipped to the range); the ranges'
+// partials are merged on the rank first (keeping their log-sum-exp), then the ranks' partials.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -21,44 +26,55 @@ namespace k2::cuda_model {
 
 class DcpAttention {
 public:
-    DcpAttention(std::unique_ptr<TpComm> comm, int rank);
+    DcpAttention(std::unique_ptr<TpComm> comm, int rank, int num_sms);
 
     int size() const { return m_size; }
     int rank() const { return m_rank; }
     int block_tokens() const;  // tokens of a KV block stored on each rank: 64 / dcp
 
-    // Host side of a step: every token's slot in this rank's cache (-1: stored on another rank), and every
-    // token's last visible key among this rank's tokens (-1: none). Returns the bound of those keys + 1.
+    // Every token's slot in this rank's cache (-1: stored on another rank).
     void local_slots(const ForwardBatch& batch, std::vector<int64_t>& slots) const;
-    int local_last_keys(const ForwardBatch& batch, std::vector<int32_t>& last_keys) const;
+    // The step's key ranges (split-KV rows) of every token, uploaded on `stream`; heads: this rank's.
+    void prepare_step(const ForwardBatch& batch, int heads, cudaStream_t stream);
 
     struct Args {
-        const uint16_t* q_abs = nullptr;        // [T, heads, lat + rope] this rank's absorbed queries
-        cuda::LatentCacheRef cache;             // this rank's share (block_tokens() tokens per block)
-        const int32_t* block_tables = nullptr;  // [S, max_blocks_per_seq]
-        const int32_t* token_seq = nullptr;     // [T]
-        const int32_t* last_keys = nullptr;     // [T] (local_last_keys)
-        uint16_t* out = nullptr;                // [T, heads, lat] bf16
+        const uint16_t* q_abs = nullptr;  // [T, heads, lat + rope] this rank's absorbed queries
+        cuda::LatentCacheRef cache;       // this rank's share (block_tokens() tokens per block)
+        uint16_t* out = nullptr;          // [T, heads, lat] bf16
         int64_t num_tokens = 0;
         int heads = 0;
         int lat = 0;
         int rope = 0;
-        int max_blocks_per_seq = 0;
-        int max_local_context = 0;  // local_last_keys' return value
         float softmax_scale = 1.0f;
     };
     void attend(const Args& args, cudaStream_t stream);
 
 private:
+    int choose_splits(const ForwardBatch& batch, int heads, int max_local_blocks) const;
+
     std::unique_ptr<TpComm> m_comm;
     int m_size = 1;
     int m_rank = 0;
-    cuda::DeviceBuffer m_q_all;     // [dcp, T, heads, entry] bf16 gathered queries
-    cuda::DeviceBuffer m_q_group;   // [T, dcp * heads, entry] bf16: the group's heads per token
-    cuda::DeviceBuffer m_out_part;  // [T, dcp * heads, lat] bf16 this rank's partials
-    cuda::DeviceBuffer m_lse_part;  // [T, dcp * heads] f32
-    cuda::DeviceBuffer m_out_all;   // [dcp, T, dcp * heads, lat] bf16
-    cuda::DeviceBuffer m_lse_all;   // [dcp, T, dcp * heads] f32
+    int m_num_sms = 0;
+    // The step (prepare_step): rows are split-major, row k * T + t = token t's k-th key range.
+    int m_splits = 1;
+    int m_max_blocks = 0;                   // block-table width
+    int m_max_local_keys = 0;               // bound of the rows' last key + 1
+    std::vector<int32_t> m_host_tables;     // [splits * S, max_blocks]
+    std::vector<int32_t> m_host_row_seq;    // [splits * T] block-table row of each query row
+    std::vector<int32_t> m_host_last_keys;  // [splits * T] last key within the row's range, -1: none
+    cuda::DeviceBuffer m_tables;
+    cuda::DeviceBuffer m_row_seq;
+    cuda::DeviceBuffer m_last_keys;
+    // Attention buffers (grown on demand).
+    cuda::DeviceBuffer m_q_all;      // [dcp, T, heads, entry] bf16 gathered queries
+    cuda::DeviceBuffer m_q_rows;     // [splits, T, dcp * heads, entry] bf16: the group's heads per query row
+    cuda::DeviceBuffer m_out_part;   // [splits, T, dcp * heads, lat] bf16 this rank's partials
+    cuda::DeviceBuffer m_lse_part;   // [splits, T, dcp * heads] f32
+    cuda::DeviceBuffer m_out_local;  // [T, dcp * heads, lat] bf16 the key ranges merged (splits > 1)
+    cuda::DeviceBuffer m_lse_local;  // [T, dcp * heads] f32
+    cuda::DeviceBuffer m_out_all;    // [dcp, T, dcp * heads, lat] bf16
+    cuda::DeviceBuffer m_lse_all;    // [dcp, T, dcp * heads] f32
 };
 
 }  // namespace k2::cuda_model

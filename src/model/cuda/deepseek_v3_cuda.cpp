@@ -69,7 +69,11 @@ void DeepseekV3CudaModel::setup_tensor_parallel(const ModelOptions& options) {
                  tp, field, value);
     };
     check_blocks(f.intermediate_size, "intermediate_size");
-    if (f.n_routed_experts > 0) {  // the shared experts, and the routed ones without expert parallelism
+    bool has_moe = false;
+    for (int l = 0; l < f.num_hidden_layers; ++l) {
+        has_moe = has_moe || f.is_moe_layer(l);
+    }
+    if (has_moe) {  // the shared experts, and the routed ones without expert parallelism
         check_blocks(f.moe_intermediate_size * std::max<int64_t>(f.n_shared_experts, 1), "moe_intermediate_size");
     }
     check_blocks(f.num_attention_heads * f.qk_head_dim(), "num_attention_heads x qk_head_dim");
@@ -90,9 +94,11 @@ void DeepseekV3CudaModel::setup_tensor_parallel(const ModelOptions& options) {
     // shapes come from the sliced weights). Each rank's partial MoE output joins the same all-reduce.
     m_config.moe_intermediate_size = layout.expert_parallel ? f.moe_intermediate_size : f.moe_intermediate_size / tp;
     if (layout.dcp_size > 1) {
+        int sms = 0;
+        CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
         m_dcp = std::make_unique<cuda_model::DcpAttention>(
             cuda_model::make_tp_comm(comm_kind == "host" ? "host" : "nccl", options.parallel->dcp, device),
-            layout.dcp_rank);
+            layout.dcp_rank, sms);
         // The per-step host arrays of DCP (local slots, last local keys) are uploaded into eager buffers.
         m_options.enforce_eager = true;
     }
@@ -208,6 +214,11 @@ DeepseekV3CudaModel::~DeepseekV3CudaModel() {
     }
     if (m_stream != nullptr) {
         cudaStreamSynchronize(m_stream);
+    }
+    // The communicators were last given m_stream: they go first (their teardown may wait on their stream).
+    m_dcp.reset();
+    m_tp.reset();
+    if (m_stream != nullptr) {
         cudaStreamDestroy(m_stream);
     }
 }
@@ -268,8 +279,7 @@ void DeepseekV3CudaModel::upload_batch(const ForwardBatch& b, StepBatch& d, int 
     if (m_dcp != nullptr) {  // eager only (setup_tensor_parallel): this rank's share of the cache
         m_dcp->local_slots(b, m_local_slots);
         upload_async(d.slot_mapping, m_local_slots, m_stream);
-        d.dcp_max_context = m_dcp->local_last_keys(b, m_dcp_last_keys);
-        upload_async(d.dcp_last_keys, m_dcp_last_keys, m_stream);
+        m_dcp->prepare_step(b, static_cast<int>(m_config.num_attention_heads), m_stream);
     } else {
         upload_async(d.slot_mapping, b.slot_mapping, m_stream);
     }

@@ -139,8 +139,7 @@ private:
     cuda::DeviceBuffer m_logits_gathered;  // [tp, rows, vocab / tp] f32: every rank's lm_head slice
     // Decode context parallelism (null without): the latent cache split by token over the DCP group.
     std::unique_ptr<cuda_model::DcpAttention> m_dcp;
-    std::vector<int64_t> m_local_slots;    // [T] this rank's cache slot of every token (-1: another rank's)
-    std::vector<int32_t> m_dcp_last_keys;  // [T]
+    std::vector<int64_t> m_local_slots;  // [T] this rank's cache slot of every token (-1: another rank's)
     std::unique_ptr<cuda_model::MoePrefillLanes> m_moe_lanes;  // null: expert GEMMs of a prefill on m_stream
     ModelOptions m_options;
     cuda_model::DeviceWeights m_weights;

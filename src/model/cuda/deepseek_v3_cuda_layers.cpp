@@ -143,16 +143,11 @@ void DeepseekV3CudaModel::attend(int layer, int64_t t_count, const cuda_model::S
         cuda_model::DcpAttention::Args da;
         da.q_abs = ws.q_abs.as<uint16_t>();
         da.cache = cache;
-        da.block_tables = b.block_tables.as<int32_t>();
-        da.token_seq = b.token_seq.as<int32_t>();
-        da.last_keys = b.dcp_last_keys.as<int32_t>();
         da.out = ws.o_lat.as<uint16_t>();
         da.num_tokens = t_count;
         da.heads = static_cast<int>(c.num_attention_heads);
         da.lat = static_cast<int>(c.kv_lora_rank);
         da.rope = static_cast<int>(c.qk_rope_head_dim);
-        da.max_blocks_per_seq = b.max_blocks_per_seq;
-        da.max_local_context = b.dcp_max_context;
         da.softmax_scale = m_softmax_scale;
         m_dcp->attend(da, m_stream);
         return;

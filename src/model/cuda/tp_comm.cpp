@@ -83,7 +83,10 @@ public:
     P2pComm(std::shared_ptr<dist::Communicator> bootstrap, int device)
         : m_bootstrap(std::move(bootstrap)), m_nccl(*m_bootstrap, device), m_p2p(*m_bootstrap, device, &m_nccl) {}
     ~P2pComm() override {
-        // A peer may still read this rank's staging buffer until its own last call ends (p2p_allreduce.h).
+        // A peer may still read this rank's staging buffer until its own last call ends (p2p_allreduce.h). The
+        // caller's stream may be gone by now: back to the communicators' own streams first.
+        m_p2p.set_stream(nullptr);
+        m_nccl.set_stream(nullptr);
         try {
             m_p2p.synchronize();
             m_bootstrap->barrier();

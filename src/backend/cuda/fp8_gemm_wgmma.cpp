@@ -1,0 +1,176 @@
+// Host side of fp8_gemm_wgmma.h: validation, the split-K cost model and the TMA tensor maps (encoded through the
+// driver entry point, so nothing links against libcuda); the raw launch is in fp8_gemm_wgmma.cu.
+#include "backend/cuda/fp8_gemm_wgmma.h"
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <mutex>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/fp8_gemm_wgmma_detail.h"
+
+namespace k2::cuda {
+namespace {
+
+constexpr int kMaxSplits = 8;  // a portable cluster
+// Cost model of one launch (µs), fitted to the H200 sweep in docs/perf/kernels.md (2026-11-29): CTAs run in waves
+// of what fits at once (cudaOccupancyMaxActiveClusters: the cluster shape, shared memory and GPC structure decide);
+// a wave takes the longer of its share of the weights at the HBM rate and one CTA's k range at the rate a single
+// CTA pulls (its ring over the loaded latency: ~34 GB/s with 128 rows, ~20 GB/s with 64), plus a fixed cost
+// (launch, ring fill, epilogue) per wave; a split-K cluster adds its reduction.
+constexpr double kHbmBytesPerUs = 3.9e6;
+constexpr double kCta128BytesPerUs = 3.4e4;
+constexpr double kCta64BytesPerUs = 2.0e4;
+constexpr double kWaveUs = 3.0;
+constexpr double kReduceUs = 0.3;
+
+void check_params(const Fp8GemmParams& p) {
+    K2_CHECK(p.num_tokens > 0 && p.num_tokens <= kWgmmaMaxTokens,
+             "fp8 wgmma gemm: num_tokens = {} is outside 1..{} (use the cuBLASLt path for larger batches)",
+             p.num_tokens, kWgmmaMaxTokens);
+    K2_CHECK(p.k > 0 && p.k % 128 == 0, "fp8 wgmma gemm: k = {} is not a positive multiple of 128", p.k);
+    K2_CHECK(p.n > 0, "fp8 wgmma gemm: n = {} must be positive", p.n);
+    K2_CHECK(p.x_stride >= p.k && p.x_stride % 16 == 0, "fp8 wgmma gemm: x_stride {} (k {}) must be >= k and a "
+             "multiple of 16", p.x_stride, p.k);
+    K2_CHECK(p.y_stride >= p.n, "fp8 wgmma gemm: y_stride {} < n {}", p.y_stride, p.n);
+    K2_CHECK(p.x_scale_stride >= p.num_tokens, "fp8 wgmma gemm: x_scale_stride {} < num_tokens {}",
+             p.x_scale_stride, p.num_tokens);
+    K2_CHECK(p.x != nullptr && p.w != nullptr && p.x_scale != nullptr && p.w_scale != nullptr && p.y != nullptr,
+             "fp8 wgmma gemm: null operand");
+    K2_CHECK(reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.w) % 16 == 0,
+             "fp8 wgmma gemm: x and w must be 16-byte aligned (TMA)");
+}
+
+int tokens_tile_for(int64_t num_tokens) {
+    for (const int tile : {16, 32, 64}) {
+        if (num_tokens <= tile) return tile;
+    }
+    return 128;
+}
+
+// Clusters of `splits` CTAs of the variant that fit at once (cached; -1: none fit).
+int max_active_clusters(const detail::WgmmaVariant& variant, int splits) {
+    static std::mutex mutex;
+    static std::array<std::array<std::array<int, kMaxSplits + 1>, 4>, 2> cache{};
+    const int t = variant.tokens_tile;
+    const int tile_index = t == 16 ? 0 : t == 32 ? 1 : t == 64 ? 2 : 3;
+    const std::lock_guard<std::mutex> lock(mutex);
+    int& cached = cache[variant.rows == 64 ? 0 : 1][static_cast<size_t>(tile_index)][static_cast<size_t>(splits)];
+    if (cached == 0) {
+        int clusters = 0;
+        CUDA_CHECK(detail::fp8_gemm_wgmma_max_active_clusters(variant, splits, &clusters));
+        cached = clusters > 0 ? clusters : -1;
+    }
+    return cached;
+}
+
+int env_int(const char* name, int fallback) {
+    const char* env = std::getenv(name);
+    return env != nullptr ? std::atoi(env) : fallback;
+}
+
+double predicted_us(int64_t n, int64_t k, int rows, int splits, int kb_per_split, int cluster_slots) {
+    const int64_t tiles = (n + rows - 1) / rows;
+    const double weight_bytes = static_cast<double>(n) * k;
+    const double cta_us =
+        static_cast<double>(kb_per_split) * rows * 128 / (rows == 128 ? kCta128BytesPerUs : kCta64BytesPerUs);
+    auto wave_us = [&](int64_t clusters) {
+        const double share = static_cast<double>(clusters) / static_cast<double>(tiles);
+        return std::max(weight_bytes * share / kHbmBytesPerUs, cta_us) + kWaveUs;
+    };
+    const int64_t full_waves = tiles / cluster_slots;
+    const int64_t rest = tiles % cluster_slots;
+    return static_cast<double>(full_waves) * wave_us(cluster_slots) + (rest > 0 ? wave_us(rest) : 0.0) +
+           (splits > 1 ? kReduceUs : 0.0);
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
+    static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+        void* ptr = nullptr;
+        cudaDriverEntryPointQueryResult query = cudaDriverEntryPointSymbolNotFound;
+        CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &query));
+        K2_CHECK(query == cudaDriverEntryPointSuccess && ptr != nullptr,
+                 "fp8 wgmma gemm: the driver has no cuTensorMapEncodeTiled (query result {})", static_cast<int>(query));
+        return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+    }();
+    return fn;
+}
+
+// A 2-D e4m3 tensor map [rows, cols] (row stride `stride` bytes) read in boxes of [box_rows, 128] with the 128B
+// swizzle wgmma's descriptors expect; out-of-bounds rows read as zeros.
+CUtensorMap make_tensor_map(const uint8_t* base, int64_t rows, int64_t cols, int64_t stride, int box_rows) {
+    CUtensorMap map{};
+    const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+    const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride)};
+    const cuuint32_t box[2] = {128, static_cast<cuuint32_t>(box_rows)};
+    const cuuint32_t element_strides[2] = {1, 1};
+    const CUresult status = encode_tiled()(
+        &map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t*>(base), dims, strides, box, element_strides,
+        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    K2_CHECK(status == CUDA_SUCCESS, "fp8 wgmma gemm: cuTensorMapEncodeTiled failed ({}) for [{}, {}] stride {}",
+             static_cast<int>(status), rows, cols, stride);
+    return map;
+}
+
+}  // namespace
+
+Fp8GemmWgmmaConfig fp8_gemm_wgmma_config(int64_t num_tokens, int64_t n, int64_t k,
+                                         const Fp8GemmWgmmaOptions& options) {
+    K2_CHECK(options.rows == 0 || options.rows == 64 || options.rows == 128,
+             "fp8 wgmma gemm: rows per CTA {} is not 64 or 128", options.rows);
+    Fp8GemmWgmmaConfig best;
+    best.tokens_tile = tokens_tile_for(num_tokens);
+    const int num_kb = static_cast<int>(k / 128);
+    const int max_splits = std::min(kMaxSplits, num_kb);
+    double best_us = 0.0;
+    for (const int rows : {64, 128}) {
+        if (options.rows != 0 && rows != options.rows) continue;
+        // From 33 tokens on, 64-row CTAs lose (measured): their ring is 4-6 stages deep next to the activation
+        // tiles, and two CTAs per SM read the activations twice.
+        if (options.rows == 0 && rows == 64 && best.tokens_tile >= 64) continue;
+        const detail::WgmmaVariant variant{rows, best.tokens_tile};
+        for (int s = 1; s <= max_splits; ++s) {
+            if (options.splits > 0 && s != std::min(options.splits, max_splits)) continue;
+            const int kb_per_split = (num_kb + s - 1) / s;
+            const int splits = (num_kb + kb_per_split - 1) / kb_per_split;  // no empty split
+            if (splits != s && options.splits == 0) continue;  // the same launch as a smaller s
+            const int clusters = max_active_clusters(variant, splits);
+            if (clusters <= 0) continue;
+            const double us = predicted_us(n, k, rows, splits, kb_per_split, clusters);
+            if (best.splits == 0 || us < best_us * 0.98) {  // ties go to the earlier (64 rows, fewer splits)
+                best_us = us;
+                best.rows = rows;
+                best.splits = splits;
+                best.kb_per_split = kb_per_split;
+            }
+        }
+    }
+    K2_CHECK(best.splits > 0, "fp8 wgmma gemm: no launchable configuration for n {} k {} (rows {} splits {})", n, k,
+             options.rows, options.splits);
+    return best;
+}
+
+void launch_fp8_gemm_wgmma(const Fp8GemmParams& params, cudaStream_t stream, const Fp8GemmWgmmaOptions& options) {
+    if (params.num_tokens == 0) {
+        return;
+    }
+    check_params(params);
+    // NOTE: the K2_WGMMA_* variables override the cost model (tuning knobs for the benchmark).
+    static const Fp8GemmWgmmaOptions env = {env_int("K2_WGMMA_SPLITS", 0), env_int("K2_WGMMA_ROWS", 0)};
+    const Fp8GemmWgmmaOptions merged = {options.splits > 0 ? options.splits : env.splits,
+                                        options.rows > 0 ? options.rows : env.rows};
+    const Fp8GemmWgmmaConfig config = fp8_gemm_wgmma_config(params.num_tokens, params.n, params.k, merged);
+    const CUtensorMap tmap_w = make_tensor_map(params.w, params.n, params.k, params.k, config.rows);
+    const CUtensorMap tmap_x =
+        make_tensor_map(params.x, params.num_tokens, params.k, params.x_stride, config.tokens_tile);
+    const detail::WgmmaVariant variant{config.rows, config.tokens_tile};
+    CUDA_CHECK(detail::launch_fp8_gemm_wgmma_kernel(tmap_w, tmap_x, params, variant, config.splits,
+                                                    config.kb_per_split, stream));
+}
+
+}  // namespace k2::cuda

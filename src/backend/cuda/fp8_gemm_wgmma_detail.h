@@ -1,0 +1,26 @@
+// Raw launches of the TMA + wgmma decode GEMM (fp8_gemm_wgmma.cu); validation lives in fp8_gemm_wgmma.cpp.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include "backend/cuda/fp8_gemm.h"
+
+namespace k2::cuda::detail {
+
+// One instantiation: rows (weight rows per CTA) in {64, 128}; tokens_tile in {16, 32, 64, 128} >= num_tokens.
+struct WgmmaVariant {
+    int rows = 128;
+    int tokens_tile = 16;
+};
+
+// grid [ceil(n / rows), splits] in clusters of [1, splits]. tmap_w's box must be [rows, 128], tmap_x's
+// [tokens_tile, 128].
+cudaError_t launch_fp8_gemm_wgmma_kernel(const CUtensorMap& tmap_w, const CUtensorMap& tmap_x,
+                                         const Fp8GemmParams& p, const WgmmaVariant& variant, int splits,
+                                         int kb_per_split, cudaStream_t stream);
+
+// How many clusters of `splits` CTAs of the variant fit on the device at once.
+cudaError_t fp8_gemm_wgmma_max_active_clusters(const WgmmaVariant& variant, int splits, int* num_clusters);
+
+}  // namespace k2::cuda::detail

@@ -1,0 +1,355 @@
+// FP8 block-scaled GEMM for decode batches (m <= 128), v5: TMA + 128B swizzle + mbarrier ring + wgmma with the
+// WEIGHTS as wgmma's M side (DeepGEMM's pipeline structure with A and B swapped).
+//
+// y^T[n, m] = w[n, k] . x[m, k]^T, computed per CTA for 128 or 64 weight rows (inside one 128-row scale block) and
+// every token: one or two consumer warpgroups each issue wgmma.m64nNk32 e4m3 (N = the token count padded to 16, 32,
+// 64 or 128; the padded token rows arrive as zeros from TMA's out-of-bounds fill) over a 64 x 128 weight tile and the
+// N x 128 activation tile, and promote the block's fp32 sums into the running accumulators with
+// w_scale[n / 128, kb] * x_scale[kb, m] (one scale per accumulator column = per token). One producer warp keeps a kStages-deep ring full: per stage one
+// TMA of the kRows x 128 weight tile, one of the N x 128 activation tile (both 128B-swizzled, completing on the
+// stage's full mbarrier with expect_tx) and N + 1 scales by cp.async (arriving on the same mbarrier). Split-K: a
+// cluster of `splits` CTAs along grid y shares the k blocks; partial sums are reduced through distributed shared
+// memory (deterministic, no workspace). History and measurements: docs/perf/kernels.md ("FP8 GEMM v5").
+#pragma once
+
+#include <cooperative_groups.h>
+#include <cuda.h>
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "backend/cuda/fp8_gemm.h"
+
+namespace k2::cuda::kernels {
+
+inline constexpr int kWgmmaMaxSplits = 8;  // a portable cluster
+
+// Shared-memory plan of one instantiation (all tiles 1024-byte aligned, as the 128B swizzle needs). kConsumers
+// warpgroups of 64 weight rows each: 2 (128 rows = one scale block, one CTA per SM with a ~200 KB ring) or 1
+// (64 rows, a ~100 KB ring so that two CTAs share an SM).
+template <int kN, int kConsumers>
+struct WgmmaLayout {
+    static constexpr int kRows = 64 * kConsumers;         // weight rows (n) per CTA
+    static constexpr int kProducerWarp = 4 * kConsumers;  // after the consumer warpgroups
+    static constexpr int kThreads = 128 * kConsumers + 32;
+    static constexpr int kWTileBytes = kRows * 128;       // [kRows, 128 k] e4m3
+    static constexpr int kXTileBytes = kN * 128;          // [kN tokens, 128 k] e4m3
+    static constexpr int kScaleFloats = kN + 4;           // kN activation scales, the weight scale, padding
+    static constexpr int kStageBytes = kWTileBytes + kXTileBytes + kScaleFloats * 4;
+    static constexpr int kBudget = kConsumers == 2 ? 200 * 1024 : 100 * 1024;
+    static constexpr int kStages = kBudget / kStageBytes < 12 ? kBudget / kStageBytes : 12;
+    static constexpr int kXOffset = kStages * kWTileBytes;
+    static constexpr int kScaleOffset = kXOffset + kStages * kXTileBytes;
+    static constexpr int kRingBytes = kScaleOffset + kStages * kScaleFloats * 4;
+    static constexpr int kRedStride = kRows + 4;  // floats per token row of the reduction buffer
+    static constexpr int kRedBytes = kN * kRedStride * 4;
+    static constexpr int kSmemBytes = (kRingBytes > kRedBytes ? kRingBytes : kRedBytes) + 1024;  // + align slack
+    static_assert(kStages >= 4, "pipeline too shallow");
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void* ptr) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+}
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+    asm volatile(
+        "{\n.reg .pred done;\nLAB_WAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+        "@done bra DONE;\nbra LAB_WAIT;\nDONE:\n}\n" ::"r"(smem_addr(bar)),
+        "r"(parity)
+        : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
+                 : "memory");
+}
+
+// Arrives on bar once this thread's earlier cp.async copies have landed (the pending count is raised first, so
+// the phase cannot complete before they do).
+__device__ __forceinline__ void cp_async_mbar_arrive(uint64_t* bar) {
+    asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];" ::"r"(smem_addr(bar)) : "memory");
+}
+
+// 4-byte async copy; src_bytes = 0 writes a zero (tokens past num_tokens).
+__device__ __forceinline__ void cp_async4_zfill(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes)
+                 : "memory");
+}
+
+// TMA: box at (c0 = k, c1 = row) of a 2-D tensor map into shared memory, completing on bar's transaction count.
+__device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, uint64_t* bar, int c0, int c1) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];" ::
+            "r"(smem_addr(dst)),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1)
+        : "memory");
+}
+
+// wgmma shared-memory descriptor of a K-major tile written by TMA with the 128B swizzle: rows of 128 bytes, 8-row
+// core groups 1024 bytes apart (SBO); the leading offset is unused for swizzled K-major layouts. The k32 step j
+// starts 32 j bytes into the row (the swizzle is applied by the hardware on the address bits).
+__device__ __forceinline__ uint64_t smem_desc_sw128(const void* ptr) {
+    const uint32_t addr = smem_addr(ptr);
+    return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(1024 >> 4) << 32) |
+           (static_cast<uint64_t>(1) << 62);
+}
+
+// Keeps the compiler from moving reads of wgmma accumulators across the asynchronous MMA's fence/wait.
+template <int kCount>
+__device__ __forceinline__ void fence_registers(float (&r)[kCount]) {
+#pragma unroll
+    for (int i = 0; i < kCount; ++i) {
+        asm volatile("" : "+f"(r[i])::"memory");
+    }
+}
+
+// wgmma.m64nNk32 e4m3 x e4m3 -> f32, both operands from shared memory; scale_d = 0 overwrites d.
+template <int kN>
+struct WgmmaE4m3;
+
+template <>
+struct WgmmaE4m3<16> {
+    __device__ __forceinline__ static void run(float (&d)[8], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3 {"
+            "%0,%1,%2,%3,%4,%5,%6,%7"
+            "}, %8, %9, p, 1, 1;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+            : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+    }
+};
+
+template <>
+struct WgmmaE4m3<32> {
+    __device__ __forceinline__ static void run(float (&d)[16], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n32k32.f32.e4m3.e4m3 {"
+            "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15"
+            "}, %16, %17, p, 1, 1;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+            : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+    }
+};
+
+template <>
+struct WgmmaE4m3<64> {
+    __device__ __forceinline__ static void run(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {"
+            "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
+            "}, %32, %33, p, 1, 1;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+            : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+    }
+};
+
+template <>
+struct WgmmaE4m3<128> {
+    __device__ __forceinline__ static void run(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {"
+            "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"
+            "}, %64, %65, p, 1, 1;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+            : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+    }
+};
+
+// Tokens' scales are read in pairs: accumulator columns 8 j + 2 q and 8 j + 2 q + 1 of quad lane q.
+template <int kN>
+__device__ __forceinline__ void promote(float (&acc)[kN / 2], const float (&part)[kN / 2], const float* scales,
+                                        int quad_lane) {
+    const float w_scale = scales[kN];
+#pragma unroll
+    for (int j = 0; j < kN / 8; ++j) {
+        const float2 s = *reinterpret_cast<const float2*>(scales + 8 * j + 2 * quad_lane);
+        const float s0 = s.x * w_scale;
+        const float s1 = s.y * w_scale;
+        acc[4 * j + 0] += part[4 * j + 0] * s0;
+        acc[4 * j + 1] += part[4 * j + 1] * s1;
+        acc[4 * j + 2] += part[4 * j + 2] * s0;
+        acc[4 * j + 3] += part[4 * j + 3] * s1;
+    }
+}
+
+// The consumer side of one warpgroup: for each k block, 4 wgmma k32 steps into a fresh partial sum, the wait,
+// the promotion into acc and the release of the stage. (Overlapping the next block's MMAs with the promotion, two
+// partial sums in flight, measured 0-5% slower: docs/perf/kernels.md.)
+template <int kN, int kConsumers>
+__device__ __forceinline__ void consume(float (&acc)[kN / 2], uint8_t* smem, const float* scale_ring,
+                                        uint64_t* full_bar, uint64_t* empty_bar, int wg, int lane, int num_iters) {
+    using L = WgmmaLayout<kN, kConsumers>;
+    float part[kN / 2];
+#pragma unroll
+    for (int i = 0; i < kN / 2; ++i) part[i] = 0.0f;
+    for (int i = 0; i < num_iters; ++i) {
+        const int s = i % L::kStages;
+        mbar_wait(&full_bar[s], (i / L::kStages) & 1);
+        const uint8_t* w_tile = smem + s * L::kWTileBytes + wg * 64 * 128;  // this warpgroup's 64 rows
+        const uint8_t* x_tile = smem + L::kXOffset + s * L::kXTileBytes;
+        fence_registers(part);
+        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            WgmmaE4m3<kN>::run(part, smem_desc_sw128(w_tile + 32 * j), smem_desc_sw128(x_tile + 32 * j), j);
+        }
+        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+        fence_registers(part);
+        promote<kN>(acc, part, scale_ring + s * L::kScaleFloats, lane % 4);
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&empty_bar[s]);  // the warp's MMAs and scale reads of stage s are done
+    }
+}
+
+// One CTA's share of the cluster's split-K sum: rows [kRows] x tokens of y, 4 rows per thread, summed over every
+// CTA's red buffer [kN, kRedStride] (distributed shared memory) and stored as bf16. (Loading every quad first and
+// storing after measured slower, up to 1.4x at 128 tokens: docs/perf/kernels.md.)
+template <int kN, int kConsumers>
+__device__ __forceinline__ void reduce_store(const Fp8GemmParams& p, float* red, int n_tile) {
+    namespace cg = cooperative_groups;
+    using L = WgmmaLayout<kN, kConsumers>;
+    cg::cluster_group cluster = cg::this_cluster();
+    const int num_ranks = static_cast<int>(cluster.num_blocks());
+    const int rank = static_cast<int>(cluster.block_rank());
+    const int tokens = static_cast<int>(p.num_tokens < kN ? p.num_tokens : kN);
+    const int num_quads = tokens * (L::kRows / 4);
+    const int per_rank = (num_quads + num_ranks - 1) / num_ranks;
+    const int quad_end = min(num_quads, (rank + 1) * per_rank);
+    const int64_t row_base = static_cast<int64_t>(n_tile) * L::kRows;
+    for (int idx = rank * per_rank + static_cast<int>(threadIdx.x); idx < quad_end; idx += L::kThreads) {
+        const int token = idx / (L::kRows / 4);
+        const int row = (idx % (L::kRows / 4)) * 4;
+        float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+        for (int q = 0; q < kWgmmaMaxSplits; ++q) {
+            if (q < num_ranks) {
+                const float4 v =
+                    *reinterpret_cast<const float4*>(cluster.map_shared_rank(red, q) + token * L::kRedStride + row);
+                sum.x += v.x;
+                sum.y += v.y;
+                sum.z += v.z;
+                sum.w += v.w;
+            }
+        }
+        uint16_t* out = p.y + token * p.y_stride + row_base + row;  // [4] bf16 of y [num_tokens, n]
+        const float vals[4] = {sum.x, sum.y, sum.z, sum.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            if (row_base + row + e < p.n) {
+                const __nv_bfloat16 b = __float2bfloat16(vals[e]);
+                out[e] = reinterpret_cast<const uint16_t&>(b);
+            }
+        }
+    }
+}
+
+// grid: [ceil(n / kRows), splits], cluster [1, splits], block kThreads. tmap_w: w [n, k] with box [kRows, 128];
+// tmap_x: x [num_tokens, k] (row stride x_stride) with box [kN, 128]; both 128B-swizzled, zero out-of-bounds fill.
+template <int kN, int kConsumers>
+__global__ void __launch_bounds__(WgmmaLayout<kN, kConsumers>::kThreads, 1)
+    fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap tmap_w, const __grid_constant__ CUtensorMap tmap_x,
+                          const __grid_constant__ Fp8GemmParams p, int kb_per_split) {
+    using L = WgmmaLayout<kN, kConsumers>;
+    extern __shared__ uint8_t smem_raw[];
+    __shared__ uint64_t full_bar[L::kStages];   // TMA bytes + cp.async scales landed
+    __shared__ uint64_t empty_bar[L::kStages];  // every consumer warp is done with the stage
+    uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+    float* scale_ring = reinterpret_cast<float*>(smem + L::kScaleOffset);  // [kStages, kScaleFloats]
+
+    const int warp = static_cast<int>(threadIdx.x) / 32;
+    const int lane = static_cast<int>(threadIdx.x) % 32;
+    const int num_kb = static_cast<int>(p.k / 128);
+    const int kb_begin = static_cast<int>(blockIdx.y) * kb_per_split;
+    const int kb_end = min(num_kb, kb_begin + kb_per_split);
+    const int num_iters = kb_end - kb_begin;  // >= 1: the launcher leaves no split empty
+    const int n_tile = static_cast<int>(blockIdx.x);
+
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int s = 0; s < L::kStages; ++s) {
+            mbar_init(&full_bar[s], 1);
+            mbar_init(&empty_bar[s], 4 * kConsumers);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        // The descriptors' first fetch overlaps the barrier setup instead of the first TMA.
+        asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&tmap_w)) : "memory");
+        asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&tmap_x)) : "memory");
+    }
+    __syncthreads();
+
+    float acc[kN / 2];
+#pragma unroll
+    for (int i = 0; i < kN / 2; ++i) acc[i] = 0.0f;
+
+    if (warp == L::kProducerWarp) {
+        const float* w_scale = p.w_scale + static_cast<int64_t>(n_tile) * L::kRows / 128 * num_kb;
+        for (int i = 0; i < num_iters; ++i) {
+            const int s = i % L::kStages;
+            if (i >= L::kStages) mbar_wait(&empty_bar[s], ((i / L::kStages) - 1) & 1);
+            const int kb = kb_begin + i;
+            // NOTE: compute-sanitizer racecheck flags these writes against promote()'s reads of the same stage;
+            // they are ordered by the stage's mbarriers (RAW: cp.async.mbarrier.arrive on full; WAR: the consumer
+            // warps' __syncwarp + arrive on empty, waited above), which racecheck may not model for cp.async.
+            float* scales = scale_ring + s * L::kScaleFloats;
+            for (int t = lane; t <= kN; t += 32) {
+                const bool valid = t == kN || t < p.num_tokens;
+                const float* src = t == kN ? w_scale + kb : p.x_scale + (valid ? kb * p.x_scale_stride + t : 0);
+                cp_async4_zfill(scales + t, src, valid ? 4 : 0);
+            }
+            cp_async_mbar_arrive(&full_bar[s]);
+            __syncwarp();
+            if (lane == 0) {
+                mbar_arrive_expect_tx(&full_bar[s], L::kWTileBytes + L::kXTileBytes);
+                tma_load_2d(smem + s * L::kWTileBytes, &tmap_w, &full_bar[s], kb * 128, n_tile * L::kRows);
+                tma_load_2d(smem + L::kXOffset + s * L::kXTileBytes, &tmap_x, &full_bar[s], kb * 128, 0);
+            }
+        }
+    } else {
+        consume<kN, kConsumers>(acc, smem, scale_ring, full_bar, empty_bar, warp / 4, lane, num_iters);
+    }
+
+    // Partial sums -> red[token][row] (reusing the ring: every stage has been consumed).
+    __syncthreads();
+    float* red = reinterpret_cast<float*>(smem);  // [kN, kRedStride]
+    if (warp < L::kProducerWarp) {
+        const int row = warp * 16 + lane / 4;  // warp w of warpgroup g owns rows 64 g + 16 (w % 4) .. + 15
+#pragma unroll
+        for (int j = 0; j < kN / 8; ++j) {
+            const int token = 8 * j + 2 * (lane % 4);
+            red[token * L::kRedStride + row] = acc[4 * j + 0];
+            red[(token + 1) * L::kRedStride + row] = acc[4 * j + 1];
+            red[token * L::kRedStride + row + 8] = acc[4 * j + 2];
+            red[(token + 1) * L::kRedStride + row + 8] = acc[4 * j + 3];
+        }
+    }
+    cooperative_groups::this_cluster().sync();
+    reduce_store<kN, kConsumers>(p, red, n_tile);
+    cooperative_groups::this_cluster().sync();  // nobody leaves while a peer still reads its shared memory
+}
+
+}  // namespace k2::cuda::kernels
