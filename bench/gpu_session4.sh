@@ -75,6 +75,12 @@ for mode in ${MODES:-check step}; do
       step tp4 -tp 4 --decode-steps 20
       serve_and_bench tp1 $m
       ;;
+    wgmma_ab)  # the seed's workloads on one GPU with and without the v5 GEMM (1 dense layer: the GEMMs it changes)
+      m1=/tmp/k2-synth-1
+      timeout 100 $b/k2 synth $m1 --preset kimi-k2 --layers 1 >"$o/synth1.log" 2>&1 || tail -3 "$o/synth1.log"
+      serve_and_bench l1_wgmma $m1
+      K2_DISABLE_WGMMA_GEMM=1 serve_and_bench l1_no_wgmma $m1
+      ;;
     four)  # nvidia-h200-x4: the same step on 4 GPUs, and the seed's workloads against -tp 4
       synth
       step tp2_dcp2 -tp 2 -dcp 2 --decode-steps 10 --profile-layers

@@ -107,7 +107,9 @@ Fp8GemmRunner::~Fp8GemmRunner() {
 }
 
 Fp8GemmImpl Fp8GemmRunner::choose(int64_t num_tokens, int64_t n, int64_t k) {
-    if (prefer_wgmma(num_tokens, n, k)) {
+    // K2_DISABLE_WGMMA_GEMM=1: the pre-v5 choice (A/B runs, and a way out should the kernel misbehave somewhere).
+    static const bool wgmma_off = std::getenv("K2_DISABLE_WGMMA_GEMM") != nullptr;
+    if (!wgmma_off && prefer_wgmma(num_tokens, n, k)) {
         return Fp8GemmImpl::Wgmma;
     }
     if (n % 16 != 0) {
