@@ -13,7 +13,9 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-float sanitize_lse(float lse) { return (std::isnan(lse) || lse == std::numeric_limits<float>::infinity()) ? kNegInf : lse; }
+float sanitize_lse(float lse) {
+    return (std::isnan(lse) || lse == std::numeric_limits<float>::infinity()) ? kNegInf : lse;
+}
 
 void check_dcp(int dcp_size, int interleave) {
     K2_CHECK(dcp_size >= 1, "decode context parallel size must be >= 1, got {}", dcp_size);
@@ -42,9 +44,8 @@ int64_t dcp_local_token_count(int64_t seq_len, int dcp_rank, int dcp_size, int i
     return full * interleave + extra;
 }
 
-void partial_attention(std::span<const float> q, std::span<const float> k, std::span<const float> v,
-                       int num_heads, int head_dim, int v_dim, float scale, std::span<float> out,
-                       std::span<float> lse) {
+void partial_attention(std::span<const float> q, std::span<const float> k, std::span<const float> v, int num_heads,
+                       int head_dim, int v_dim, float scale, std::span<float> out, std::span<float> lse) {
     K2_CHECK(head_dim > 0 && v_dim > 0 && k.size() % head_dim == 0, "partial_attention: bad k size {}", k.size());
     const size_t num_tokens = k.size() / head_dim;
     K2_CHECK(q.size() == static_cast<size_t>(num_heads) * head_dim && v.size() == num_tokens * v_dim &&
@@ -119,8 +120,8 @@ void correct_partial_output(std::span<float> out, std::span<const float> all_lse
     }
 }
 
-void merge_partial_attention(std::span<const float> outs, std::span<const float> lses, int dcp_size,
-                             int num_heads, int v_dim, std::span<float> out, std::span<float> lse) {
+void merge_partial_attention(std::span<const float> outs, std::span<const float> lses, int dcp_size, int num_heads,
+                             int v_dim, std::span<float> out, std::span<float> lse) {
     const size_t per_rank = static_cast<size_t>(num_heads) * v_dim;
     K2_CHECK(outs.size() == per_rank * dcp_size && lses.size() == static_cast<size_t>(dcp_size) * num_heads &&
                  out.size() == per_rank && lse.size() == static_cast<size_t>(num_heads),
@@ -141,6 +142,51 @@ void merge_partial_attention(std::span<const float> outs, std::span<const float>
         }
         lse[h] = merge_lse(head_lses);
     }
+}
+
+DcpKeyRanges plan_dcp_key_ranges(std::span<const int32_t> positions, std::span<const int32_t> query_start,
+                                 std::span<const int32_t> block_tables, int max_blocks, int dcp_rank, int dcp_size,
+                                 int desired_splits) {
+    constexpr int kBlockTokens = 64;  // the engine's KV block (kKvBlockSize)
+    K2_CHECK(dcp_size >= 1 && kBlockTokens % dcp_size == 0 && dcp_rank >= 0 && dcp_rank < dcp_size,
+             "plan_dcp_key_ranges: rank {} of {}", dcp_rank, dcp_size);
+    const auto t_count = static_cast<int64_t>(positions.size());
+    const auto num_seqs = static_cast<int64_t>(query_start.size()) - 1;
+    K2_CHECK(num_seqs >= 0 && block_tables.size() == static_cast<size_t>(num_seqs * max_blocks),
+             "plan_dcp_key_ranges: {} block-table entries for {} sequences of {}", block_tables.size(), num_seqs,
+             max_blocks);
+    const int bt = kBlockTokens / dcp_size;
+    std::vector<int32_t> last(static_cast<size_t>(t_count));  // [T] last local key, -1: none
+    int max_local = 0;
+    for (int64_t t = 0; t < t_count; ++t) {
+        const int64_t visible =
+            dcp_local_token_count(int64_t{positions[static_cast<size_t>(t)]} + 1, dcp_rank, dcp_size);
+        last[static_cast<size_t>(t)] = static_cast<int32_t>(visible - 1);
+        max_local = std::max(max_local, static_cast<int>(visible));
+    }
+    DcpKeyRanges r;
+    const int local_blocks = (max_local + bt - 1) / bt;
+    r.splits = std::clamp(std::min(desired_splits, local_blocks), 1, std::max(desired_splits, 1));
+    const int blocks_per_split = (local_blocks + r.splits - 1) / r.splits;
+    const int span = blocks_per_split * bt;  // local keys per range
+    r.max_local_keys = std::min(max_local, span);
+    r.tables.assign(static_cast<size_t>(r.splits * num_seqs * max_blocks), 0);
+    r.row_seq.resize(static_cast<size_t>(r.splits * t_count));
+    r.last_keys.resize(static_cast<size_t>(r.splits * t_count));
+    for (int k = 0; k < r.splits; ++k) {
+        const int first = std::min(k * blocks_per_split, max_blocks);
+        for (int64_t s = 0; s < num_seqs; ++s) {  // row k * S + s: sequence s's table from block `first` on
+            std::copy(block_tables.begin() + s * max_blocks + first, block_tables.begin() + (s + 1) * max_blocks,
+                      r.tables.begin() + (k * num_seqs + s) * max_blocks);
+            for (int32_t t = query_start[static_cast<size_t>(s)]; t < query_start[static_cast<size_t>(s) + 1]; ++t) {
+                const auto row = static_cast<size_t>(k * t_count + t);
+                const int rel = last[static_cast<size_t>(t)] - k * blocks_per_split * bt;  // last key in the range
+                r.row_seq[row] = static_cast<int32_t>(k * num_seqs + s);
+                r.last_keys[row] = rel < 0 ? -1 : std::min(rel, span - 1);
+            }
+        }
+    }
+    return r;
 }
 
 }  // namespace k2::dist

@@ -3,9 +3,12 @@
 // (all-gather of the LSEs, correction, reduce-scatter over heads: vLLM's ag_rs scheme).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <random>
+#include <set>
 #include <vector>
 
 #include "core/error.h"
@@ -35,9 +38,12 @@ Context make_context() {
     c.q.resize(kHeads * kHeadDim);
     c.k.resize(kTokens * kHeadDim);
     c.v.resize(kTokens * kVDim);
-    for (float& x : c.q) x = normal(rng);
-    for (float& x : c.k) x = normal(rng);
-    for (float& x : c.v) x = normal(rng);
+    for (float& x : c.q)
+        x = normal(rng);
+    for (float& x : c.k)
+        x = normal(rng);
+    for (float& x : c.v)
+        x = normal(rng);
     return c;
 }
 
@@ -49,14 +55,17 @@ std::vector<double> reference_attention(const Context& c, float scale) {
         double max_s = -1e300;
         for (int t = 0; t < kTokens; ++t) {
             double s = 0.0;
-            for (int d = 0; d < kHeadDim; ++d) s += double(c.q[h * kHeadDim + d]) * c.k[t * kHeadDim + d];
+            for (int d = 0; d < kHeadDim; ++d)
+                s += double(c.q[h * kHeadDim + d]) * c.k[t * kHeadDim + d];
             w[t] = s * scale;
             max_s = std::max(max_s, w[t]);
         }
         double z = 0.0;
-        for (double& x : w) z += (x = std::exp(x - max_s));
+        for (double& x : w)
+            z += (x = std::exp(x - max_s));
         for (int t = 0; t < kTokens; ++t)
-            for (int d = 0; d < kVDim; ++d) out[h * kVDim + d] += w[t] / z * c.v[t * kVDim + d];
+            for (int d = 0; d < kVDim; ++d)
+                out[h * kVDim + d] += w[t] / z * c.v[t * kVDim + d];
     }
     return out;
 }
@@ -86,7 +95,8 @@ TEST(DcpPlacement, FollowsVllmRoundRobin) {
                 int64_t total = 0;
                 for (int r = 0; r < dcp; ++r) {
                     int64_t direct = 0;
-                    for (int64_t t = 0; t < len; ++t) direct += dcp_rank_of_token(t, dcp, interleave) == r;
+                    for (int64_t t = 0; t < len; ++t)
+                        direct += dcp_rank_of_token(t, dcp, interleave) == r;
                     EXPECT_EQ(dcp_local_token_count(len, r, dcp, interleave), direct) << len << " " << r;
                     total += direct;
                 }
@@ -101,6 +111,63 @@ TEST(DcpPlacement, FollowsVllmRoundRobin) {
         }
     }
     EXPECT_THROW(dcp_rank_of_token(1, 0), Error);
+}
+
+// The split-KV rows of a rank cover every key the token sees on this rank exactly once. The expected slots are built
+// from the placement rule alone: position p (p % dcp == rank) sits in global block p / 64 at local offset
+// (p % 64) / dcp of that block's 64 / dcp local entries; a row (k, t) reads table[row_seq][j / bt] * bt + j % bt for
+// its keys j = 0 .. last_keys.
+TEST(DcpKeyRanges, RowsCoverEachVisibleLocalKeyOnce) {
+    std::mt19937 rng(5);
+    for (const int dcp : {1, 2, 4, 8}) {
+        const int bt = 64 / dcp;
+        for (int trial = 0; trial < 20; ++trial) {
+            // A batch: decode tokens (one per sequence) and prefill chunks, random contexts, shuffled block ids.
+            const int num_seqs = 1 + static_cast<int>(rng() % 5);
+            const int max_blocks = 1 + static_cast<int>(rng() % 9);
+            std::vector<int32_t> tables(static_cast<size_t>(num_seqs * max_blocks));
+            std::iota(tables.begin(), tables.end(), 0);
+            std::shuffle(tables.begin(), tables.end(), rng);
+            std::vector<int32_t> positions;
+            std::vector<int32_t> query_start = {0};
+            for (int s = 0; s < num_seqs; ++s) {
+                const int len = 1 + static_cast<int>(rng() % (max_blocks * 64));
+                const int queries = rng() % 2 == 0 ? 1 : 1 + static_cast<int>(rng() % len);
+                for (int p = len - queries; p < len; ++p)
+                    positions.push_back(p);
+                query_start.push_back(static_cast<int32_t>(positions.size()));
+            }
+            const auto t_count = static_cast<int64_t>(positions.size());
+            for (int rank = 0; rank < dcp; ++rank) {
+                const int desired = 1 + static_cast<int>(rng() % 12);
+                const DcpKeyRanges r =
+                    plan_dcp_key_ranges(positions, query_start, tables, max_blocks, rank, dcp, desired);
+                SCOPED_TRACE(::testing::Message() << "dcp " << dcp << " rank " << rank << " splits " << r.splits);
+                ASSERT_GE(r.splits, 1);
+                ASSERT_LE(r.splits, desired);
+                ASSERT_EQ(r.row_seq.size(), static_cast<size_t>(r.splits * t_count));
+                for (int s = 0; s < num_seqs; ++s) {
+                    for (int32_t t = query_start[s]; t < query_start[s + 1]; ++t) {
+                        std::multiset<int64_t> want;
+                        for (int p = rank; p <= positions[t]; p += dcp) {
+                            want.insert(int64_t{tables[s * max_blocks + p / 64]} * bt + p % 64 / dcp);
+                        }
+                        std::multiset<int64_t> got;
+                        for (int k = 0; k < r.splits; ++k) {
+                            const auto row = static_cast<size_t>(k * t_count + t);
+                            ASSERT_LT(r.last_keys[row], r.max_local_keys + (r.last_keys[row] < 0 ? 1 : 0));
+                            for (int j = 0; j <= r.last_keys[row]; ++j) {
+                                const int32_t block =
+                                    r.tables[static_cast<size_t>(r.row_seq[row]) * max_blocks + j / bt];
+                                got.insert(int64_t{block} * bt + j % bt);
+                            }
+                        }
+                        ASSERT_EQ(got, want) << "token " << t << " at position " << positions[t];
+                    }
+                }
+            }
+        }
+    }
 }
 
 TEST(DcpMerge, LseRuleTreatsNanAndPosInfAsNegInf) {
@@ -118,7 +185,7 @@ TEST(DcpMerge, PartialsMergeToSingleRankAttention) {
     const float scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
     const std::vector<double> want = reference_attention(c, scale);
     for (int interleave : {1, 4}) {
-        for (int dcp : {1, 2, 4, 8, 64}) {  // 64 > kTokens: most ranks hold nothing (lse = -inf)
+        for (int dcp : {1, 2, 4, 8, 64}) {                  // 64 > kTokens: most ranks hold nothing (lse = -inf)
             std::vector<float> outs(dcp * kHeads * kVDim);  // [dcp, kHeads, kVDim]
             std::vector<float> lses(dcp * kHeads);          // [dcp, kHeads]
             std::vector<float> k, v;

@@ -44,66 +44,31 @@ void DcpAttention::local_slots(const ForwardBatch& b, std::vector<int64_t>& slot
     }
 }
 
-// Enough query rows for about two CTAs per SM (the kernel: one CTA per row and 64 heads), in whole blocks, and
-// no more partials than the merge takes. Prefill steps have rows to spare: one range.
-int DcpAttention::choose_splits(const ForwardBatch& b, int heads, int max_local_blocks) const {
+// Enough query rows for about two CTAs per SM (the kernel: one CTA per row and 64 heads), and no more partials than
+// the merge takes; plan_dcp_key_ranges keeps ranges of whole blocks. Prefill steps have rows to spare: one range.
+int DcpAttention::choose_splits(const ForwardBatch& b, int heads) const {
     const int64_t ctas = b.num_tokens() * ((int64_t{m_size} * heads + 63) / 64);
     const int64_t wanted = (2 * int64_t{m_num_sms} + ctas - 1) / std::max<int64_t>(ctas, 1);
-    return static_cast<int>(
-        std::clamp<int64_t>(std::min<int64_t>(wanted, max_local_blocks), 1, cuda::kDcpMaxPartials / m_size));
+    return static_cast<int>(std::clamp<int64_t>(wanted, 1, cuda::kDcpMaxPartials));
 }
 
 void DcpAttention::prepare_step(const ForwardBatch& b, int heads, cudaStream_t stream) {
-    const int64_t t_count = b.num_tokens();
-    const int bt = block_tokens();
-    std::vector<int32_t> last(static_cast<size_t>(t_count));  // [T] last local key, -1: none
-    int max_local = 0;
-    for (int64_t t = 0; t < t_count; ++t) {
-        const int64_t visible =
-            dist::dcp_local_token_count(int64_t{b.positions[static_cast<size_t>(t)]} + 1, m_rank, m_size);
-        last[static_cast<size_t>(t)] = static_cast<int32_t>(visible - 1);
-        max_local = std::max(max_local, static_cast<int>(visible));
-    }
     m_max_blocks = b.max_blocks_per_seq;
-    m_splits = choose_splits(b, heads, (max_local + bt - 1) / bt);
-    const int blocks_per_split = ((max_local + bt - 1) / bt + m_splits - 1) / m_splits;
-    const int span = blocks_per_split * bt;  // local keys per range
-    m_max_local_keys = std::min(max_local, span);
-    const int num_seqs = b.num_seqs();
-    m_host_tables.assign(static_cast<size_t>(m_splits) * num_seqs * m_max_blocks, 0);
-    m_host_row_seq.resize(static_cast<size_t>(m_splits * t_count));
-    m_host_last_keys.resize(static_cast<size_t>(m_splits * t_count));
-    for (int k = 0; k < m_splits; ++k) {
-        const int first = k * blocks_per_split;
-        for (int s = 0; s < num_seqs; ++s) {  // row k * S + s: sequence s's table from block `first` on
-            const auto src = b.block_tables.begin() + static_cast<int64_t>(s) * m_max_blocks;
-            const int n = std::max(0, m_max_blocks - first);
-            std::copy_n(src + std::min(first, m_max_blocks), n,
-                        m_host_tables.begin() + (static_cast<int64_t>(k) * num_seqs + s) * m_max_blocks);
-        }
-        for (int s = 0; s < num_seqs; ++s) {
-            for (int32_t t = b.query_start[static_cast<size_t>(s)]; t < b.query_start[static_cast<size_t>(s) + 1];
-                 ++t) {
-                const auto row = static_cast<size_t>(k * t_count + t);
-                const int rel = last[static_cast<size_t>(t)] - first * bt;  // the token's last key in this range
-                m_host_row_seq[row] = k * num_seqs + s;
-                m_host_last_keys[row] = rel < 0 ? -1 : std::min(rel, span - 1);
-            }
-        }
-    }
-    upload(m_tables, m_host_tables, stream);
-    upload(m_row_seq, m_host_row_seq, stream);
-    upload(m_last_keys, m_host_last_keys, stream);
+    m_plan = dist::plan_dcp_key_ranges(b.positions, b.query_start, b.block_tables, m_max_blocks, m_rank, m_size,
+                                       choose_splits(b, heads));
+    upload(m_tables, m_plan.tables, stream);
+    upload(m_row_seq, m_plan.row_seq, stream);
+    upload(m_last_keys, m_plan.last_keys, stream);
 }
 
 void DcpAttention::attend(const Args& a, cudaStream_t stream) {
     const int64_t t_count = a.num_tokens;
     const int64_t entry = a.lat + a.rope;
     const int group_heads = m_size * a.heads;
-    const int64_t rows = m_splits * t_count;  // query rows: every token once per key range
+    const int64_t rows = m_plan.splits * t_count;  // query rows: every token once per key range
     const size_t q_bytes = static_cast<size_t>(t_count * a.heads * entry) * 2;  // one rank's [T, heads, entry]
     ensure(m_q_all, q_bytes * static_cast<size_t>(m_size));
-    ensure(m_q_rows, q_bytes * static_cast<size_t>(m_size * m_splits));
+    ensure(m_q_rows, q_bytes * static_cast<size_t>(m_size * m_plan.splits));
     ensure(m_out_part, static_cast<size_t>(rows * group_heads * a.lat) * 2);
     ensure(m_lse_part, static_cast<size_t>(rows * group_heads) * 4);
     ensure(m_out_all, static_cast<size_t>(m_size * t_count * group_heads * a.lat) * 2);
@@ -113,7 +78,7 @@ void DcpAttention::attend(const Args& a, cudaStream_t stream) {
     // once per key range.
     m_comm->all_gather(a.q_abs, m_q_all.data(), t_count * a.heads * entry, DType::BF16, stream);
     const size_t head_block = static_cast<size_t>(a.heads * entry) * 2;
-    for (int k = 0; k < m_splits; ++k) {
+    for (int k = 0; k < m_plan.splits; ++k) {
         char* dst = m_q_rows.as<char>() + static_cast<size_t>(k) * q_bytes * static_cast<size_t>(m_size);
         for (int d = 0; d < m_size; ++d) {
             CUDA_CHECK(cudaMemcpy2DAsync(dst + d * head_block, head_block * static_cast<size_t>(m_size),
@@ -135,7 +100,7 @@ void DcpAttention::attend(const Args& a, cudaStream_t stream) {
     at.rope = a.rope;
     at.block_size = block_tokens();
     at.max_blocks_per_seq = m_max_blocks;
-    at.max_context = m_max_local_keys;
+    at.max_context = m_plan.max_local_keys;
     at.softmax_scale = a.softmax_scale;
     cuda::launch_mla_attention(at, stream);
 
@@ -143,7 +108,7 @@ void DcpAttention::attend(const Args& a, cudaStream_t stream) {
     // [T, G, lat] per rank rather than splits times that.
     const uint16_t* part = m_out_part.as<uint16_t>();  // [T, G, lat] after the local merge
     const float* part_lse = m_lse_part.as<float>();    // [T, G]
-    if (m_splits > 1) {
+    if (m_plan.splits > 1) {
         ensure(m_out_local, static_cast<size_t>(t_count * group_heads * a.lat) * 2);
         ensure(m_lse_local, static_cast<size_t>(t_count * group_heads) * 4);
         cuda::DcpMergeParams lm;
@@ -152,7 +117,7 @@ void DcpAttention::attend(const Args& a, cudaStream_t stream) {
         lm.out = m_out_local.as<uint16_t>();
         lm.lse_out = m_lse_local.as<float>();
         lm.num_tokens = t_count;
-        lm.num_partials = m_splits;
+        lm.num_partials = m_plan.splits;
         lm.dcp = 1;  // all G heads, no rank selection
         lm.heads = group_heads;
         lm.lat = a.lat;

@@ -6,9 +6,9 @@
 // outputs and lses and merges each rank's own heads (dcp_merge.h). The CPU model's attend_dcp is the reference.
 //
 // Split-KV: the general attention kernel gives one CTA per token and 64 heads, so a decode batch of 16 would run
-// on 16 SMs. The local keys are therefore cut into `splits` ranges of whole blocks, each range a query row of its
-// own (its block-table row starts at the range's first block, its last key is clipped to the range); the ranges'
-// partials are merged on the rank first (keeping their log-sum-exp), then the ranks' partials.
+// on 16 SMs. The local keys are therefore cut into ranges of whole blocks, each range a query row of its own
+// (dist::plan_dcp_key_ranges); the ranges' partials are merged on the rank first (keeping their log-sum-exp), then
+// the ranks' partials.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -19,6 +19,7 @@
 
 #include "backend/cuda/device_buffer.h"
 #include "backend/cuda/mla_ops.h"
+#include "dist/dcp.h"
 #include "model/cuda/tp_comm.h"
 #include "model/forward_batch.h"
 
@@ -50,22 +51,17 @@ public:
     void attend(const Args& args, cudaStream_t stream);
 
 private:
-    int choose_splits(const ForwardBatch& batch, int heads, int max_local_blocks) const;
+    int choose_splits(const ForwardBatch& batch, int heads) const;
 
     std::unique_ptr<TpComm> m_comm;
     int m_size = 1;
     int m_rank = 0;
     int m_num_sms = 0;
-    // The step (prepare_step): rows are split-major, row k * T + t = token t's k-th key range.
-    int m_splits = 1;
-    int m_max_blocks = 0;                   // block-table width
-    int m_max_local_keys = 0;               // bound of the rows' last key + 1
-    std::vector<int32_t> m_host_tables;     // [splits * S, max_blocks]
-    std::vector<int32_t> m_host_row_seq;    // [splits * T] block-table row of each query row
-    std::vector<int32_t> m_host_last_keys;  // [splits * T] last key within the row's range, -1: none
-    cuda::DeviceBuffer m_tables;
-    cuda::DeviceBuffer m_row_seq;
-    cuda::DeviceBuffer m_last_keys;
+    int m_max_blocks = 0;            // block-table width of the step
+    dist::DcpKeyRanges m_plan;       // the step's query rows (prepare_step)
+    cuda::DeviceBuffer m_tables;     // [splits * S, max_blocks] i32 (m_plan's, on the device)
+    cuda::DeviceBuffer m_row_seq;    // [splits * T] i32
+    cuda::DeviceBuffer m_last_keys;  // [splits * T] i32
     // Attention buffers (grown on demand).
     cuda::DeviceBuffer m_q_all;      // [dcp, T, heads, entry] bf16 gathered queries
     cuda::DeviceBuffer m_q_rows;     // [splits, T, dcp * heads, entry] bf16: the group's heads per query row
