@@ -2,8 +2,8 @@
 // run (the device-to-device copy rate; cuBLASLt's block-scaled FP8 GEMM) and prints one table row per case:
 // µs, TFLOP/s, GB/s, % of the copy rate, ratio to cuBLASLt. Inputs rotate over enough copies to exceed L2.
 #include <algorithm>
-#include <random>
 #include <cstdio>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -17,8 +17,6 @@
 namespace k2::ops_test {
 namespace {
 
-constexpr int kCallsPerGraph = 20;
-constexpr int kReplays = 15;
 constexpr size_t kRotateBytes = 512ull << 20;  // ten times the H200's 50 MB L2
 
 int copies_for(size_t bytes_per_call) {
@@ -30,7 +28,8 @@ void print_row(const std::string& name, double us, double flops, double bytes, d
     const double gbs = bytes / us * 1e-3;
     std::printf("%-44s %9.2f us %8.1f TFLOP/s %8.1f GB/s %6.1f%% copy", name.c_str(), us, flops / us * 1e-6, gbs,
                 100.0 * gbs / copy_gbs);
-    if (base_us > 0) std::printf("  %5.2fx vs %s", base_us / us, base_name);
+    if (base_us > 0)
+        std::printf("  %5.2fx vs %s", base_us / us, base_name);
     std::printf("\n");
     std::fflush(stdout);
 }
@@ -41,7 +40,9 @@ double measure_copy_gbs(cudaStream_t stream) {
     cuda::DeviceBuffer b(bytes);
     a.fill_bytes(1);
     const double engine_us = time_us(
-        [&](int, cudaStream_t s) { CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, s)); },
+        [&](int, cudaStream_t s) {
+            CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, s));
+        },
         stream);
     const cuda::DeviceCopyParams params{a.data(), b.data(), static_cast<int64_t>(bytes)};
     const double us = time_us([&](int, cudaStream_t s) { cuda::launch_device_copy(params, s); }, stream);
@@ -81,7 +82,8 @@ GemmWeights make_weights(const GemmShape& shape, std::mt19937& rng) {
     const size_t w_bytes = static_cast<size_t>(shape.n * shape.k);
     const int copies = copies_for(w_bytes);
     const auto w_host = fast_random_fp8(w_bytes, rng());
-    const auto ws_host = random_uniform(static_cast<size_t>((shape.n + 127) / 128 * (shape.k / 128)), rng, 1e-4f, 4e-4f);
+    const auto ws_host =
+        random_uniform(static_cast<size_t>((shape.n + 127) / 128 * (shape.k / 128)), rng, 1e-4f, 4e-4f);
     GemmWeights out;
     for (int c = 0; c < copies; ++c) {
         out.w.push_back(to_device(w_host));
@@ -211,7 +213,8 @@ void perf_mla(double copy_gbs, cudaStream_t stream, std::mt19937& rng) {
     const int pages = context / 64;
     const int64_t num_blocks = num_seqs * pages;
     std::vector<int32_t> ids(static_cast<size_t>(num_blocks));
-    for (int64_t i = 0; i < num_blocks; ++i) ids[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+    for (int64_t i = 0; i < num_blocks; ++i)
+        ids[static_cast<size_t>(i)] = static_cast<int32_t>(i);
     std::shuffle(ids.begin(), ids.end(), rng);
     const size_t cache_elems = static_cast<size_t>(num_blocks) * 64 * 576;
     std::vector<uint16_t> cache_host(cache_elems);
@@ -259,44 +262,15 @@ void perf_mla(double copy_gbs, cudaStream_t stream, std::mt19937& rng) {
 
 }  // namespace
 
-double time_us(const std::function<void(int, cudaStream_t)>& body, cudaStream_t stream) {
-    body(0, stream);  // warm-up outside the graph: plans, module load
-    CUDA_CHECK(cudaStreamSynchronize(stream));
-    cudaGraph_t graph = nullptr;
-    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < kCallsPerGraph; ++i) body(i, stream);
-    CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-    cudaGraphExec_t exec = nullptr;
-    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    cudaEvent_t start = nullptr;
-    cudaEvent_t stop = nullptr;
-    CUDA_CHECK(cudaEventCreate(&start));
-    CUDA_CHECK(cudaEventCreate(&stop));
-    std::vector<float> times;
-    for (int r = 0; r < kReplays + 2; ++r) {
-        CUDA_CHECK(cudaEventRecord(start, stream));
-        CUDA_CHECK(cudaGraphLaunch(exec, stream));
-        CUDA_CHECK(cudaEventRecord(stop, stream));
-        CUDA_CHECK(cudaEventSynchronize(stop));
-        float ms = 0.0f;
-        CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-        if (r >= 2) times.push_back(ms);  // two warm-up replays
-    }
-    CUDA_CHECK(cudaEventDestroy(start));
-    CUDA_CHECK(cudaEventDestroy(stop));
-    CUDA_CHECK(cudaGraphExecDestroy(exec));
-    CUDA_CHECK(cudaGraphDestroy(graph));
-    std::sort(times.begin(), times.end());
-    return 1e3 * times[times.size() / 2] / kCallsPerGraph;
-}
-
 // --perf [--only NAME] [--m M]: all cases, or one GEMM shape (by name) at one token count (for ncu).
 int run_perf(int argc, char** argv) {
     std::string only;
     int64_t only_m = 0;
     for (int i = 1; i + 1 < argc; ++i) {
-        if (std::string(argv[i]) == "--only") only = argv[i + 1];
-        if (std::string(argv[i]) == "--m") only_m = std::stoll(argv[i + 1]);
+        if (std::string(argv[i]) == "--only")
+            only = argv[i + 1];
+        if (std::string(argv[i]) == "--m")
+            only_m = std::stoll(argv[i + 1]);
     }
     if (cuda::cuda_device_count() == 0) {
         std::printf("no CUDA device: --perf needs a GPU\n");
@@ -312,12 +286,13 @@ int run_perf(int argc, char** argv) {
     std::mt19937 rng(7);
     cuda::Fp8GemmRunner runner;
     const GemmShape shapes[] = {
-        {"q_a+kv_a", 2112, 7168}, {"q_b", 12288, 1536},     {"o_proj", 7168, 8192}, {"dense_gate_up", 18432, 7168},
-        {"dense_down", 7168, 18432}, {"expert_gate_up", 4096, 7168}, {"expert_down", 7168, 2048},
-        {"q_b_v3", 24576, 1536}, {"kv_b", 16384, 512},
+        {"q_a+kv_a", 2112, 7168},       {"q_b", 12288, 1536},        {"o_proj", 7168, 8192},
+        {"dense_gate_up", 18432, 7168}, {"dense_down", 7168, 18432}, {"expert_gate_up", 4096, 7168},
+        {"expert_down", 7168, 2048},    {"q_b_v3", 24576, 1536},     {"kv_b", 16384, 512},
     };
     for (const auto& shape : shapes) {
-        if (!only.empty() && only != shape.name) continue;
+        if (!only.empty() && only != shape.name)
+            continue;
         const GemmWeights weights = make_weights(shape, rng);
         if (only_m > 0) {
             perf_gemm(runner, shape, weights, only_m, copy_gbs, stream, rng);

@@ -67,8 +67,8 @@ struct GemmShape {
 
 // The Kimi-K2 projections (docs/perf/kernels.md).
 constexpr GemmShape kKimiShapes[] = {
-    {"q_a+kv_a", 2112, 7168},      {"q_b", 12288, 1536},           {"o_proj", 7168, 8192},
-    {"dense_gate_up", 18432, 7168}, {"dense_down", 7168, 18432},    {"expert_gate_up", 4096, 7168},
+    {"q_a+kv_a", 2112, 7168},       {"q_b", 12288, 1536},        {"o_proj", 7168, 8192},
+    {"dense_gate_up", 18432, 7168}, {"dense_down", 7168, 18432}, {"expert_gate_up", 4096, 7168},
     {"expert_down", 7168, 2048},    {"kv_b", 16384, 512},
 };
 
@@ -77,9 +77,9 @@ constexpr GemmShape kKimiShapes[] = {
 struct Problem {
     int64_t n = 0;
     int64_t k = 0;
-    std::vector<uint8_t> xq;    // [128, k] e4m3
-    std::vector<float> xs;      // [k / 128, 128] f32
-    std::vector<float> y_ref;   // [128, n]
+    std::vector<uint8_t> xq;   // [128, k] e4m3
+    std::vector<float> xs;     // [k / 128, 128] f32
+    std::vector<float> y_ref;  // [128, n]
     cuda::DeviceBuffer xq_dev, xs_dev, w_dev, ws_dev;
 };
 
@@ -223,48 +223,13 @@ TEST_F(Fp8GemmWgmma, Deterministic) {
 
 // ---- benchmark mode ----
 
-constexpr int kCallsPerGraph = 20;
-constexpr int kReplays = 15;
-
-// Median µs of one call over CUDA-graph replays of kCallsPerGraph calls (body(iter) rotates the weight copies).
-double graph_time_us(const std::function<void(int, cudaStream_t)>& body, cudaStream_t stream) {
-    body(0, stream);
-    CUDA_CHECK(cudaStreamSynchronize(stream));
-    cudaGraph_t graph = nullptr;
-    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < kCallsPerGraph; ++i) body(i, stream);
-    CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-    cudaGraphExec_t exec = nullptr;
-    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    cudaEvent_t start = nullptr;
-    cudaEvent_t stop = nullptr;
-    CUDA_CHECK(cudaEventCreate(&start));
-    CUDA_CHECK(cudaEventCreate(&stop));
-    std::vector<float> times;
-    for (int r = 0; r < kReplays + 2; ++r) {
-        CUDA_CHECK(cudaEventRecord(start, stream));
-        CUDA_CHECK(cudaGraphLaunch(exec, stream));
-        CUDA_CHECK(cudaEventRecord(stop, stream));
-        CUDA_CHECK(cudaEventSynchronize(stop));
-        float ms = 0.0f;
-        CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-        if (r >= 2) times.push_back(ms);
-    }
-    CUDA_CHECK(cudaEventDestroy(start));
-    CUDA_CHECK(cudaEventDestroy(stop));
-    CUDA_CHECK(cudaGraphExecDestroy(exec));
-    CUDA_CHECK(cudaGraphDestroy(graph));
-    std::sort(times.begin(), times.end());
-    return 1e3 * times[times.size() / 2] / kCallsPerGraph;
-}
-
 double copy_rate_gbs(cudaStream_t stream) {
     const size_t bytes = 1ull << 30;
     cuda::DeviceBuffer a(bytes);
     cuda::DeviceBuffer b(bytes);
     a.fill_bytes(1);
     const cuda::DeviceCopyParams params{a.data(), b.data(), static_cast<int64_t>(bytes)};
-    const double us = graph_time_us([&](int, cudaStream_t s) { cuda::launch_device_copy(params, s); }, stream);
+    const double us = time_us([&](int, cudaStream_t s) { cuda::launch_device_copy(params, s); }, stream);
     return 2.0 * bytes / us * 1e-3;  // bytes read + bytes written
 }
 
@@ -314,14 +279,12 @@ TEST_F(Fp8GemmWgmma, DISABLED_Perf) {
             };
             double base_us = 0.0;
             try {
-                base_us = graph_time_us([&](int i, cudaStream_t s) { runner.run_cublaslt(with_weights(i), s); },
-                                        stream);
+                base_us = time_us([&](int i, cudaStream_t s) { runner.run_cublaslt(with_weights(i), s); }, stream);
             } catch (const Error&) {  // no block-scaled algorithm for this m: time m padded to 16, as a caller would
                 p.num_tokens = m_pad;
                 p.x_scale_stride = m_pad;
                 try {
-                    base_us = graph_time_us(
-                        [&](int i, cudaStream_t s) { runner.run_cublaslt(with_weights(i), s); }, stream);
+                    base_us = time_us([&](int i, cudaStream_t s) { runner.run_cublaslt(with_weights(i), s); }, stream);
                 } catch (const Error& e) {
                     std::printf("cublaslt refused %s m=%ld: %s\n", shape.name, static_cast<long>(m),
                                 e.message().c_str());
@@ -329,14 +292,14 @@ TEST_F(Fp8GemmWgmma, DISABLED_Perf) {
                 p.num_tokens = m;
                 p.x_scale_stride = m;
             }
-            const double us = graph_time_us(
-                [&](int i, cudaStream_t s) { cuda::launch_fp8_gemm_wgmma(with_weights(i), s); }, stream);
+            const double us =
+                time_us([&](int i, cudaStream_t s) { cuda::launch_fp8_gemm_wgmma(with_weights(i), s); }, stream);
             double best_us = us;
             std::string best = "model";
             std::string sweep;
             auto time_variant = [&](const cuda::Fp8GemmWgmmaOptions& o, const std::string& label) {
-                const double t = graph_time_us(
-                    [&](int i, cudaStream_t s) { cuda::launch_fp8_gemm_wgmma(with_weights(i), s, o); }, stream);
+                const double t =
+                    time_us([&](int i, cudaStream_t s) { cuda::launch_fp8_gemm_wgmma(with_weights(i), s, o); }, stream);
                 sweep += fmt::format(" {}={:.2f}", label, t);
                 if (t < best_us) {
                     best_us = t;
