@@ -45,6 +45,27 @@ Tensor with_zero_row(const Tensor& table) {
     return out;
 }
 
+// Every TP slice must fall on the 128x128 FP8 weight blocks (true for Kimi-K2 up to tp 16); checked before any
+// weight is read, naming the config field.
+void check_tp_blocks(const ModelConfig& f, int tp) {
+    const auto check_blocks = [&](int64_t value, const char* field) {
+        K2_CHECK(value % tp == 0 && (value / tp) % 128 == 0,
+                 "--device cuda with --tensor-parallel-size {}: config.json {} = {} must split into multiples of 128 "
+                 "(the FP8 weight blocks)",
+                 tp, field, value);
+    };
+    check_blocks(f.intermediate_size, "intermediate_size");
+    bool has_moe = false;
+    for (int l = 0; l < f.num_hidden_layers; ++l) {
+        has_moe = has_moe || f.is_moe_layer(l);
+    }
+    if (has_moe) {  // the routed experts' slices (without expert parallelism) and the shared experts'
+        check_blocks(f.moe_intermediate_size, "moe_intermediate_size");
+    }
+    check_blocks(f.num_attention_heads * f.qk_head_dim(), "num_attention_heads x qk_head_dim");
+    check_blocks(f.num_attention_heads * f.v_head_dim, "num_attention_heads x v_head_dim");
+}
+
 }  // namespace
 
 // Tensor parallelism (vLLM's -tp) on GPUs: each rank holds a slice of the heads, of the dense/shared/expert
@@ -62,22 +83,7 @@ void DeepseekV3CudaModel::setup_tensor_parallel(const ModelOptions& options) {
              p.pipeline_parallel_size, p.data_parallel_size);
     const int tp = p.tensor_parallel_size;
     const ModelConfig& f = m_full_config;
-    const auto check_blocks = [&](int64_t value, const char* field) {
-        K2_CHECK(value % tp == 0 && (value / tp) % 128 == 0,
-                 "--device cuda with --tensor-parallel-size {}: config.json {} = {} must split into multiples of 128 "
-                 "(the FP8 weight blocks)",
-                 tp, field, value);
-    };
-    check_blocks(f.intermediate_size, "intermediate_size");
-    bool has_moe = false;
-    for (int l = 0; l < f.num_hidden_layers; ++l) {
-        has_moe = has_moe || f.is_moe_layer(l);
-    }
-    if (has_moe) {  // the shared experts, and the routed ones without expert parallelism
-        check_blocks(f.moe_intermediate_size * std::max<int64_t>(f.n_shared_experts, 1), "moe_intermediate_size");
-    }
-    check_blocks(f.num_attention_heads * f.qk_head_dim(), "num_attention_heads x qk_head_dim");
-    check_blocks(f.num_attention_heads * f.v_head_dim, "num_attention_heads x v_head_dim");
+    check_tp_blocks(f, tp);
     const int device = options.parallel->rank % cuda::cuda_device_count();
     CUDA_CHECK(cudaSetDevice(device));
     const char* kind = std::getenv("K2_TP_COMM");
