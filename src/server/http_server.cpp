@@ -1,10 +1,9 @@
-// The only translation unit that includes Beast (compile time on small machines matters).
+// Sockets, keep-alive, streaming and disconnects; the request parsing itself is http_request_parser.cpp (the
+// code the fuzz target runs), so Beast stays out of this translation unit.
 #include "server/http_server.h"
 
 #include <array>
 #include <boost/asio.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
 #include <optional>
 #include <thread>
 
@@ -14,26 +13,15 @@
 namespace k2::server {
 
 namespace asio = boost::asio;
-namespace beast = boost::beast;
-namespace http = beast::http;
 using tcp = asio::ip::tcp;
+using error_code = boost::system::error_code;
 
 namespace {
 
 constexpr size_t kMaxWatchBufferBytes = 64u << 10;  // stop reading ahead of a pipelining client here
 constexpr size_t kMaxDiscardBytes = 256u << 20;     // bytes of an oversized body read and dropped
 constexpr std::chrono::seconds kDiscardTimeout{10};
-
-bool iequals(std::string_view a, std::string_view b) {
-    if (a.size() != b.size())
-        return false;
-    for (size_t i = 0; i < a.size(); ++i) {
-        if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) {
-            return false;
-        }
-    }
-    return true;
-}
+constexpr size_t kReadChunkBytes = 16u << 10;
 
 std::string serialize_head(int status, const std::string& content_type, const HttpHeaders& headers, bool keep_alive,
                            std::optional<size_t> content_length) {
@@ -53,14 +41,6 @@ std::string serialize_head(int status, const std::string& content_type, const Ht
 }
 
 }  // namespace
-
-std::string HttpRequest::header(std::string_view name) const {
-    for (const auto& [key, value] : headers) {
-        if (iequals(key, name))
-            return value;
-    }
-    return {};
-}
 
 std::string_view http_status_text(int status) {
     switch (status) {
@@ -109,12 +89,15 @@ namespace {
 class Connection : public std::enable_shared_from_this<Connection> {
 public:
     Connection(tcp::socket socket, HttpServer::Impl& server)
-        : m_socket(std::move(socket)), m_server(server), m_discard_timer(m_socket.get_executor()) {
+        : m_socket(std::move(socket)),
+          m_server(server),
+          m_parser({server.options.max_body_bytes, server.options.max_header_bytes}),
+          m_discard_timer(m_socket.get_executor()) {
         ++m_server.num_connections;
     }
     ~Connection() { --m_server.num_connections; }
 
-    void start() { read_header(); }
+    void start() { read_request(); }
 
     // --- ResponseWriter operations, always on the strand; `serial` names the request they belong to.
     void send(uint64_t serial, HttpResponse response) {
@@ -155,43 +138,53 @@ public:
 private:
     bool current(uint64_t serial) const { return serial == m_serial && m_response_active && !m_closed; }
 
-    void read_header() {
+    // Starts the next request of the connection: parses what a pipelining client already sent, then reads.
+    void read_request() {
         if (m_closed)
             return;
-        m_parser.emplace();
-        m_parser->body_limit(m_server.options.max_body_bytes);
-        m_parser->header_limit(static_cast<uint32_t>(m_server.options.max_header_bytes));
-        http::async_read_header(m_socket, m_buffer, *m_parser,
-                                [self = shared_from_this()](beast::error_code ec, size_t) { self->on_header(ec); });
+        m_parser.reset();
+        m_sent_continue = false;
+        parse_input();
     }
 
-    void on_header(beast::error_code ec) {
-        if (ec)
-            return on_read_error(ec);
-        const auto& req = m_parser->get();
-        if (iequals(std::string(req[http::field::expect]), "100-continue")) {
+    void parse_input() {
+        m_input.erase(0, m_parser.feed(m_input));
+        if (m_parser.failed())
+            return reject(m_parser.error()->status, m_parser.error()->message);
+        if (m_parser.complete())
+            return on_request();
+        if (m_parser.expects_continue() && !m_sent_continue) {
+            m_sent_continue = true;
             queue("HTTP/1.1 100 Continue\r\n\r\n");
         }
-        http::async_read(m_socket, m_buffer, *m_parser,
-                         [self = shared_from_this()](beast::error_code ec2, size_t) { self->on_body(ec2); });
+        m_socket.async_read_some(asio::buffer(m_read_buffer), [self = shared_from_this()](error_code ec, size_t n) {
+            self->on_read(ec, n);
+        });
     }
 
-    void on_body(beast::error_code ec) {
+    void on_read(error_code ec, size_t n) {
+        if (m_closed)
+            return;
+        m_input.append(m_read_buffer.data(), n);
+        if (ec == asio::error::eof && m_parser.got_some()) {
+            // Cut short: the parser says why (a half-closed client can still read the answer).
+            m_parser.feed(m_input);
+            m_parser.feed_eof();
+            if (m_parser.failed())
+                return reject(m_parser.error()->status, m_parser.error()->message);
+        }
         if (ec)
-            return on_read_error(ec);
-        http::request<http::string_body> req = m_parser->release();
-        HttpRequest request;
-        request.method = std::string(req.method_string());
-        request.target = std::string(req.target());
-        request.path = request.target.substr(0, request.target.find('?'));
-        for (const auto& field : req)
-            request.headers.emplace_back(field.name_string(), field.value());
-        request.body = std::move(req.body());
-        beast::error_code endpoint_ec;
+            return close();
+        parse_input();
+    }
+
+    void on_request() {
+        m_keep_alive = m_parser.keep_alive();
+        HttpRequest request = m_parser.take_request();
+        error_code endpoint_ec;
         const tcp::endpoint remote = m_socket.remote_endpoint(endpoint_ec);
         if (!endpoint_ec)
             request.remote = fmt::format("{}:{}", remote.address().to_string(), remote.port());
-        m_keep_alive = req.keep_alive();
         ++m_serial;
         m_response_active = true;
         watch();
@@ -210,20 +203,6 @@ private:
     }
 
     std::shared_ptr<ResponseWriter> make_writer();
-
-    void on_read_error(beast::error_code ec) {
-        if (ec == http::error::body_limit) {
-            reject(413, fmt::format("Request body is larger than the limit of {} bytes (--max-request-body-bytes).",
-                                    m_server.options.max_body_bytes));
-        } else if (ec == http::error::header_limit) {
-            reject(431, "Request headers are too large.");
-        } else if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
-                   ec == asio::error::operation_aborted) {
-            close();
-        } else {
-            reject(400, fmt::format("Malformed HTTP request: {}", ec.message()));
-        }
-    }
 
     // Answers an unreadable request and closes, reading and dropping what the client still sends so that
     // it gets to read the answer instead of a reset.
@@ -251,15 +230,15 @@ private:
 
     // While a response is produced, a read stays pending so that a disconnect is noticed at once.
     void watch() {
-        if (m_watching || m_closed || m_buffer.size() >= kMaxWatchBufferBytes)
+        if (m_watching || m_closed || m_input.size() >= kMaxWatchBufferBytes)
             return;
         m_watching = true;
-        m_socket.async_read_some(m_buffer.prepare(4096), [self = shared_from_this()](beast::error_code ec, size_t n) {
+        m_socket.async_read_some(asio::buffer(m_read_buffer), [self = shared_from_this()](error_code ec, size_t n) {
             self->on_watch(ec, n);
         });
     }
 
-    void on_watch(beast::error_code ec, size_t n) {
+    void on_watch(error_code ec, size_t n) {
         m_watching = false;
         if (m_closed)
             return;
@@ -267,11 +246,11 @@ private:
             disconnected();
             return;
         }
-        m_buffer.commit(n);
+        m_input.append(m_read_buffer.data(), n);
         if (m_response_active) {
             watch();
         } else {
-            read_header();
+            read_request();
         }
     }
 
@@ -292,7 +271,8 @@ private:
             if (!m_writing)
                 after_writes();
         } else if (!m_watching) {
-            read_header();
+            // Posted, not called: a pipelining client's buffered requests answered at once must not recurse.
+            asio::post(m_socket.get_executor(), [self = shared_from_this()] { self->read_request(); });
         }
     }
 
@@ -309,10 +289,10 @@ private:
         m_out_pending.clear();
         m_writing = true;
         asio::async_write(m_socket, asio::buffer(m_out_writing),
-                          [self = shared_from_this()](beast::error_code ec, size_t) { self->on_write(ec); });
+                          [self = shared_from_this()](error_code ec, size_t) { self->on_write(ec); });
     }
 
-    void on_write(beast::error_code ec) {
+    void on_write(error_code ec) {
         m_writing = false;
         m_out_writing.clear();
         if (ec) {
@@ -331,10 +311,10 @@ private:
             close();
             return;
         }
-        beast::error_code ignored;
+        error_code ignored;
         m_socket.shutdown(tcp::socket::shutdown_send, ignored);
         m_discard_timer.expires_after(kDiscardTimeout);
-        m_discard_timer.async_wait([self = shared_from_this()](beast::error_code ec) {
+        m_discard_timer.async_wait([self = shared_from_this()](error_code ec) {
             if (!ec)
                 self->close();
         });
@@ -343,7 +323,7 @@ private:
 
     void discard() {
         m_socket.async_read_some(asio::buffer(m_discard_buffer),
-                                 [self = shared_from_this()](beast::error_code ec, size_t n) {
+                                 [self = shared_from_this()](error_code ec, size_t n) {
                                      self->m_discarded_bytes += n;
                                      if (ec || self->m_discarded_bytes > kMaxDiscardBytes) {
                                          self->close();
@@ -357,7 +337,7 @@ private:
         if (m_closed)
             return;
         m_closed = true;
-        beast::error_code ignored;
+        error_code ignored;
         m_discard_timer.cancel();
         m_socket.shutdown(tcp::socket::shutdown_both, ignored);
         m_socket.close(ignored);
@@ -365,8 +345,10 @@ private:
 
     tcp::socket m_socket;
     HttpServer::Impl& m_server;
-    beast::flat_buffer m_buffer;
-    std::optional<http::request_parser<http::string_body>> m_parser;
+    HttpRequestParser m_parser;
+    std::string m_input;  // received, not yet parsed: the rest of a request, or the next ones of a pipelining client
+    std::array<char, kReadChunkBytes> m_read_buffer{};
+    bool m_sent_continue = false;
     std::string m_out_pending;
     std::string m_out_writing;
     bool m_writing = false;
@@ -423,7 +405,7 @@ std::shared_ptr<ResponseWriter> Connection::make_writer() {
 }  // namespace
 
 void HttpServer::Impl::do_accept() {
-    acceptor.async_accept(asio::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
+    acceptor.async_accept(asio::make_strand(ioc), [this](error_code ec, tcp::socket socket) {
         if (ec) {
             if (ec == asio::error::operation_aborted || !acceptor.is_open())
                 return;
@@ -431,7 +413,7 @@ void HttpServer::Impl::do_accept() {
             K2_WARN("accept failed: {}", ec.message());
             std::this_thread::sleep_for(std::chrono::milliseconds(10));
         } else {
-            beast::error_code ignored;
+            error_code ignored;
             socket.set_option(tcp::no_delay(true), ignored);
             std::make_shared<Connection>(std::move(socket), *this)->start();
         }
@@ -450,7 +432,7 @@ HttpServer::~HttpServer() {
 
 void HttpServer::start() {
     Impl& impl = *m_impl;
-    beast::error_code ec;
+    error_code ec;
     const asio::ip::address address = asio::ip::make_address(impl.options.host, ec);
     K2_CHECK(!ec, "--host: '{}' is not an IP address ({})", impl.options.host, ec.message());
     const tcp::endpoint endpoint(address, static_cast<unsigned short>(impl.options.port));
@@ -485,7 +467,7 @@ int HttpServer::port() const {
 
 void HttpServer::stop_accepting() {
     asio::post(m_impl->ioc, [impl = m_impl.get()] {
-        beast::error_code ignored;
+        error_code ignored;
         impl->acceptor.close(ignored);
     });
 }

@@ -1,4 +1,4 @@
-// A small asynchronous HTTP/1.1 server (Boost.Beast parser + Asio sockets, confined to http_server.cpp):
+// A small asynchronous HTTP/1.1 server (Asio sockets; the Boost.Beast parser behind http_request_parser.h):
 // keep-alive, a body-size limit (413), a header-size limit (431), chunked streaming responses for SSE,
 // and disconnect detection while a response is being produced (so the request can be aborted).
 //
@@ -16,21 +16,9 @@
 #include <utility>
 #include <vector>
 
+#include "server/http_request_parser.h"
+
 namespace k2::server {
-
-using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
-
-struct HttpRequest {
-    std::string method;  // "GET", "POST", ...
-    std::string target;  // as sent, with the query string
-    std::string path;    // target without the query string
-    HttpHeaders headers;
-    std::string body;
-    std::string remote;  // "ip:port" of the client
-
-    // Case-insensitive lookup; empty when absent.
-    std::string header(std::string_view name) const;
-};
 
 struct HttpResponse {
     int status = 200;

@@ -4,6 +4,7 @@ stream's text must be exactly its own prompt."""
 import asyncio
 import http.client
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -72,7 +73,10 @@ def test_1024_concurrent_streams_and_health_latency(scripted_server):
     latencies.sort()
     print(f"/health under load: {len(latencies)} probes, median {latencies[len(latencies) // 2] * 1000:.1f} ms, "
           f"max {latencies[-1] * 1000:.1f} ms")
-    assert latencies[-1] < 0.1, f"/health latencies under load (s): {latencies}"
+    # Under scripts/test-sanitizers asan the instrumented server is several times slower (one probe of 80 took
+    # 124 ms there once); the bound is the release build's, the other checks hold under ASan as they are.
+    bound = 0.5 if "ASAN_OPTIONS" in os.environ else 0.1
+    assert latencies[-1] < bound, f"/health latencies under load (s): {latencies}"
 
 
 async def disconnect_mid_stream(base, num_clients):
