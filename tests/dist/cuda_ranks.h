@@ -1,4 +1,4 @@
-// Small CUDA helpers for the forked-rank GPU tests and the all-reduce benchmark (test_p2p_allreduce,
+// Small CUDA helpers for the forked-rank GPU tests and the all-reduce benchmark (test_nccl, test_p2p_allreduce,
 // bench_p2p_allreduce): the device count asked in a throwaway child, and an owning device array.
 #pragma once
 

@@ -1,8 +1,7 @@
 // NcclCommunicator on real GPUs. Without a CUDA device every test is reported as SKIPPED (ctest shows it as
 // skipped, never as passed); the two-rank test also needs two GPUs.
-#include <gtest/gtest.h>
-
 #include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -10,6 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "cuda_ranks.h"
 #include "dist/gloo_communicator.h"
 #include "dist/nccl_communicator.h"
 #include "multiprocess.h"
@@ -17,25 +17,11 @@
 namespace k2::dist {
 namespace {
 
-// Asks a throwaway child so the test process itself never initializes CUDA before forking ranks.
-int device_count() {
-    const pid_t pid = fork();
-    if (pid == 0) {
-        int count = 0;
-        if (cudaGetDeviceCount(&count) != cudaSuccess) {
-            count = 0;
-        }
-        _exit(std::min(count, 100));
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 0;
-}
-
 template <typename T>
 struct DeviceVector {
     explicit DeviceVector(const std::vector<T>& host) : size(host.size()) {
-        K2_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr), std::max<size_t>(1, size) * sizeof(T)) == cudaSuccess, "cudaMalloc");
+        K2_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr), std::max<size_t>(1, size) * sizeof(T)) == cudaSuccess,
+                 "cudaMalloc");
         K2_CHECK(cudaMemcpy(ptr, host.data(), size * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess, "H2D");
     }
     ~DeviceVector() { cudaFree(ptr); }
@@ -53,14 +39,16 @@ void run_checks(NcclCommunicator& comm) {
     const int world = comm.size();
     const int me = comm.rank();
     std::vector<float> x(1000);  // [1000]
-    for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(me + 1) * 0.5f + static_cast<float>(i % 13);
+    for (size_t i = 0; i < x.size(); ++i)
+        x[i] = static_cast<float>(me + 1) * 0.5f + static_cast<float>(i % 13);
     DeviceVector<float> d_x(x);
     comm.all_reduce_sum(d_x.ptr, x.size(), DType::F32);
     comm.synchronize();
     const std::vector<float> sum = d_x.to_host();
     for (size_t i = 0; i < x.size(); ++i) {
         float want = 0.0f;
-        for (int r = 0; r < world; ++r) want += static_cast<float>(r + 1) * 0.5f + static_cast<float>(i % 13);
+        for (int r = 0; r < world; ++r)
+            want += static_cast<float>(r + 1) * 0.5f + static_cast<float>(i % 13);
         K2_CHECK(sum[i] == want, "nccl all_reduce[{}] = {} want {}", i, sum[i], want);
     }
     std::vector<uint16_t> b(64, float_to_bf16(static_cast<float>(me + 1)));  // [64] bf16
@@ -74,7 +62,8 @@ void run_checks(NcclCommunicator& comm) {
     comm.all_gather(d_send.ptr, d_gather.ptr, 8, DType::F32);
     comm.synchronize();
     const std::vector<float> gathered = d_gather.to_host();
-    for (int r = 0; r < world; ++r) K2_CHECK(gathered[r * 8 + 7] == static_cast<float>(r), "all_gather slice {}", r);
+    for (int r = 0; r < world; ++r)
+        K2_CHECK(gathered[r * 8 + 7] == static_cast<float>(r), "all_gather slice {}", r);
 
     DeviceVector<float> d_rs_in(std::vector<float>(4 * world, 1.0f));  // [world, 4]
     DeviceVector<float> d_rs_out(std::vector<float>(4, 0.0f));         // [4]
@@ -86,13 +75,15 @@ void run_checks(NcclCommunicator& comm) {
     std::vector<float> a2a(world);
     std::vector<int64_t> counts(world, 1), displs(world);
     std::iota(displs.begin(), displs.end(), 0);
-    for (int r = 0; r < world; ++r) a2a[r] = static_cast<float>(me * 10 + r);
+    for (int r = 0; r < world; ++r)
+        a2a[r] = static_cast<float>(me * 10 + r);
     DeviceVector<float> d_a2a_in(a2a);
     DeviceVector<float> d_a2a_out(std::vector<float>(world, -1.0f));
     comm.all_to_all_v(d_a2a_in.ptr, counts, displs, d_a2a_out.ptr, counts, displs, DType::F32);
     comm.synchronize();
     const std::vector<float> got = d_a2a_out.to_host();
-    for (int r = 0; r < world; ++r) K2_CHECK(got[r] == static_cast<float>(r * 10 + me), "all_to_all_v from {}", r);
+    for (int r = 0; r < world; ++r)
+        K2_CHECK(got[r] == static_cast<float>(r * 10 + me), "all_to_all_v from {}", r);
 
     DeviceVector<int32_t> d_bc(std::vector<int32_t>(5, me == 0 ? 7 : -1));
     comm.broadcast(d_bc.ptr, 5, DType::I32, 0);
@@ -101,7 +92,7 @@ void run_checks(NcclCommunicator& comm) {
 }
 
 TEST(NcclCommunicator, SingleGpu) {
-    if (device_count() < 1) {
+    if (testing::cuda_device_count_in_child() < 1) {
         GTEST_SKIP() << "no CUDA device: NCCL tests run on the GPU machine";
     }
     const std::string failures = testing::run_ranks(1, [](int, int) {
@@ -114,7 +105,7 @@ TEST(NcclCommunicator, SingleGpu) {
 }
 
 TEST(NcclCommunicator, TwoGpusOverGlooBootstrap) {
-    const int devices = device_count();
+    const int devices = testing::cuda_device_count_in_child();
     if (devices < 2) {
         GTEST_SKIP() << devices << " CUDA device(s): the two-rank NCCL test needs 2 GPUs";
     }
