@@ -1,0 +1,124 @@
+// Host side of moe_gemm_wgmma.h: validation, the launch shape and the weight tensor map (encoded through the
+// driver entry point, so nothing links against libcuda); the raw launch is in moe_gemm_wgmma.cu.
+#include "backend/cuda/moe_gemm_wgmma.h"
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include <array>
+#include <limits>
+#include <mutex>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/moe_gemm_wgmma_detail.h"
+
+namespace k2::cuda {
+namespace {
+
+bool aligned16(const void* ptr) {
+    return reinterpret_cast<uintptr_t>(ptr) % 16 == 0;
+}
+
+void check_params(const Fp8GroupedGemmParams& p, const MoeGemmWgmmaOptions& o) {
+    K2_CHECK(p.num_experts >= 1 && p.num_experts <= detail::kMoeWgmmaMaxExperts,
+             "moe wgmma gemm: num_experts {} not in [1, {}]", p.num_experts, detail::kMoeWgmmaMaxExperts);
+    K2_CHECK(p.n > 0 && p.n % 128 == 0, "moe wgmma gemm: n = {} is not a positive multiple of 128", p.n);
+    K2_CHECK(p.k > 0 && p.k % 128 == 0, "moe wgmma gemm: k = {} is not a positive multiple of 128", p.k);
+    K2_CHECK(p.num_experts * p.n < std::numeric_limits<int32_t>::max(),
+             "moe wgmma gemm: num_experts {} x n {} weight rows overflow the tensor map", p.num_experts, p.n);
+    K2_CHECK(p.max_rows_per_expert > 0, "moe wgmma gemm: max_rows_per_expert {} < 0", p.max_rows_per_expert);
+    K2_CHECK(p.x != nullptr && p.x_scale != nullptr && p.w != nullptr && p.w_scale != nullptr && p.y != nullptr &&
+                 p.offsets != nullptr,
+             "moe wgmma gemm: null operand");
+    K2_CHECK(aligned16(p.x) && aligned16(p.w), "moe wgmma gemm: x and w must be 16-byte aligned");
+    K2_CHECK(o.max_n == 0 || o.max_n == 16 || o.max_n == 32 || o.max_n == 64,
+             "moe wgmma gemm: max_n {} is not 16, 32 or 64", o.max_n);
+    K2_CHECK(o.grid >= 0, "moe wgmma gemm: grid {} < 0", o.grid);
+}
+
+// Up to 16 rows: 16 (the deepest ring); else 32: passes of 64 rows shorten the ring to 6 stages, and at decode
+// (random routing, <= 256 tokens of top-8 over 384 experts) an expert rarely gets more than 32 rows.
+int max_n_for(int64_t max_rows) {
+    return max_rows <= 16 ? 16 : 32;
+}
+
+// CTAs of the persistent launch: every SM's worth of what fits at once (cached per instantiation).
+int default_grid(int max_n) {
+    static std::mutex mutex;
+    static std::array<int, 3> cache{};
+    const std::lock_guard<std::mutex> lock(mutex);
+    int& cached = cache[max_n == 16 ? 0 : max_n == 32 ? 1 : 2];
+    if (cached == 0) {
+        int device = 0;
+        int sms = 0;
+        int blocks = 0;
+        CUDA_CHECK(cudaGetDevice(&device));
+        CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+        CUDA_CHECK(detail::moe_gemm_wgmma_blocks_per_sm(max_n, &blocks));
+        K2_CHECK(blocks >= 1, "moe wgmma gemm: no CTA of max_n {} fits on an SM", max_n);
+        cached = sms * blocks;
+    }
+    return cached;
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
+    static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+        void* ptr = nullptr;
+        cudaDriverEntryPointQueryResult query = cudaDriverEntryPointSymbolNotFound;
+        CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &query));
+        K2_CHECK(query == cudaDriverEntryPointSuccess && ptr != nullptr,
+                 "moe wgmma gemm: the driver has no cuTensorMapEncodeTiled (query result {})", static_cast<int>(query));
+        return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+    }();
+    return fn;
+}
+
+// w as a 2-D e4m3 tensor [num_experts * n, k] read in boxes of [64 rows, 128 k] with the 128B swizzle the wgmma
+// descriptors expect.
+CUtensorMap weight_map(const Fp8GroupedGemmParams& p) {
+    CUtensorMap map{};
+    const cuuint64_t dims[2] = {static_cast<cuuint64_t>(p.k), static_cast<cuuint64_t>(p.num_experts * p.n)};
+    const cuuint64_t strides[1] = {static_cast<cuuint64_t>(p.k)};
+    const cuuint32_t box[2] = {128, static_cast<cuuint32_t>(detail::kMoeWgmmaRows)};
+    const cuuint32_t element_strides[2] = {1, 1};
+    const CUresult status = encode_tiled()(
+        &map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t*>(p.w), dims, strides, box, element_strides,
+        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    K2_CHECK(status == CUDA_SUCCESS, "moe wgmma gemm: cuTensorMapEncodeTiled failed ({}) for [{} x {}, {}]",
+             static_cast<int>(status), p.num_experts, p.n, p.k);
+    return map;
+}
+
+}  // namespace
+
+bool moe_gemm_wgmma_supported(const Fp8GroupedGemmParams& p) {
+    static const bool sm90 = [] {
+        int device = 0;
+        int major = 0;
+        int minor = 0;
+        if (cudaGetDevice(&device) != cudaSuccess ||
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+            return false;
+        }
+        return major == 9 && minor == 0;  // sm_90a code (wgmma, TMA) only
+    }();
+    return sm90 && p.num_experts >= 1 && p.num_experts <= detail::kMoeWgmmaMaxExperts && p.n > 0 &&
+           p.n % 128 == 0 && p.k > 0 && p.k % 128 == 0 &&
+           p.num_experts * p.n < std::numeric_limits<int32_t>::max() && aligned16(p.x) && aligned16(p.w);
+}
+
+void launch_fp8_grouped_gemm_wgmma(const Fp8GroupedGemmParams& p, cudaStream_t stream,
+                                   const MoeGemmWgmmaOptions& options) {
+    if (p.max_rows_per_expert == 0) {
+        return;  // no tokens: every expert is empty
+    }
+    check_params(p, options);
+    const int max_n = options.max_n > 0 ? options.max_n : max_n_for(p.max_rows_per_expert);
+    const int grid = options.grid > 0 ? options.grid : default_grid(max_n);
+    const CUtensorMap tmap_w = weight_map(p);
+    CUDA_CHECK(detail::launch_moe_gemm_wgmma_kernel(tmap_w, p, max_n, grid, stream));
+}
+
+}  // namespace k2::cuda

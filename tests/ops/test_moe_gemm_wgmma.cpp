@@ -1,0 +1,468 @@
+// The wgmma grouped MoE decode GEMM (moe_gemm_wgmma.h) against the host reference test_moe_ops.cpp uses for the
+// grouped GEMM: cpu::linear per expert (FP8 weights with 128x128 block scales) over the dequantized activations of
+// that expert's rows, quantized per expert into moe_ops.h's expert-blocked scale layout. Experts with 0 / 1 / 3 /
+// 17 / more rows than the pass, forced pass sizes and grids, NaN-poisoned outputs with a row past P that must stay
+// poisoned, x rows past P that are e4m3 NaN, untouched experts' weights NaN, a CUDA graph capture, and Kimi-K2's
+// expert shapes. Without a GPU the device tests skip with the reason; the validation test runs everywhere.
+// Benchmark (old grouped decode kernel and the copy rate in the same run):
+// `test_moe_gemm_wgmma --gtest_also_run_disabled_tests --gtest_filter='*Perf*'`.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/linear.h"
+#include "backend/cpu/ref_fp8_quant.h"
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/device_copy.h"
+#include "backend/cuda/moe_gemm_wgmma.h"
+#include "backend/cuda/moe_ops.h"
+#include "backend/cuda/moe_ops_detail.h"
+#include "core/error.h"
+#include "core/tensor.h"
+#include "ops_common.h"
+
+namespace k2::ops_test {
+namespace {
+
+class MoeGemmWgmma : public ::testing::Test {
+protected:
+    void SetUp() override {
+        if (cuda::cuda_device_count() == 0) {
+            GTEST_SKIP() << "no CUDA device: the wgmma MoE GEMM tests need an sm_90a GPU (run them on the H200)";
+        }
+    }
+};
+
+// ||a - b|| / ||b|| (NaN in a fails every "<" check). Local copy: relative_l2 lives in test_backend_ops.cpp.
+double rel_l2(const float* a, const float* b, size_t count) {
+    double num = 0.0;
+    double den = 0.0;
+    for (size_t i = 0; i < count; ++i) {
+        const double d = static_cast<double>(a[i]) - b[i];
+        num += d * d;
+        den += static_cast<double>(b[i]) * b[i];
+    }
+    return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// Random e4m3 bytes with the top exponent bit clear (|v| < 2, never NaN), from splitmix64 (as test_moe_ops.cpp):
+// fast enough for 29 MB Kimi-K2 expert matrices.
+void fill_fast_fp8(std::vector<uint8_t>& out, uint64_t seed) {
+    uint64_t state = seed;
+    for (size_t i = 0; i < out.size(); i += 8) {
+        state += 0x9E3779B97F4A7C15ull;
+        uint64_t z = state;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z = (z ^ (z >> 31)) & 0xBFBFBFBFBFBFBFBFull;
+        std::memcpy(out.data() + i, &z, std::min<size_t>(8, out.size() - i));
+    }
+}
+
+uint64_t seed64(std::mt19937& rng) {
+    return (static_cast<uint64_t>(rng()) << 32) | rng();
+}
+
+constexpr int64_t kXSlackRows = 80;  // x rows past P, e4m3 NaN: a pass must never let them into a stored column
+
+// One grouped problem from per-expert row counts (the GEMM does not care which token a row came from). Expert e's
+// rows are quantized together into its expert-blocked scale block [k / 128, rows_e] at offsets[e] * k / 128; only
+// the experts with rows get weights, the others stay 0xFF (e4m3 NaN).
+struct Problem {
+    int num_experts = 0;
+    int64_t n = 0;
+    int64_t k = 0;
+    std::vector<int32_t> offsets;  // [num_experts + 1]
+    std::vector<float> y_ref;      // [P, n]
+    cuda::DeviceBuffer x;          // [P + kXSlackRows, k] e4m3
+    cuda::DeviceBuffer x_scale;    // [P * k / 128] f32, expert-blocked
+    cuda::DeviceBuffer w;          // [num_experts, n, k] e4m3
+    cuda::DeviceBuffer w_scale;    // [num_experts, n / 128, k / 128] f32
+    cuda::DeviceBuffer offsets_d;  // [num_experts + 1]
+    cuda::DeviceBuffer y;          // [P + 1, n] bf16: one poisoned row past the end
+    int64_t num_rows() const { return offsets.back(); }
+};
+
+Problem make_problem(const std::vector<int>& rows_per_expert, int64_t n, int64_t k, std::mt19937& rng) {
+    Problem g;
+    g.num_experts = static_cast<int>(rows_per_expert.size());
+    g.n = n;
+    g.k = k;
+    g.offsets.assign(rows_per_expert.size() + 1, 0);
+    std::partial_sum(rows_per_expert.begin(), rows_per_expert.end(), g.offsets.begin() + 1);
+    const int64_t num_rows = g.num_rows();
+    const int64_t num_kb = k / 128;
+    const int64_t sn = n / 128;
+    std::vector<uint8_t> xq(static_cast<size_t>((num_rows + kXSlackRows) * k), 0xFF);  // [P + slack, k]
+    std::vector<float> xs(static_cast<size_t>(std::max<int64_t>(1, num_rows * num_kb)));
+    auto ws = random_uniform(static_cast<size_t>(g.num_experts * sn * num_kb), rng, 1e-4f, 4e-4f);
+    g.w = cuda::DeviceBuffer(static_cast<size_t>(g.num_experts * n * k));
+    g.w.fill_bytes(0xFF);
+    g.y_ref.assign(static_cast<size_t>(num_rows * n), 0.0f);
+    std::vector<uint8_t> w_e(static_cast<size_t>(n * k));  // [n, k] one expert at a time
+    for (int e = 0; e < g.num_experts; ++e) {
+        const int64_t begin = g.offsets[static_cast<size_t>(e)];
+        const int64_t rows = g.offsets[static_cast<size_t>(e + 1)] - begin;
+        if (rows == 0)
+            continue;
+        const auto x = bf16_to_floats(random_bf16(static_cast<size_t>(rows * k), rng));  // [rows, k]
+        uint8_t* xq_e = xq.data() + begin * k;
+        float* xs_e = xs.data() + begin * num_kb;  // [k / 128, rows]
+        cpu::quantize_fp8_groups(x.data(), rows, k, xq_e, xs_e, rows);
+        std::vector<float> x_deq(x.size());
+        cpu::dequantize_fp8_groups(xq_e, xs_e, rows, k, rows, x_deq.data());
+        fill_fast_fp8(w_e, seed64(rng));
+        g.w.upload(w_e.data(), w_e.size(), static_cast<size_t>(e * n * k));
+        const Tensor w_tensor = Tensor::view(DType::F8_E4M3, {n, k}, w_e.data());
+        const Tensor s_tensor = Tensor::view(DType::F32, {sn, num_kb}, ws.data() + e * sn * num_kb);
+        cpu::linear(x_deq.data(), rows, k, w_tensor, &s_tensor, g.y_ref.data() + begin * n);
+    }
+    g.x = to_device(xq);
+    g.x_scale = to_device(xs);
+    g.w_scale = to_device(ws);
+    g.offsets_d = to_device(g.offsets);
+    g.y = cuda::DeviceBuffer(static_cast<size_t>((num_rows + 1) * n) * 2);
+    return g;
+}
+
+cuda::Fp8GroupedGemmParams params_of(const Problem& g, int64_t max_rows_per_expert) {
+    cuda::Fp8GroupedGemmParams p;
+    p.x = g.x.as<uint8_t>();
+    p.x_scale = g.x_scale.as<float>();
+    p.w = g.w.as<uint8_t>();
+    p.w_scale = g.w_scale.as<float>();
+    p.y = g.y.as<uint16_t>();
+    p.offsets = g.offsets_d.as<int32_t>();
+    p.num_experts = g.num_experts;
+    p.n = g.n;
+    p.k = g.k;
+    p.max_rows_per_expert = max_rows_per_expert;
+    return p;
+}
+
+// Relative L2 < 1e-2 per expert and overall (as test_moe_ops.cpp's grouped GEMM): bf16 output rounding gives
+// ~2e-3 and fp32 accumulation-order differences are far below, while a wrong scale, row, pass, tile or expert lands
+// near 1 for the expert it hits. Every value of rows < P must be finite (unwritten poison is NaN; so are untouched
+// weights and x's slack rows), and the row past P must still be poisoned. Returns y's bits.
+std::vector<uint16_t> expect_matches(const Problem& g, const std::string& what) {
+    SCOPED_TRACE(what);
+    const int64_t num_rows = g.num_rows();
+    const auto y = to_host<uint16_t>(g.y, static_cast<size_t>((num_rows + 1) * g.n));
+    std::vector<float> y_gpu(g.y_ref.size());
+    int64_t non_finite = 0;
+    for (size_t i = 0; i < y_gpu.size(); ++i) {
+        y_gpu[i] = bf16_to_float(y[i]);
+        non_finite += std::isfinite(y_gpu[i]) ? 0 : 1;
+    }
+    EXPECT_EQ(non_finite, 0) << "NaN/Inf (or unwritten poison) in y";
+    for (int e = 0; e < g.num_experts; ++e) {
+        const int64_t begin = g.offsets[static_cast<size_t>(e)];
+        const int64_t rows = g.offsets[static_cast<size_t>(e + 1)] - begin;
+        if (rows == 0)
+            continue;
+        const size_t at = static_cast<size_t>(begin * g.n);
+        EXPECT_LT(rel_l2(y_gpu.data() + at, g.y_ref.data() + at, static_cast<size_t>(rows * g.n)), 1e-2)
+            << "expert " << e << " (" << rows << " rows)";
+    }
+    if (!y_gpu.empty()) {
+        EXPECT_LT(rel_l2(y_gpu.data(), g.y_ref.data(), y_gpu.size()), 1e-2);
+    }
+    for (size_t i = y_gpu.size(); i < y.size(); ++i) {
+        EXPECT_EQ(y[i], 0xFFFF) << "y written past row P at " << i;
+        if (y[i] != 0xFFFF)
+            break;
+    }
+    return y;
+}
+
+std::vector<uint16_t> run_and_check(Problem& g, int64_t max_rows, const cuda::MoeGemmWgmmaOptions& o,
+                                    const std::string& what) {
+    g.y.fill_bytes(0xFF);
+    cuda::launch_fp8_grouped_gemm_wgmma(params_of(g, max_rows), nullptr, o);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    return expect_matches(g, what);
+}
+
+// Rows per expert covering every case of a pass: 0, 1, 3, 16, 17, 32, 33, 64, 65 and 130 (3 passes of 64, 9 of 16).
+const std::vector<int> kEdgeRows = {0, 1, 3, 17, 0, 70, 16, 32, 33, 64, 65, 0, 130, 2, 0};
+
+// Both the pass size from the bound (130 -> 32; 1 -> 16 with an understated bound: more passes, same result) and
+// forced ones; grids of 1 and 5 CTAs (many items per CTA: the ring runs on across items of different N) and the
+// default. k = 128 (one k block: fewer stages per item than the producer's lag), 512 and 1280; n = 128 (2 tiles)
+// and 384. Repeated launches are bitwise equal (no atomics, fixed order).
+TEST_F(MoeGemmWgmma, EdgeRows) {
+    std::mt19937 rng(31);
+    struct Shape {
+        int64_t n;
+        int64_t k;
+    };
+    for (const Shape s : {Shape{384, 512}, Shape{128, 128}, Shape{256, 1280}}) {
+        auto g = make_problem(kEdgeRows, s.n, s.k, rng);
+        const std::string shape = fmt::format("n {} k {}", s.n, s.k);
+        const auto first = run_and_check(g, 130, {}, shape + " default");
+        run_and_check(g, 1, {}, shape + " bound 1");
+        for (const int max_n : {16, 32, 64}) {
+            for (const int grid : {1, 5, 0}) {
+                const auto again = run_and_check(g, 130, {max_n, grid},
+                                                 fmt::format("{} max_n {} grid {}", shape, max_n, grid));
+                if (max_n == 32 && grid == 0) {
+                    EXPECT_EQ(again, first) << "not bitwise deterministic";
+                }
+            }
+        }
+    }
+}
+
+// Every expert with rows, one with exactly one pass of each size, and more CTAs than items.
+TEST_F(MoeGemmWgmma, SmallProblems) {
+    std::mt19937 rng(32);
+    {
+        auto g = make_problem({1}, 128, 256, rng);  // one expert, one row, 2 items on a full grid
+        run_and_check(g, 1, {}, "1 expert 1 row");
+    }
+    {
+        auto g = make_problem({16, 32, 64, 5}, 256, 384, rng);
+        run_and_check(g, 64, {}, "full passes");
+        run_and_check(g, 64, {16, 3}, "full passes max_n 16 grid 3");
+    }
+}
+
+// No rows anywhere: a bound of 0 is a no-op (even with null pointers), a bound of 4 (a graph captured for 4 tokens
+// whose step routed nothing here: expert parallelism) launches and every CTA exits; y stays poisoned.
+TEST_F(MoeGemmWgmma, NoRows) {
+    std::mt19937 rng(33);
+    auto g = make_problem(std::vector<int>(16, 0), 256, 256, rng);
+    g.y.fill_bytes(0xFF);
+    cuda::Fp8GroupedGemmParams empty;
+    empty.num_experts = 16;
+    cuda::launch_fp8_grouped_gemm_wgmma(empty, nullptr);
+    cuda::launch_fp8_grouped_gemm_wgmma(params_of(g, 4), nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    for (const uint16_t v : to_host<uint16_t>(g.y, 256))
+        ASSERT_EQ(v, 0xFFFF) << "y written with no rows";
+}
+
+// Captured into a CUDA graph (the decode step's form): no host read of the counts, so capture succeeds, and
+// the replay reads the offsets present at replay time (changed after the capture here).
+TEST_F(MoeGemmWgmma, GraphCapture) {
+    std::mt19937 rng(34);
+    auto g = make_problem({2, 0, 5, 1}, 256, 512, rng);
+    auto h = make_problem({0, 7, 0, 1}, 256, 512, rng);  // same P = 8 rows: h's data copied into g's buffers later
+    ASSERT_EQ(g.num_rows(), h.num_rows());
+    cudaStream_t stream = nullptr;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    cudaGraph_t graph = nullptr;
+    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    cuda::launch_fp8_grouped_gemm_wgmma(params_of(g, 8), stream);
+    CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    cudaGraphExec_t exec = nullptr;
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    g.y.fill_bytes(0xFF);
+    CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    expect_matches(g, "graph replay");
+    // Step 2: another routing of the same 8 rows written into the captured buffers.
+    auto copy = [](cuda::DeviceBuffer& dst, const cuda::DeviceBuffer& src) {
+        CUDA_CHECK(cudaMemcpy(dst.data(), src.data(), src.num_bytes(), cudaMemcpyDeviceToDevice));
+    };
+    copy(g.x, h.x);
+    copy(g.x_scale, h.x_scale);
+    copy(g.w, h.w);
+    copy(g.w_scale, h.w_scale);
+    copy(g.offsets_d, h.offsets_d);
+    h.y.fill_bytes(0xFF);
+    g.y.fill_bytes(0xFF);
+    CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    copy(h.y, g.y);
+    expect_matches(h, "graph replay with new offsets");
+    CUDA_CHECK(cudaGraphExecDestroy(exec));
+    CUDA_CHECK(cudaGraphDestroy(graph));
+    CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+// Per-expert row counts of num_tokens tokens routed to top_k distinct experts drawn from a pool of pool_size
+// random experts (0: all).
+std::vector<int> routed_rows(int64_t num_tokens, int top_k, int num_experts, std::mt19937& rng, int pool_size = 0) {
+    std::vector<int> all(static_cast<size_t>(num_experts));
+    std::iota(all.begin(), all.end(), 0);
+    std::shuffle(all.begin(), all.end(), rng);
+    std::vector<int> pool(all.begin(), all.begin() + (pool_size > 0 ? pool_size : num_experts));
+    std::vector<int> rows(static_cast<size_t>(num_experts), 0);
+    for (int64_t t = 0; t < num_tokens; ++t) {
+        for (int j = 0; j < top_k; ++j) {
+            std::uniform_int_distribution<size_t> pick(static_cast<size_t>(j), pool.size() - 1);
+            std::swap(pool[static_cast<size_t>(j)], pool[pick(rng)]);
+            ++rows[static_cast<size_t>(pool[static_cast<size_t>(j)])];
+        }
+    }
+    return rows;
+}
+
+// Kimi-K2's expert shapes, 384 experts, top-8: 3 tokens (mostly one row per touched expert) and 16 tokens over a
+// pool of 40 experts (~3 rows each); either way at least 89% of the experts are empty.
+TEST_F(MoeGemmWgmma, KimiK2Shapes) {
+    std::mt19937 rng(35);
+    const std::pair<int64_t, int64_t> shapes[] = {{4096, 7168}, {7168, 2048}};  // gate_up, down
+    for (const auto& [n, k] : shapes) {
+        for (const auto& [tokens, pool] : {std::pair<int64_t, int>{3, 0}, std::pair<int64_t, int>{16, 40}}) {
+            auto g = make_problem(routed_rows(tokens, 8, 384, rng, pool), n, k, rng);
+            run_and_check(g, tokens, {}, fmt::format("n {} k {} tokens {} pool {}", n, k, tokens, pool));
+        }
+    }
+}
+
+// Validation before any launch (runs without a GPU: every case throws before CUDA is touched).
+TEST(MoeGemmWgmmaValidation, RejectsBadParams) {
+    alignas(16) static uint8_t bytes[64];
+    alignas(16) static float floats[16];
+    alignas(16) static uint16_t out[16];
+    alignas(16) static int32_t offsets[600];
+    cuda::Fp8GroupedGemmParams good;
+    good.x = bytes;
+    good.x_scale = floats;
+    good.w = bytes;
+    good.w_scale = floats;
+    good.y = out;
+    good.offsets = offsets;
+    good.num_experts = 4;
+    good.n = 256;
+    good.k = 256;
+    good.max_rows_per_expert = 3;
+    auto expect_throw = [&](cuda::Fp8GroupedGemmParams p, const cuda::MoeGemmWgmmaOptions& o, const char* what) {
+        EXPECT_THROW(cuda::launch_fp8_grouped_gemm_wgmma(p, nullptr, o), Error) << what;
+    };
+    auto with = [&](auto edit) {
+        cuda::Fp8GroupedGemmParams p = good;
+        edit(p);
+        return p;
+    };
+    expect_throw(with([](auto& p) { p.num_experts = 0; }), {}, "no experts");
+    expect_throw(with([](auto& p) { p.num_experts = 513; }), {}, "too many experts");
+    expect_throw(with([](auto& p) { p.n = 200; }), {}, "n not a multiple of 128");
+    expect_throw(with([](auto& p) { p.k = 100; }), {}, "k not a multiple of 128");
+    expect_throw(with([](auto& p) { p.max_rows_per_expert = -1; }), {}, "negative bound");
+    expect_throw(with([](auto& p) { p.x = nullptr; }), {}, "null x");
+    expect_throw(with([](auto& p) { p.offsets = nullptr; }), {}, "null offsets");
+    expect_throw(with([](auto& p) { p.x = bytes + 1; }), {}, "unaligned x");
+    expect_throw(with([](auto& p) { p.n = int64_t{1} << 24; p.num_experts = 256; }), {}, "tensor map rows overflow");
+    expect_throw(good, {48, 0}, "max_n 48");
+    expect_throw(good, {16, -1}, "negative grid");
+    cuda::Fp8GroupedGemmParams none;  // bound 0: a no-op before any check
+    EXPECT_NO_THROW(cuda::launch_fp8_grouped_gemm_wgmma(none, nullptr));
+}
+
+// ---- benchmark mode ----
+
+double copy_rate_gbs(cudaStream_t stream) {
+    const size_t bytes = 1ull << 30;
+    cuda::DeviceBuffer a(bytes);
+    cuda::DeviceBuffer b(bytes);
+    a.fill_bytes(1);
+    const cuda::DeviceCopyParams params{a.data(), b.data(), static_cast<int64_t>(bytes)};
+    const double us = time_us([&](int, cudaStream_t s) { cuda::launch_device_copy(params, s); }, stream);
+    return 2.0 * bytes / us * 1e-3;  // bytes read + bytes written
+}
+
+// The old kernel's raw launch with moe_ops.cpp's tile choice (so that the table keeps timing it after the choice
+// in launch_fp8_grouped_gemm_decode moves to the new kernel).
+void launch_old(const cuda::Fp8GroupedGemmParams& p, cudaStream_t stream) {
+    const int64_t rows = std::min(p.max_rows_per_expert, cuda::kDecodeTokensPerPass);
+    const int64_t tiles = (rows + 7) / 8;
+    const int max_tiles = tiles <= 1 ? 1 : tiles <= 2 ? 2 : tiles <= 4 ? 4 : 8;
+    CUDA_CHECK(cuda::detail::launch_fp8_grouped_gemm_decode_kernel(p, max_tiles, stream));
+}
+
+// Full Kimi-K2 expert weights (384 experts; random bytes copied from a 32 MB pattern), 4 random routings per token
+// count rotated over the calls so that the touched experts change from call to call (1 token touches 8 experts:
+// 117-235 MB, above the L2 only by a factor 2-4). GB/s counts the touched experts' weights + their scales + x + y.
+TEST_F(MoeGemmWgmma, DISABLED_Perf) {
+    constexpr int kExperts = 384;
+    constexpr int kTopK = 8;
+    constexpr int kRoutings = 4;
+    cudaStream_t stream = nullptr;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    const double copy_gbs = copy_rate_gbs(stream);
+    std::printf("copy rate (SM copy kernel, 1 GiB, read+write): %.1f GB/s\n", copy_gbs);
+    std::printf("%-8s %6s %7s %8s | %9s %8s %6s | %9s %8s %6s %6s | %4s %s\n", "shape", "tokens", "experts", "MB",
+                "old us", "GB/s", "%copy", "new us", "GB/s", "%copy", "ratio", "maxN", "forced max_n (us)");
+    std::mt19937 rng(41);
+    std::vector<uint8_t> pattern(32u << 20);
+    fill_fast_fp8(pattern, seed64(rng));
+    const auto pattern_d = to_device(pattern);
+    const std::pair<int64_t, int64_t> shapes[] = {{4096, 7168}, {7168, 2048}};
+    for (const auto& [n, k] : shapes) {
+        const char* name = n == 4096 ? "gate_up" : "down";
+        const size_t w_bytes = static_cast<size_t>(kExperts) * n * k;
+        cuda::DeviceBuffer w(w_bytes);
+        for (size_t at = 0; at < w_bytes; at += pattern.size()) {
+            CUDA_CHECK(cudaMemcpy(static_cast<uint8_t*>(w.data()) + at, pattern_d.data(),
+                                  std::min(pattern.size(), w_bytes - at), cudaMemcpyDeviceToDevice));
+        }
+        const auto ws = to_device(random_uniform(static_cast<size_t>(kExperts * (n / 128) * (k / 128)), rng, 1e-4f,
+                                                 4e-4f));
+        for (const int64_t tokens : {1, 16, 64, 256}) {
+            const int64_t num_rows = tokens * kTopK;
+            std::vector<uint8_t> xh(static_cast<size_t>(num_rows * k));
+            fill_fast_fp8(xh, seed64(rng));
+            const auto x = to_device(xh);
+            const auto xs = to_device(random_uniform(static_cast<size_t>(num_rows * (k / 128)), rng, 0.01f, 0.02f));
+            cuda::DeviceBuffer y(static_cast<size_t>(num_rows * n) * 2);
+            std::vector<cuda::DeviceBuffer> offsets;
+            double touched = 0.0;
+            for (int r = 0; r < kRoutings; ++r) {
+                const auto rows = routed_rows(tokens, kTopK, kExperts, rng);
+                std::vector<int32_t> off(kExperts + 1, 0);
+                std::partial_sum(rows.begin(), rows.end(), off.begin() + 1);
+                touched += static_cast<double>(std::count_if(rows.begin(), rows.end(), [](int v) { return v > 0; }));
+                offsets.push_back(to_device(off));
+            }
+            touched /= kRoutings;
+            cuda::Fp8GroupedGemmParams p;
+            p.x = x.as<uint8_t>();
+            p.x_scale = xs.as<float>();
+            p.w = w.as<uint8_t>();
+            p.w_scale = ws.as<float>();
+            p.y = y.as<uint16_t>();
+            p.num_experts = kExperts;
+            p.n = n;
+            p.k = k;
+            p.max_rows_per_expert = tokens;
+            auto routed = [&](int iter) {
+                cuda::Fp8GroupedGemmParams q = p;
+                q.offsets = offsets[static_cast<size_t>(iter % kRoutings)].as<int32_t>();
+                return q;
+            };
+            const double bytes = touched * (static_cast<double>(n) * k + (n / 128) * (k / 128) * 4.0) +
+                                 num_rows * (k + k / 128 * 4.0 + 2.0 * n);
+            const double old_us = time_us([&](int i, cudaStream_t s) { launch_old(routed(i), s); }, stream);
+            const double new_us =
+                time_us([&](int i, cudaStream_t s) { cuda::launch_fp8_grouped_gemm_wgmma(routed(i), s); }, stream);
+            std::string forced;
+            for (const int max_n : {16, 32, 64}) {
+                const cuda::MoeGemmWgmmaOptions o{max_n, 0};
+                const double t = time_us(
+                    [&](int i, cudaStream_t s) { cuda::launch_fp8_grouped_gemm_wgmma(routed(i), s, o); }, stream);
+                forced += fmt::format(" n{}={:.1f}", max_n, t);
+            }
+            const int max_n = tokens <= 16 ? 16 : 32;  // moe_gemm_wgmma.cpp's default
+            std::printf("%-8s %6ld %7.1f %8.1f | %9.1f %8.1f %5.1f%% | %9.1f %8.1f %5.1f%% %5.2fx | %4d%s\n", name,
+                        static_cast<long>(tokens), touched, bytes * 1e-6, old_us, bytes / old_us * 1e-3,
+                        100.0 * bytes / old_us * 1e-3 / copy_gbs, new_us, bytes / new_us * 1e-3,
+                        100.0 * bytes / new_us * 1e-3 / copy_gbs, old_us / new_us, max_n, forced.c_str());
+            std::fflush(stdout);
+        }
+    }
+    CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+}  // namespace
+}  // namespace k2::ops_test
