@@ -31,7 +31,12 @@ BuiltBatch build_forward_batch(const SchedulerOutput& output, const KvCacheManag
                   batch.block_tables.begin() + static_cast<std::ptrdiff_t>(seq_idx * static_cast<size_t>(max_blocks)));
         const int row_base = batch.num_tokens();
         for (int pos = begin; pos < end; ++pos) {
-            batch.token_ids.push_back(request.token_ids[static_cast<size_t>(pos)]);
+            if (pos >= request.num_tokens()) {  // sampled by the step in flight (--async-scheduling)
+                built.placeholders.push_back({batch.num_tokens(), &request, pos});
+                batch.token_ids.push_back(kPlaceholderTokenId);
+            } else {
+                batch.token_ids.push_back(request.token_ids[static_cast<size_t>(pos)]);
+            }
             batch.positions.push_back(pos);
             batch.slot_mapping.push_back(static_cast<int64_t>(block_table[static_cast<size_t>(pos / block_size)]) *
                                              block_size + pos % block_size);
@@ -49,13 +54,29 @@ BuiltBatch build_forward_batch(const SchedulerOutput& output, const KvCacheManag
             for (int pos = first; pos < last; ++pos) batch.logits_indices.push_back(row_base + pos - begin);
             rows.num_prompt_rows = std::max(0, last - first);
         }
-        if (end == request.num_tokens()) {
+        if (end == request.num_tokens_with_placeholders()) {
             rows.sample_row = static_cast<int>(batch.logits_indices.size());
             batch.logits_indices.push_back(row_base + end - 1 - begin);
         }
     }
     built.num_logits = static_cast<int>(batch.logits_indices.size());
     return built;
+}
+
+int patch_placeholders(BuiltBatch& built) {
+    int num_unpatched = 0;
+    for (const PlaceholderRow& placeholder : built.placeholders) {
+        const Request& request = *placeholder.request;
+        if (placeholder.position < request.num_tokens()) {
+            built.batch.token_ids[static_cast<size_t>(placeholder.row)] =
+                request.token_ids[static_cast<size_t>(placeholder.position)];
+        } else {
+            K2_CHECK(request.is_finished(), "sequence {}: token {} was not sampled before the step that reads it",
+                     request.seq_id, placeholder.position);
+            num_unpatched += 1;
+        }
+    }
+    return num_unpatched;
 }
 
 }  // namespace k2

@@ -18,12 +18,26 @@ struct SeqLogitRows {
     int sample_row = -1;            // -1: a chunk of a prefill that does not reach the end yet
 };
 
+// --async-scheduling: an input row whose token is sampled by the step in flight; patch_placeholders writes it.
+struct PlaceholderRow {
+    int row = 0;  // index into batch.token_ids
+    const Request* request = nullptr;
+    int position = 0;  // the token's index in request->token_ids once it is sampled
+};
+
 struct BuiltBatch {
     ForwardBatch batch;
     std::vector<SeqLogitRows> rows;  // [num_seqs], in SchedulerOutput order
     int num_logits = 0;
+    std::vector<PlaceholderRow> placeholders;
 };
 
+inline constexpr int32_t kPlaceholderTokenId = 0;  // any valid id: the row's KV is rewritten before it is read
+
 BuiltBatch build_forward_batch(const SchedulerOutput& output, const KvCacheManager& kv);
+
+// Writes each placeholder row's now sampled token into built.batch.token_ids. A sequence that ended without
+// sampling it (aborted) keeps the placeholder id: its row's output is dropped. Returns the rows left unpatched.
+int patch_placeholders(BuiltBatch& built);
 
 }  // namespace k2

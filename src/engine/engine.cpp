@@ -17,6 +17,7 @@
 #include "engine/request.h"
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
+#include "engine/step_timing.h"
 #include "kv/kv_cache_manager.h"
 #include "tokenizer/detokenizer.h"
 #include "tokenizer/tokenizer.h"
@@ -104,7 +105,11 @@ struct Engine::Impl {
     std::vector<std::unique_ptr<Request>> make_requests(EngineRequest request, std::shared_ptr<RequestStream> stream);
     std::unique_ptr<TextStream> make_text_stream(const SamplingParams& params) const;
     void drain_inbox();
-    bool run_step();
+    bool run_step() { return config.async_scheduling ? run_async_step() : run_sync_step(); }
+    bool run_sync_step();
+    // --async-scheduling: schedule + build step k+1 -> collect step k -> sample it -> patch k+1's placeholders ->
+    // submit k+1 -> outputs of step k (detokenize, stop strings, streaming) while k+1 runs.
+    bool run_async_step();
     // The per-sequence logits work of a step (prompt logprobs, sampling) is pure and runs for all sequences in
     // parallel (a 163,840-wide softmax per row was the step's largest host cost); the bookkeeping after it does not.
     struct SeqSample {
@@ -112,7 +117,18 @@ struct Engine::Impl {
         std::optional<SampleResult> sampled;
     };
     SeqSample sample_seq(const ScheduledSeq& seq, const SeqLogitRows& rows, const Tensor& logits) const;
-    void process_seq(const ScheduledSeq& seq, SeqSample sample);
+    // Samples every sequence of the step that has not finished meanwhile (their rows are dropped, and their
+    // generators stay untouched).
+    std::vector<SeqSample> sample_all(const SchedulerOutput& output, const BuiltBatch& built, const Tensor& logits);
+    void check_logits(const Tensor& logits, const BuiltBatch& built) const;
+    void record_step_stats(const SchedulerOutput& output);
+    // A sequence's step result in two parts: commit appends the token (what the next step's input needs), emit
+    // does the output work (stop checks, detokenizing, streaming) that may overlap the next step.
+    void commit_seq(const ScheduledSeq& seq, SeqSample& sample);
+    void emit_seq(Request& request, const SeqSample& sample);
+    bool async_pending() const { return in_flight.has_value() || !retired.empty(); }
+    void release_retired();
+    void settle_async();  // waits for a step in flight and drops it (errors, shutdown)
     void record_token_timing(Request& request, bool first_token);
     FinishReason check_token_stop(const Request& request, int32_t token_id, RequestOutput& output) const;
     void finish(Request* request, FinishReason reason, RequestOutput output);
@@ -145,6 +161,24 @@ struct Engine::Impl {
     mutable std::mutex stats_mutex;
     EngineStats stats;
 
+    // --async-scheduling (step thread). Steps are numbered as they are built.
+    struct StepInFlight {
+        SchedulerOutput output;
+        BuiltBatch built;
+        uint64_t id = 0;
+    };
+    std::optional<StepInFlight> in_flight;  // submitted, not collected
+    uint64_t last_built_step = 0;
+    uint64_t last_collected_step = 0;
+    // A finished sequence stays alive, its KV blocks allocated, until every step built before it finished (the
+    // ones that may still hold its row and write its blocks) is collected.
+    struct RetiredSeq {
+        std::unique_ptr<Request> request;
+        uint64_t last_step = 0;
+    };
+    std::vector<RetiredSeq> retired;
+    StepTiming timing;
+
     std::thread thread;
     std::atomic<bool> stop_requested{false};
     std::atomic<bool> drain_on_stop{false};
@@ -166,7 +200,8 @@ Engine::Impl::Impl(EngineConfig engine_config, std::unique_ptr<Model> engine_mod
                                 parse_scheduling_policy(config.scheduling_policy)},
                 kv),
       engine_rng(config.seed),
-      stats(make_empty_stats(max_model_len)) {
+      stats(make_empty_stats(max_model_len)),
+      timing(config.async_scheduling) {
     K2_CHECK(config.max_waiting > 0, "max_waiting must be positive, got {}", config.max_waiting);
     K2_CHECK(config.max_logprobs >= 0, "max_logprobs must be non-negative, got {}", config.max_logprobs);
     if (tokenizer != nullptr) eos_ids = tokenizer->stop_token_ids();
@@ -174,8 +209,9 @@ Engine::Impl::Impl(EngineConfig engine_config, std::unique_ptr<Model> engine_mod
         for (const int64_t id : model->config().eos_token_ids) eos_ids.push_back(static_cast<int32_t>(id));
     }
     model->allocate_kv_cache(kv.num_blocks());
-    K2_INFO("engine: {} KV blocks of {} tokens, max_model_len {}, max_num_seqs {}, max_num_batched_tokens {}",
-            kv.num_blocks(), kKvBlockSize, max_model_len, config.max_num_seqs, config.max_num_batched_tokens);
+    K2_INFO("engine: {} KV blocks of {} tokens, max_model_len {}, max_num_seqs {}, max_num_batched_tokens {}{}",
+            kv.num_blocks(), kKvBlockSize, max_model_len, config.max_num_seqs, config.max_num_batched_tokens,
+            config.async_scheduling ? ", async scheduling" : "");
     refresh_gauges();
 }
 
@@ -305,7 +341,8 @@ void Engine::Impl::refresh_gauges() {
         const std::lock_guard lock(inbox_mutex);
         num_waiting = scheduler.num_waiting() + static_cast<int>(inbox_requests.size());
     }
-    num_unfinished.store(scheduler.num_running() + scheduler.num_waiting());
+    // A step still in flight (or blocks still held for one) is unfinished work too.
+    num_unfinished.store(scheduler.num_running() + scheduler.num_waiting() + (async_pending() ? 1 : 0));
     const std::lock_guard lock(stats_mutex);
     stats.num_running = scheduler.num_running();
     stats.num_waiting = scheduler.num_waiting();
@@ -314,22 +351,22 @@ void Engine::Impl::refresh_gauges() {
     stats.kv_usage = kv.usage();
 }
 
-bool Engine::Impl::run_step() {
+bool Engine::Impl::run_sync_step() {
+    timing.begin();
     const SchedulerOutput output = scheduler.schedule();
     if (output.empty()) {
         refresh_gauges();
         return false;
     }
+    timing.lap(StepPhase::Schedule);
     const BuiltBatch built = build_forward_batch(output, kv);
+    timing.lap(StepPhase::Build);
     const auto step_start = Clock::now();
     step_started_ns.store(step_start.time_since_epoch().count());
     Tensor logits;  // [num_logits, vocab_size]
     try {
         logits = model->forward(built.batch);
-        K2_CHECK(logits.dtype() == DType::F32 && logits.rank() == 2 && logits.dim(0) == built.num_logits &&
-                     logits.dim(1) == vocab_size,
-                 "the model returned logits {} for {} rows (vocab {})", logits.shape_string(), built.num_logits,
-                 vocab_size);
+        check_logits(logits, built);
     } catch (const std::exception& error) {
         step_started_ns.store(0);
         K2_ERROR("engine: forward failed: {}", error.what());
@@ -338,37 +375,129 @@ bool Engine::Impl::run_step() {
         return true;
     }
     step_started_ns.store(0);
+    timing.lap(StepPhase::Wait);
     scheduler.on_step_done(output);
-    {
-        const std::lock_guard lock(stats_mutex);
-        stats.preemptions += output.preempted.size();
-        stats.prefix_cache_queries += output.prefix_cache_queries;
-        stats.prefix_cache_hits += output.prefix_cache_hits;
-        stats.computed_tokens += static_cast<uint64_t>(output.num_batched_tokens);
-        stats.iteration_tokens.observe(output.num_batched_tokens);
-        stats.num_steps += 1;
-        stats.last_step_time = Clock::now();
+    record_step_stats(output);
+    std::vector<SeqSample> samples = sample_all(output, built, logits);
+    timing.lap(StepPhase::Sample);
+    for (size_t seq_idx = 0; seq_idx < output.seqs.size(); ++seq_idx) {
+        commit_seq(output.seqs[seq_idx], samples[seq_idx]);
+        emit_seq(*output.seqs[seq_idx].request, samples[seq_idx]);
     }
+    refresh_gauges();
+    timing.lap(StepPhase::Output);
+    timing.end_step();
+    return true;
+}
+
+bool Engine::Impl::run_async_step() {
+    release_retired();
+    timing.begin();
+    std::optional<StepInFlight> next;  // step k+1, built while step k (in_flight) runs
+    SchedulerOutput scheduled = scheduler.schedule();
+    timing.lap(StepPhase::Schedule);
+    if (!scheduled.empty()) {
+        BuiltBatch built = build_forward_batch(scheduled, kv);
+        scheduler.on_step_scheduled(scheduled);
+        next = StepInFlight{std::move(scheduled), std::move(built), ++last_built_step};
+    }
+    timing.lap(StepPhase::Build);
+    std::optional<StepInFlight> done = std::move(in_flight);
+    in_flight.reset();
+    if (!done.has_value() && !next.has_value()) {
+        refresh_gauges();
+        return false;
+    }
+    std::vector<SeqSample> samples;
+    if (done.has_value()) {
+        step_started_ns.store(Clock::now().time_since_epoch().count());
+        Tensor logits;  // [num_logits, vocab_size]
+        try {
+            logits = model->collect();
+            check_logits(logits, done->built);
+        } catch (const std::exception& error) {
+            step_started_ns.store(0);
+            K2_ERROR("engine: forward failed: {}", error.what());
+            // Step k+1 was built on k's unsampled tokens: it fails with it.
+            last_collected_step = last_built_step;
+            fail_step(done->output, error.what());
+            if (next.has_value()) fail_step(next->output, error.what());
+            refresh_gauges();
+            return true;
+        }
+        step_started_ns.store(0);
+        timing.lap(StepPhase::Wait);
+        scheduler.on_step_collected(done->output);
+        record_step_stats(done->output);
+        samples = sample_all(done->output, done->built, logits);
+        logits = Tensor();  // before the next submit: the CUDA model reuses the buffer when no one holds it
+        for (size_t seq_idx = 0; seq_idx < done->output.seqs.size(); ++seq_idx) {
+            commit_seq(done->output.seqs[seq_idx], samples[seq_idx]);
+        }
+        last_collected_step = done->id;
+        timing.lap(StepPhase::Sample);
+    }
+    if (next.has_value()) {
+        patch_placeholders(next->built);
+        try {
+            model->submit(next->built.batch);
+            in_flight = std::move(next);
+        } catch (const std::exception& error) {
+            K2_ERROR("engine: forward failed: {}", error.what());
+            last_collected_step = next->id;
+            fail_step(next->output, error.what());
+        }
+        timing.lap(StepPhase::Submit);
+    }
+    if (done.has_value()) {
+        for (size_t seq_idx = 0; seq_idx < done->output.seqs.size(); ++seq_idx) {
+            Request& request = *done->output.seqs[seq_idx].request;
+            if (!request.is_finished()) emit_seq(request, samples[seq_idx]);
+        }
+    }
+    refresh_gauges();
+    timing.lap(StepPhase::Output);
+    timing.end_step();
+    return true;
+}
+
+void Engine::Impl::check_logits(const Tensor& logits, const BuiltBatch& built) const {
+    K2_CHECK(logits.dtype() == DType::F32 && logits.rank() == 2 && logits.dim(0) == built.num_logits &&
+                 logits.dim(1) == vocab_size,
+             "the model returned logits {} for {} rows (vocab {})", logits.shape_string(), built.num_logits,
+             vocab_size);
+}
+
+void Engine::Impl::record_step_stats(const SchedulerOutput& output) {
+    const std::lock_guard lock(stats_mutex);
+    stats.preemptions += output.preempted.size();
+    stats.prefix_cache_queries += output.prefix_cache_queries;
+    stats.prefix_cache_hits += output.prefix_cache_hits;
+    stats.computed_tokens += static_cast<uint64_t>(output.num_batched_tokens);
+    stats.iteration_tokens.observe(output.num_batched_tokens);
+    stats.num_steps += 1;
+    stats.last_step_time = Clock::now();
+}
+
+std::vector<Engine::Impl::SeqSample> Engine::Impl::sample_all(const SchedulerOutput& output, const BuiltBatch& built,
+                                                              const Tensor& logits) {
     const auto num_seqs = static_cast<int64_t>(output.seqs.size());
     std::vector<SeqSample> samples(output.seqs.size());
     std::vector<std::exception_ptr> errors(output.seqs.size());
 #pragma omp parallel for schedule(dynamic) if (num_seqs > 1)
     for (int64_t i = 0; i < num_seqs; ++i) {
+        const auto idx = static_cast<size_t>(i);
+        if (output.seqs[idx].request->is_finished()) continue;  // --async-scheduling: ended while the step ran
         try {
-            samples[static_cast<size_t>(i)] = sample_seq(output.seqs[static_cast<size_t>(i)],
-                                                         built.rows[static_cast<size_t>(i)], logits);
+            samples[idx] = sample_seq(output.seqs[idx], built.rows[idx], logits);
         } catch (...) {
-            errors[static_cast<size_t>(i)] = std::current_exception();  // nothing may leave a parallel region
+            errors[idx] = std::current_exception();  // nothing may leave a parallel region
         }
     }
     for (const std::exception_ptr& error : errors) {
         if (error) std::rethrow_exception(error);
     }
-    for (size_t seq_idx = 0; seq_idx < output.seqs.size(); ++seq_idx) {
-        process_seq(output.seqs[seq_idx], std::move(samples[seq_idx]));
-    }
-    refresh_gauges();
-    return true;
+    return samples;
 }
 
 Engine::Impl::SeqSample Engine::Impl::sample_seq(const ScheduledSeq& seq, const SeqLogitRows& rows,
@@ -399,15 +528,20 @@ Engine::Impl::SeqSample Engine::Impl::sample_seq(const ScheduledSeq& seq, const 
     return sample;
 }
 
-void Engine::Impl::process_seq(const ScheduledSeq& seq, SeqSample sample) {
+void Engine::Impl::commit_seq(const ScheduledSeq& seq, SeqSample& sample) {
     Request& request = *seq.request;
     for (TokenLogprobs& row : sample.prompt_logprobs) {
         request.prompt_logprobs.push_back(std::move(row));
     }
+    sample.prompt_logprobs.clear();
+    if (!sample.sampled.has_value()) return;
+    request.token_ids.push_back(sample.sampled->token_id);
+    if (request.num_output_placeholders > 0) request.num_output_placeholders -= 1;
+}
+
+void Engine::Impl::emit_seq(Request& request, const SeqSample& sample) {
     if (!sample.sampled.has_value()) return;
     const SampleResult& sampled = *sample.sampled;
-    request.token_ids.push_back(sampled.token_id);
-
     const bool first_token = request.num_output_tokens() == 1;
     record_token_timing(request, first_token);
 
@@ -473,7 +607,7 @@ FinishReason Engine::Impl::check_token_stop(const Request& request, int32_t toke
 
 // Ends a sequence: frees its blocks, sends the last output (with any held-back text) and records stats.
 void Engine::Impl::finish(Request* request, FinishReason reason, RequestOutput output) {
-    std::unique_ptr<Request> owned = scheduler.finish(request, reason);
+    std::unique_ptr<Request> owned = scheduler.finish(request, reason, !config.async_scheduling);
     output.text_delta += owned->output->finish();  // held-back text; empty after a stop string
     output.request_id = owned->request_id;
     output.index = owned->index;
@@ -507,10 +641,38 @@ void Engine::Impl::finish(Request* request, FinishReason reason, RequestOutput o
         }
     }
     owned->stream->push(std::move(output));
+    if (config.async_scheduling) retired.push_back({std::move(owned), last_built_step});
+}
+
+void Engine::Impl::release_retired() {
+    std::vector<RetiredSeq> kept;
+    for (RetiredSeq& seq : retired) {
+        if (seq.last_step <= last_collected_step) {
+            kv.free(seq.request->seq_id);
+        } else {
+            kept.push_back(std::move(seq));
+        }
+    }
+    retired = std::move(kept);
+}
+
+void Engine::Impl::settle_async() {
+    if (in_flight.has_value()) {
+        try {
+            (void)model->collect();
+        } catch (const std::exception& error) {
+            K2_WARN("engine: dropping the step in flight: {}", error.what());
+        }
+        in_flight.reset();
+    }
+    last_collected_step = last_built_step;
+    // Tokens the dropped step would have sampled never come: sequences that go on recompute without them.
+    for (Request* request : scheduler.waiting()) request->num_output_placeholders = 0;
 }
 
 void Engine::Impl::fail_step(const SchedulerOutput& output, const std::string& message) {
     for (const ScheduledSeq& seq : output.seqs) {
+        if (seq.request->is_finished()) continue;  // --async-scheduling: ended while the step ran
         RequestOutput failed;
         failed.error = message;
         finish(seq.request, FinishReason::Error, std::move(failed));
@@ -519,9 +681,12 @@ void Engine::Impl::fail_step(const SchedulerOutput& output, const std::string& m
 
 void Engine::Impl::abort_all() {
     drain_inbox();
+    settle_async();
     std::vector<Request*> all(scheduler.running().begin(), scheduler.running().end());
     all.insert(all.end(), scheduler.waiting().begin(), scheduler.waiting().end());
     for (Request* request : all) finish(request, FinishReason::Abort, RequestOutput{});
+    release_retired();
+    timing.log_total();
     refresh_gauges();
 }
 
@@ -529,8 +694,8 @@ void Engine::Impl::loop() {
     while (true) {
         drain_inbox();
         const bool stopping = stop_requested.load();
-        if (stopping && (!drain_on_stop.load() || !scheduler.has_unfinished())) break;
-        if (!scheduler.has_unfinished()) {
+        if (stopping && (!drain_on_stop.load() || (!scheduler.has_unfinished() && !async_pending()))) break;
+        if (!scheduler.has_unfinished() && !async_pending()) {
             std::unique_lock lock(inbox_mutex);
             inbox_cv.wait_for(lock, std::chrono::milliseconds(100), [&] {
                 return !inbox_requests.empty() || !inbox_aborts.empty() || stop_requested.load();
@@ -543,6 +708,7 @@ void Engine::Impl::loop() {
             // NOTE: a bug in the step (not the model) must not kill the loop silently: fail what runs.
             K2_ERROR("engine: step failed: {}", error.what());
             step_started_ns.store(0);
+            settle_async();
             std::vector<Request*> running(scheduler.running().begin(), scheduler.running().end());
             for (Request* request : running) {
                 RequestOutput failed;
@@ -589,7 +755,7 @@ void Engine::stop(bool drain, std::chrono::steady_clock::time_point drain_deadli
         m_impl->inbox_cv.notify_all();
         m_impl->thread.join();
     } else if (drain) {
-        while (m_impl->scheduler.has_unfinished() || step()) step();
+        while (m_impl->scheduler.has_unfinished() || m_impl->async_pending() || step()) step();
     } else {
         m_impl->abort_all();
     }
@@ -645,7 +811,7 @@ const EngineConfig& Engine::config() const { return m_impl->config; }
 bool Engine::step() {
     K2_CHECK(!m_impl->thread.joinable(), "Engine::step is for engines without a loop thread");
     m_impl->drain_inbox();
-    if (!m_impl->scheduler.has_unfinished()) return false;
+    if (!m_impl->scheduler.has_unfinished() && !m_impl->async_pending()) return false;
     m_impl->run_step();
     return true;
 }

@@ -1,5 +1,6 @@
-// Engine: the step loop (schedule -> build batch -> Model::forward -> sample -> stop checks -> outputs)
-// on its own thread, behind a thread-safe submit/abort API. vLLM v1 semantics (reference/vllm.md §6).
+// Engine: the step loop (schedule -> build batch -> Model::forward -> sample -> stop checks -> outputs; with
+// --async-scheduling pipelined around Model::submit/collect) on its own thread, behind a thread-safe
+// submit/abort API. vLLM v1 semantics (reference/vllm.md §6).
 #pragma once
 
 #include <chrono>
@@ -30,6 +31,10 @@ struct EngineConfig {
     int max_waiting = 4096;                  // submit beyond this throws EngineOverloadedError (HTTP 503)
     int max_logprobs = 20;
     uint64_t seed = 0;  // engine RNG for requests without a seed
+    // --async-scheduling (vLLM's flag): step k+1 is scheduled and built while the model runs step k, and step k's
+    // outputs are processed while it runs step k+1. Same tokens as without it; a sequence that ends at step k
+    // still computes one dropped row in step k+1.
+    bool async_scheduling = false;
 };
 
 // Thrown by Engine::submit when the waiting queue is full; the server answers 503.

@@ -34,7 +34,11 @@ struct Request {
 
     std::vector<int32_t> token_ids;  // prompt followed by the output tokens
     int num_prompt_tokens = 0;
-    int num_computed_tokens = 0;  // tokens whose KV is in the cache
+    int num_computed_tokens = 0;  // tokens whose KV is in the cache (with --async-scheduling: or being computed)
+    // --async-scheduling: tokens that steps already scheduled will sample but that are not in token_ids yet; the
+    // next step's input row for them holds a placeholder id until the token is sampled (at most 2: the step in
+    // flight and the one being built).
+    int num_output_placeholders = 0;
     int num_cached_tokens = -1;   // prompt tokens served by the prefix cache at first admission (-1: not yet)
     int num_preemptions = 0;
     RequestStatus status = RequestStatus::Waiting;
@@ -51,6 +55,7 @@ struct Request {
     Clock::time_point last_token_time;
 
     int num_tokens() const { return static_cast<int>(token_ids.size()); }
+    int num_tokens_with_placeholders() const { return num_tokens() + num_output_placeholders; }
     int num_output_tokens() const { return num_tokens() - num_prompt_tokens; }
     bool is_finished() const { return status == RequestStatus::Finished; }
     bool wants_prompt_logprobs() const { return params.prompt_logprobs.has_value(); }

@@ -41,7 +41,11 @@ SchedulerOutput Scheduler::schedule() {
 
 bool Scheduler::schedule_running(SchedulerOutput& output, int& budget, size_t& idx) {
     Request* request = m_running[idx];
-    const int num_new_tokens = std::min(request->num_tokens() - request->num_computed_tokens, budget);
+    // --async-scheduling: a sequence whose in-flight token is sure to end it on length gets no row it would drop.
+    const bool ends_in_flight = request->num_output_placeholders > 0 &&
+                                request->num_output_tokens() + request->num_output_placeholders >= request->max_tokens;
+    const int num_new_tokens =
+        ends_in_flight ? 0 : std::min(request->num_tokens_with_placeholders() - request->num_computed_tokens, budget);
     if (num_new_tokens <= 0) {
         ++idx;
         return false;
@@ -54,7 +58,7 @@ bool Scheduler::schedule_running(SchedulerOutput& output, int& budget, size_t& i
         if (victim == request) return false;  // idx now names the next running request
         if (victim_idx < idx) --idx;
     }
-    output.seqs.push_back({request, num_new_tokens});
+    output.seqs.push_back({request, num_new_tokens, request->num_computed_tokens});
     budget -= num_new_tokens;
     ++idx;
     return true;
@@ -66,7 +70,7 @@ void Scheduler::schedule_waiting(SchedulerOutput& output, int& budget) {
         // NOTE: prompt logprobs need logits for every prompt row, so such prompts skip the cache (as vLLM).
         PrefixHit hit;
         if (request->prompt_logprobs_done()) hit = m_kv.find_prefix(request->token_ids);
-        const int num_new_tokens = std::min(request->num_tokens() - hit.num_tokens, budget);
+        const int num_new_tokens = std::min(request->num_tokens_with_placeholders() - hit.num_tokens, budget);
         if (!m_kv.allocate(request->seq_id, hit.num_tokens + num_new_tokens, &hit)) break;
         m_waiting.pop_front();
         request->num_computed_tokens = hit.num_tokens;
@@ -80,7 +84,7 @@ void Scheduler::schedule_waiting(SchedulerOutput& output, int& budget) {
         }
         request->status = RequestStatus::Running;
         m_running.push_back(request);
-        output.seqs.push_back({request, num_new_tokens});
+        output.seqs.push_back({request, num_new_tokens, request->num_computed_tokens});
         budget -= num_new_tokens;
     }
 }
@@ -118,9 +122,27 @@ void Scheduler::on_step_done(const SchedulerOutput& output) {
     }
 }
 
-std::unique_ptr<Request> Scheduler::finish(Request* request, FinishReason reason) {
+void Scheduler::on_step_scheduled(const SchedulerOutput& output) {
+    for (const ScheduledSeq& seq : output.seqs) {
+        Request& request = *seq.request;
+        request.num_computed_tokens += seq.num_new_tokens;
+        if (request.num_computed_tokens == request.num_tokens_with_placeholders()) request.num_output_placeholders += 1;
+    }
+}
+
+void Scheduler::on_step_collected(const SchedulerOutput& output) {
+    for (const ScheduledSeq& seq : output.seqs) {
+        Request& request = *seq.request;
+        // Finished and preempted sequences are skipped: their blocks are (about to be) freed.
+        if (request.status != RequestStatus::Running) continue;
+        const int end = std::min(seq.num_computed_tokens + seq.num_new_tokens, request.num_tokens());
+        m_kv.cache_blocks(request.seq_id, request.token_ids, end);
+    }
+}
+
+std::unique_ptr<Request> Scheduler::finish(Request* request, FinishReason reason, bool free_blocks) {
     erase_from_queues(request);
-    m_kv.free(request->seq_id);
+    if (free_blocks) m_kv.free(request->seq_id);
     request->status = RequestStatus::Finished;
     request->finish_reason = reason;
     const auto range = m_by_request_id.equal_range(request->request_id);

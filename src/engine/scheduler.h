@@ -30,7 +30,8 @@ struct SchedulerConfig {
 
 struct ScheduledSeq {
     Request* request = nullptr;
-    int num_new_tokens = 0;  // tokens [num_computed_tokens, num_computed_tokens + num_new_tokens) run now
+    int num_new_tokens = 0;       // tokens [num_computed_tokens, num_computed_tokens + num_new_tokens) run now
+    int num_computed_tokens = 0;  // the request's num_computed_tokens when it was scheduled
 };
 
 struct SchedulerOutput {
@@ -51,8 +52,15 @@ public:
     SchedulerOutput schedule();
     // After the forward pass: the scheduled tokens are computed; their full blocks join the prefix cache.
     void on_step_done(const SchedulerOutput& output);
-    // Removes a running or waiting request, freeing its blocks; returns ownership to the caller.
-    std::unique_ptr<Request> finish(Request* request, FinishReason reason);
+    // --async-scheduling splits on_step_done: on_step_scheduled (right after schedule(), before the step runs)
+    // counts the scheduled tokens as computed and adds an output placeholder for every sequence that samples, so
+    // the next schedule() can give it a decode row; on_step_collected (after the step ran) registers the full
+    // blocks of sequences still running in the prefix cache.
+    void on_step_scheduled(const SchedulerOutput& output);
+    void on_step_collected(const SchedulerOutput& output);
+    // Removes a running or waiting request, freeing its blocks unless free_blocks is false (the caller frees
+    // them with KvCacheManager::free once no step that writes them is in flight); returns ownership.
+    std::unique_ptr<Request> finish(Request* request, FinishReason reason, bool free_blocks = true);
     // Every unfinished sequence of a client request id (n > 1 gives several).
     std::vector<Request*> find(const std::string& request_id) const;
 

@@ -59,6 +59,17 @@ public:
     // [num_logits, vocab_size] on the host for the rows in batch.logits_indices.
     // Thread-compatible: one caller at a time.
     virtual Tensor forward(const ForwardBatch& batch) = 0;
+
+    // forward() split in two for --async-scheduling: submit enqueues the step and returns at once (the engine
+    // schedules the next step meanwhile), collect waits for it and returns its logits. Calls alternate: submit,
+    // collect, submit, ... The default runs forward() inside submit, so models without device queues work
+    // unchanged; the CUDA model enqueues the step and the logits download on its stream. `batch` is read during
+    // submit only (a caller may change it afterwards).
+    virtual void submit(const ForwardBatch& batch) { m_pending_logits = forward(batch); }
+    virtual Tensor collect() { return std::move(m_pending_logits); }
+
+private:
+    Tensor m_pending_logits;  // [num_logits, vocab_size] of the default submit, until collect
 };
 
 // Loads a checkpoint directory (config.json + safetensors) for the device in `options`.

@@ -252,6 +252,7 @@ std::shared_ptr<Engine> make_engine(const ServeOptions& options, const std::shar
     engine_config.enable_prefix_caching = options.enable_prefix_caching;
     engine_config.max_waiting = options.max_num_queued_reqs;
     engine_config.scheduling_policy = options.scheduling_policy;
+    engine_config.async_scheduling = options.async_scheduling;
     engine_config.max_logprobs =
         options.max_logprobs < 0 ? static_cast<int>(model->config().vocab_size) : options.max_logprobs;
     engine_config.seed = options.seed;

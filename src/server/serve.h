@@ -36,6 +36,7 @@ struct ServeOptions {
     bool enable_prefix_caching = true;
     int max_num_queued_reqs = 4096;  // waiting-queue bound; beyond it 503
     std::string scheduling_policy = "fcfs";
+    bool async_scheduling = false;  // --async-scheduling: schedule step k+1 while the model runs step k
     std::string device = "cpu";
     std::string kv_cache_dtype = "auto";
     std::string generation_config = "auto";  // "auto" (the model's), "vllm" (none) or a directory
