@@ -19,21 +19,7 @@ device_setup
 mkdir -p "$final"
 # Only a few files come back: one tarball of everything (logs and JSON).
 trap 'tar -czf "$final/logs.tar.gz" -C "$o" .' EXIT
-run_test() {  # binary, gtest filter
-  timeout 300 $b/$1 --gtest_brief=1 --gtest_filter="$2" >"$o/$1.log" 2>&1
-  echo "$1: $(grep -E '^\[  (PASSED|FAILED)' "$o/$1.log" | tr '\n' ' ')"
-  grep -E "Failure|tp2.* vs tp1|rank [0-9]+ failed" -A3 "$o/$1.log" | head -24
-}
 m=/tmp/k2-synth-3
-synth() { [[ -d $m ]] || timeout 200 $b/k2 synth $m --preset kimi-k2 --layers 3 >"$o/synth.log" 2>&1 || tail -3 "$o/synth.log"; }
-step() {  # name, flags...
-  local name=$1
-  shift
-  timeout 300 $b/k2 bench step $m --batch 16 --context 8192 --prefill-tokens 8192 --prefill-runs 2 \
-    --output-json "$o/step_$name.json" "$@" >"$o/step_$name.log" 2>&1
-  echo "step $name: $(tail -n 2 "$o/step_$name.log" | tr '\n' ' ')"
-  grep -E '"decode_layer_(attn_ffn|allreduce)_ms"' -A12 "$o/step_$name.log" | tr -d ' \n'; echo
-}
 for mode in ${MODES:-check step}; do
   case $mode in
     check)

@@ -1,7 +1,7 @@
-# Shared by the one-call device scripts of session 3 (bench/mla_fp8_decode.sh, moe_prefill_lanes.sh, gpu_tp_serve.sh,
-# gpu_session3.sh); sourced, not run. device_setup unpacks build-pkg/carry.tar.xz (build-lead-carry/{bin,rt}: the
-# stripped binaries and the .so files the device image lacks), finds cuBLASLt and NCCL on the image and sets
-# $b (binaries) and $o (output folder: $OUT on the device machine).
+# Shared by the one-call device scripts of sessions 3-5 (bench/mla_fp8_decode.sh, moe_prefill_lanes.sh,
+# gpu_tp_serve.sh, gpu_session3.sh, gpu_session4.sh, gpu_session5.sh); sourced, not run. device_setup unpacks
+# build-pkg/carry.tar.xz (build-lead-carry/{bin,rt}: the stripped binaries and the .so files the device image
+# lacks), finds cuBLASLt and NCCL on the image and sets $b (binaries) and $o (output folder: $OUT on the device).
 device_setup() {
   tar -xJf build-pkg/carry.tar.xz
   export LD_LIBRARY_PATH="$PWD/build-lead-carry/rt:${LD_LIBRARY_PATH:-}"
@@ -38,4 +38,24 @@ serve_and_bench() {
   done
   kill -TERM $pid
   wait $pid 2>/dev/null
+}
+
+# The one-call scripts' helpers (bench/gpu_session4.sh, gpu_session5.sh); they need $b, $o and, for synth/step, $m.
+run_test() {  # binary, gtest filter: its log in $o, the summary and the first failures on stdout
+  timeout 400 $b/$1 --gtest_brief=1 --gtest_filter="$2" >"$o/$1.log" 2>&1
+  echo "$1: $(grep -E '^\[  (PASSED|FAILED)' "$o/$1.log" | tr '\n' ' ')"
+  grep -E "Failure|vs tp1|rank [0-9]+ failed" -A3 "$o/$1.log" | head -40
+}
+synth() {  # the 3-layer Kimi-K2 synth at $m (once per call)
+  [[ -d $m ]] || timeout 200 $b/k2 synth $m --preset kimi-k2 --layers 3 >"$o/synth.log" 2>&1 || tail -3 "$o/synth.log"
+}
+step() {  # name, flags...: `k2 bench step` at batch 16 x 8k on $m; the summary and per-layer medians on stdout
+  local name=$1
+  shift
+  timeout 300 $b/k2 bench step $m --batch 16 --context 8192 --prefill-tokens 8192 --prefill-runs 2 \
+    --output-json "$o/step_$name.json" "$@" >"$o/step_$name.log" 2>&1
+  echo "step $name: $(tail -n 2 "$o/step_$name.log" | tr '\n' ' ')"
+  grep -E '"decode_(layer_(attn_ffn|allreduce)|moe_layer_ep_allgather_reducescatter)_ms"' -A12 "$o/step_$name.log" |
+    tr -d ' \n'
+  echo
 }

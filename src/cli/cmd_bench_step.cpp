@@ -52,6 +52,7 @@ struct StepOptions {
     std::string output_json;
     // Parallel runs: one process per rank on this host (rank r on GPU r), rank 0 reports.
     int tensor_parallel_size = 1;
+    int data_parallel_size = 1;  // replicas run the same batches; with EP their MoE layers exchange tokens
     int decode_context_parallel_size = 1;
     bool enable_expert_parallel = false;
 };
@@ -179,6 +180,7 @@ struct Profiles {
     std::vector<std::vector<float>> decode;
     std::vector<std::vector<float>> prefill;
     std::vector<std::vector<float>> decode_comm;
+    std::vector<std::vector<float>> decode_ep;  // [moe layers, 2]: DP + EP all-gather, reduce-scatter
 };
 
 void report(const StepOptions& o, const ModelConfig& c, double load_s, double copy_rate,
@@ -200,6 +202,7 @@ void report(const StepOptions& o, const ModelConfig& c, double load_s, double co
         return n;
     }();
     j["tensor_parallel_size"] = o.tensor_parallel_size;
+    j["data_parallel_size"] = o.data_parallel_size;
     j["decode_context_parallel_size"] = o.decode_context_parallel_size;
     j["expert_parallel"] = o.enable_expert_parallel;
     j["kv_cache_dtype"] = o.kv_cache_dtype;
@@ -228,6 +231,8 @@ void report(const StepOptions& o, const ModelConfig& c, double load_s, double co
         j["prefill_layer_attn_ffn_ms"] = layer_medians(profiles.prefill);
     if (!profiles.decode_comm.empty() && !profiles.decode_comm.front().empty())
         j["decode_layer_allreduce_ms"] = layer_medians(profiles.decode_comm);
+    if (!profiles.decode_ep.empty() && !profiles.decode_ep.front().empty())
+        j["decode_moe_layer_ep_allgather_reducescatter_ms"] = layer_medians(profiles.decode_ep);
     std::printf("%s\n", j.dump(2).c_str());
     std::printf(
         "decode: %.3f ms/step (batch %d, context %d, %d layers), floor %.3f ms (%.2f GB at %.0f GB/s) -> %.2fx\n",
@@ -315,8 +320,16 @@ void run_rank(const StepOptions& o, std::shared_ptr<dist::ParallelGroups> groups
     for (int i = 0; i < prefill_blocks; ++i) {
         prefill_seq.blocks.push_back(o.batch * per_seq + i);
     }
-    std::mt19937 rng(1234);
+    // DP replicas draw different tokens (the same ones would route to the same experts and understate the MoE).
+    std::mt19937 rng(1234 + (options.parallel != nullptr ? options.parallel->coord.dp : 0));
     const int vocab = static_cast<int>(c.vocab_size);
+    // Every replica runs the same batches (ForwardBatch::dp_num_tokens: the same count everywhere).
+    const auto padded = [&](ForwardBatch b) {
+        if (o.data_parallel_size > 1) {
+            b.dp_num_tokens.assign(static_cast<size_t>(o.data_parallel_size), b.num_tokens());
+        }
+        return b;
+    };
 
 #ifdef K2_HAVE_CUDA_MODEL
     auto* cuda_model = dynamic_cast<DeepseekV3CudaModel*>(model.get());
@@ -327,7 +340,7 @@ void run_rank(const StepOptions& o, std::shared_ptr<dist::ParallelGroups> groups
     std::vector<double> prefill_s;
     std::vector<std::vector<float>> prefill_layer_ms;
     for (int r = 0; r < o.prefill_runs + 1; ++r) {  // the first run warms up
-        const ForwardBatch b = prefill_batch(prefill_seq, o.prefill_tokens, rng, vocab);
+        const ForwardBatch b = padded(prefill_batch(prefill_seq, o.prefill_tokens, rng, vocab));
         const auto t0 = Clock::now();
         model->forward(b);
         if (r > 0) {
@@ -342,7 +355,7 @@ void run_rank(const StepOptions& o, std::shared_ptr<dist::ParallelGroups> groups
     // Each decode sequence's context, written by real prefills (chunks of at most max_num_tokens).
     const auto fill_start = Clock::now();
     for (Seq& q : seqs) {
-        ForwardBatch b = prefill_batch(q, o.context, rng, vocab);
+        const ForwardBatch b = padded(prefill_batch(q, o.context, rng, vocab));
         model->forward(b);
         q.length = o.context;
     }
@@ -350,8 +363,9 @@ void run_rank(const StepOptions& o, std::shared_ptr<dist::ParallelGroups> groups
     std::vector<double> step_s;
     std::vector<std::vector<float>> layer_ms;
     std::vector<std::vector<float>> comm_ms;
+    std::vector<std::vector<float>> ep_ms;
     for (int i = 0; i < o.warmup + o.decode_steps; ++i) {
-        const ForwardBatch b = decode_batch(seqs, rng, vocab);
+        const ForwardBatch b = padded(decode_batch(seqs, rng, vocab));
         const auto t0 = Clock::now();
         model->forward(b);  // returns after the logits reached the host
         if (i >= o.warmup) {
@@ -361,6 +375,7 @@ void run_rank(const StepOptions& o, std::shared_ptr<dist::ParallelGroups> groups
         if (cuda_model != nullptr && o.profile_layers && i >= o.warmup) {
             layer_ms.push_back(cuda_model->last_layer_times_ms());
             comm_ms.push_back(cuda_model->last_comm_times_ms());
+            ep_ms.push_back(cuda_model->last_ep_exchange_times_ms());
         }
 #endif
     }
@@ -371,7 +386,7 @@ void run_rank(const StepOptions& o, std::shared_ptr<dist::ParallelGroups> groups
     }
 #endif
     if (reporter) {
-        report(o, c, load_s, copy_rate, prefill_s, fill_s, step_s, {layer_ms, prefill_layer_ms, comm_ms}, active);
+        report(o, c, load_s, copy_rate, prefill_s, fill_s, step_s, {layer_ms, prefill_layer_ms, comm_ms, ep_ms}, active);
     }
 }
 
@@ -380,6 +395,7 @@ void run_rank(const StepOptions& o, std::shared_ptr<dist::ParallelGroups> groups
 void run_bench_step(const StepOptions& o) {
     dist::ParallelConfig config;
     config.tensor_parallel_size = o.tensor_parallel_size;
+    config.data_parallel_size = o.data_parallel_size;
     config.decode_context_parallel_size = o.decode_context_parallel_size;
     config.enable_expert_parallel = o.enable_expert_parallel;
     config.validate();
@@ -388,7 +404,7 @@ void run_bench_step(const StepOptions& o) {
         return;
     }
     K2_CHECK(o.device == "cuda",
-             "k2 bench step: -tp/-dcp/--enable-expert-parallel time the CUDA model (--device cuda)");
+             "k2 bench step: -tp/-dp/-dcp/--enable-expert-parallel time the CUDA model (--device cuda)");
     dist::GlooOptions base;
     base.master_addr = "127.0.0.1";
     base.master_port = free_port_pair(base.master_addr);
@@ -454,11 +470,14 @@ void add_bench_step_command(CLI::App& bench) {
     cmd->add_option("--tensor-parallel-size", o->tensor_parallel_size,
                     "TP size (-tp): ranks (processes, one GPU each); rank 0 reports")
         ->capture_default_str();
+    cmd->add_option("--data-parallel-size", o->data_parallel_size,
+                    "DP size (-dp): replicas of tp ranks each, running the same batches (world = dp x tp)")
+        ->capture_default_str();
     cmd->add_option("--decode-context-parallel-size", o->decode_context_parallel_size,
                     "DCP size (-dcp): the latent cache split by token over this many TP ranks")
         ->capture_default_str();
     cmd->add_flag("--enable-expert-parallel", o->enable_expert_parallel,
-                  "Routed experts held whole, spread over the TP ranks");
+                  "Routed experts held whole, spread over the TP ranks (and the DP replicas)");
     cmd->callback([o] { run_bench_step(*o); });
 }
 

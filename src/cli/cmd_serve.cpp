@@ -77,13 +77,13 @@ dist::ParallelConfig make_parallel_config(const ServeFlags& f) {
              "--data-parallel-backend must be mp or ray, got {}", f.data_parallel_backend);
     K2_CHECK(f.data_parallel_backend == "mp", "--data-parallel-backend ray is not supported; use mp (processes)");
     if (c.world_size() > 1) {
-        // GPUs: tensor parallelism over NCCL (and peer memory), one GPU per rank (rank % visible GPUs), with expert
-        // parallelism and decode context parallelism inside the TP group; the CUDA model refuses shards that miss
-        // its FP8 blocks. PP and DP on GPUs are not implemented yet.
-        K2_CHECK(f.options.device == "cpu" || (c.pipeline_parallel_size == 1 && c.data_parallel_size == 1),
-                 "--device cuda runs -tp with --enable-expert-parallel and -dcp inside it (got PP={} DP={}); the CPU "
+        // GPUs: tensor parallelism over NCCL (and peer memory), one GPU per rank (rank % visible GPUs), with decode
+        // context parallelism inside the TP group, DP replicas, and expert parallelism over the TP group or over
+        // every (dp, tp) rank; the CUDA model refuses shards that miss its FP8 blocks. PP on GPUs is not implemented.
+        K2_CHECK(f.options.device == "cpu" || c.pipeline_parallel_size == 1,
+                 "--device cuda runs -tp, -dp, --enable-expert-parallel and -dcp, not -pp (got PP={}); the CPU "
                  "backend (--device cpu) runs -tp/-pp/-dp/-dcp as one process per rank",
-                 c.pipeline_parallel_size, c.data_parallel_size);
+                 c.pipeline_parallel_size);
         K2_CHECK(f.options.test_scripted_output.empty(),
                  "--test-scripted-output runs without ranks; drop the parallel flags");
     }
@@ -206,6 +206,7 @@ void add_serve_command(CLI::App& app) {
     cmd->add_option("--max-num-queued-reqs", o.max_num_queued_reqs, "Waiting-queue bound; beyond it 503")
         ->capture_default_str();
     cmd->add_option("--scheduling-policy", o.scheduling_policy, "fcfs or priority")->capture_default_str();
+    cmd->add_flag("--async-scheduling", o.async_scheduling, "Schedule step k+1 while the model runs step k");
     cmd->add_option("--device", o.device, "cpu or cuda")->capture_default_str();
     cmd->add_option("--dtype", flags->dtype, "auto, bfloat16, half, float")->capture_default_str();
     cmd->add_option("-q,--quantization", flags->quantization, "fp8 (must agree with the checkpoint)");

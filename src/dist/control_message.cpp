@@ -1,5 +1,6 @@
 #include "dist/control_message.h"
 
+#include <bit>
 #include <cstring>
 #include <type_traits>
 
@@ -25,9 +26,22 @@ public:
     }
     template <typename T>
     void put_vector(const std::vector<T>& values) {
-        put<uint32_t>(static_cast<uint32_t>(values.size()));
-        for (T v : values) {
-            put<T>(v);
+        put_array(values.data(), values.size());
+    }
+    // u32 count, then the elements little-endian: on a little-endian host their memory as is (a step's logits are
+    // megabytes: byte-by-byte encoding cost tens of ms per DP step).
+    template <typename T>
+    void put_array(const T* values, size_t count) {
+        static_assert(std::is_integral_v<T>);
+        put<uint32_t>(static_cast<uint32_t>(count));
+        if constexpr (std::endian::native == std::endian::little) {
+            const auto* bytes = reinterpret_cast<const uint8_t*>(values);
+            m_bytes.reserve(m_bytes.size() + count * sizeof(T));
+            m_bytes.insert(m_bytes.end(), bytes, bytes + count * sizeof(T));  // no zero-fill pass first
+        } else {
+            for (size_t i = 0; i < count; ++i) {
+                put<T>(values[i]);
+            }
         }
     }
     void put_string(const std::string& s) {
@@ -64,10 +78,34 @@ public:
         K2_CHECK(count <= remaining() / sizeof(T), "control message: {} claims {} elements but only {} bytes remain",
                  field, count, remaining());
         std::vector<T> out(count);
-        for (uint32_t i = 0; i < count; ++i) {
-            out[i] = get<T>(field);
+        if constexpr (std::endian::native == std::endian::little) {
+            if (count > 0) {
+                std::memcpy(out.data(), m_bytes.data() + m_pos, count * sizeof(T));
+            }
+            m_pos += count * sizeof(T);
+        } else {
+            for (uint32_t i = 0; i < count; ++i) {
+                out[i] = get<T>(field);
+            }
         }
         return out;
+    }
+    // A u32 count of 4-byte elements, then their bits into `out` (resized): the logits' path, one copy.
+    void get_bits32(const char* field, std::vector<float>& out) {
+        const uint32_t count = get<uint32_t>(field);
+        K2_CHECK(count <= remaining() / 4, "control message: {} claims {} elements but only {} bytes remain", field,
+                 count, remaining());
+        out.resize(count);
+        if constexpr (std::endian::native == std::endian::little) {
+            if (count > 0) {
+                std::memcpy(out.data(), m_bytes.data() + m_pos, size_t{count} * 4);
+            }
+            m_pos += size_t{count} * 4;
+        } else {
+            for (uint32_t i = 0; i < count; ++i) {
+                out[i] = std::bit_cast<float>(get<uint32_t>(field));
+            }
+        }
     }
     std::string get_string(const char* field) {
         const uint32_t size = get<uint32_t>(field);
@@ -107,6 +145,7 @@ void write_payload(Writer& w, const StepPlan& m) {
     w.put_vector(b.block_tables);
     w.put_vector(b.slot_mapping);
     w.put_vector(b.logits_indices);
+    w.put_vector(b.dp_num_tokens);
 }
 void write_payload(Writer& w, const Shutdown& m) { w.put_string(m.reason); }
 void write_payload(Writer& w, const Heartbeat& m) {
@@ -127,17 +166,16 @@ void write_payload(Writer& w, const WorkerStatus& m) {
 }
 void write_payload(Writer& w, const StepResult& m) {
     K2_CHECK(m.rows >= 0 && m.cols >= 0 &&
-                 m.logits.size() == static_cast<size_t>(m.rows) * static_cast<size_t>(m.cols),
-             "StepResult: {} logits for [{}, {}]", m.logits.size(), m.rows, m.cols);
+                 m.logits.size() == (m.in_shared_memory ? 0 : static_cast<size_t>(m.rows) * static_cast<size_t>(m.cols)),
+             "StepResult: {} logits for [{}, {}]{}", m.logits.size(), m.rows, m.cols,
+             m.in_shared_memory ? " in shared memory" : "");
     w.put<uint64_t>(m.step_id);
     w.put<int32_t>(m.dp_rank);
     w.put<int32_t>(m.rows);
     w.put<int32_t>(m.cols);
-    std::vector<uint32_t> bits(m.logits.size());
-    if (!bits.empty()) {  // memcpy with an empty vector's null data() is undefined
-        std::memcpy(bits.data(), m.logits.data(), bits.size() * sizeof(uint32_t));
-    }
-    w.put_vector(bits);
+    static_assert(sizeof(float) == sizeof(uint32_t));
+    w.put_array(reinterpret_cast<const uint32_t*>(m.logits.data()), m.logits.size());  // IEEE-754 bit patterns
+    w.put<uint8_t>(m.in_shared_memory ? 1 : 0);
 }
 
 ControlType type_of(const ControlMessage& message) {
@@ -157,6 +195,7 @@ StepPlan read_step_plan(Reader& r) {
     b.block_tables = r.get_vector<int32_t>("block_tables");
     b.slot_mapping = r.get_vector<int64_t>("slot_mapping");
     b.logits_indices = r.get_vector<int32_t>("logits_indices");
+    b.dp_num_tokens = r.get_vector<int32_t>("dp_num_tokens");
     validate_forward_batch(b);
     return m;
 }
@@ -169,13 +208,11 @@ StepResult read_step_result(Reader& r) {
     m.cols = r.get<int32_t>("cols");
     K2_CHECK(m.dp_rank >= 0, "control message: StepResult dp_rank {} is negative", m.dp_rank);
     K2_CHECK(m.rows >= 0 && m.cols >= 0, "control message: StepResult shape [{}, {}] is negative", m.rows, m.cols);
-    const std::vector<uint32_t> bits = r.get_vector<uint32_t>("logits");
-    K2_CHECK(bits.size() == static_cast<size_t>(m.rows) * static_cast<size_t>(m.cols),
-             "control message: StepResult has {} logits for shape [{}, {}]", bits.size(), m.rows, m.cols);
-    m.logits.resize(bits.size());
-    if (!bits.empty()) {
-        std::memcpy(m.logits.data(), bits.data(), bits.size() * sizeof(uint32_t));
-    }
+    r.get_bits32("logits", m.logits);
+    m.in_shared_memory = r.get_bool("in_shared_memory");
+    const size_t expected = m.in_shared_memory ? 0 : static_cast<size_t>(m.rows) * static_cast<size_t>(m.cols);
+    K2_CHECK(m.logits.size() == expected, "control message: StepResult has {} logits for shape [{}, {}]{}",
+             m.logits.size(), m.rows, m.cols, m.in_shared_memory ? " in shared memory" : "");
     return m;
 }
 
@@ -226,17 +263,19 @@ void validate_forward_batch(const ForwardBatch& b) {
 }
 
 std::vector<uint8_t> encode_control_message(const ControlMessage& message) {
-    Writer payload;
-    std::visit([&](const auto& m) { write_payload(payload, m); }, message);
-    Writer frame;
+    Writer frame;  // header, then the payload written in place (no copy of a large payload)
     for (char c : kMagic) {
         frame.put<uint8_t>(static_cast<uint8_t>(c));
     }
     frame.put<uint16_t>(kControlVersion);
     frame.put<uint16_t>(static_cast<uint16_t>(type_of(message)));
-    frame.put<uint32_t>(static_cast<uint32_t>(payload.bytes().size()));
+    frame.put<uint32_t>(0);  // payload_bytes, patched below
+    std::visit([&](const auto& m) { write_payload(frame, m); }, message);
     std::vector<uint8_t> out = std::move(frame.bytes());
-    out.insert(out.end(), payload.bytes().begin(), payload.bytes().end());
+    const auto payload_bytes = static_cast<uint32_t>(out.size() - kControlHeaderBytes);
+    for (size_t i = 0; i < 4; ++i) {  // little-endian, as Writer::put
+        out[kControlHeaderBytes - 4 + i] = static_cast<uint8_t>(payload_bytes >> (8 * i));
+    }
     return out;
 }
 

@@ -19,7 +19,7 @@
 
 namespace k2::dist {
 
-inline constexpr uint16_t kControlVersion = 1;
+inline constexpr uint16_t kControlVersion = 2;
 inline constexpr size_t kControlHeaderBytes = 12;
 inline constexpr size_t kMaxControlStringBytes = 1 << 16;
 
@@ -74,13 +74,15 @@ struct WorkerStatus {
 };
 
 // DP leader of replica dp_rank (a worker) -> driver: the replica's float32 logits [rows, cols] of one
-// non-dummy step. Sent as IEEE-754 bit patterns (u32, little-endian).
+// non-dummy step. Sent as IEEE-754 bit patterns (u32, little-endian), or left in the replica's shared-memory
+// segment (logits_shm.h) when both processes share a host: then in_shared_memory and logits is empty.
 struct StepResult {
     uint64_t step_id = 0;
     int32_t dp_rank = 0;
     int32_t rows = 0;
     int32_t cols = 0;
-    std::vector<float> logits;  // [rows, cols]
+    std::vector<float> logits;  // [rows, cols], or empty
+    bool in_shared_memory = false;
 };
 
 // Variant order == ControlType order (type = index + 1).

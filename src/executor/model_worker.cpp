@@ -6,10 +6,12 @@
 #include <csignal>
 #include <cstdlib>
 #include <memory>
+#include <utility>
 
 #include "core/error.h"
 #include "core/log.h"
 #include "dist/gloo_communicator.h"
+#include "dist/logits_shm.h"
 #include "dist/worker_group.h"
 #include "executor/parallel_job.h"
 
@@ -69,6 +71,7 @@ void inject_test_failure(int rank) {
 struct LoadedShard {
     std::shared_ptr<dist::ParallelGroups> groups;
     std::unique_ptr<Model> model;
+    std::unique_ptr<dist::LogitsShm> logits_shm;  // a DP leader on the driver's host: where its logits go
 };
 
 LoadedShard load_shard(const dist::WorkerArgs& args, const ModelWorkerFlags& f) {
@@ -94,14 +97,17 @@ LoadedShard load_shard(const dist::WorkerArgs& args, const ModelWorkerFlags& f) 
     options.enforce_eager = f.enforce_eager;
     options.parallel = shard.groups;
     shard.model = load_model(f.model, options);
+    if (shard.groups->is_dp_leader() && shard.groups->coord.dp > 0) {
+        shard.logits_shm = dist::LogitsShm::open(dist::LogitsShm::name(args.control_port, shard.groups->coord.dp));
+    }
     inject_test_failure(args.rank);
     return shard;
 }
 
 // One StepPlan: every rank runs it; the DP leader of its replica returns the logits to the driver.
 void run_step(dist::WorkerControl& control, const LoadedShard& shard, const dist::StepPlan& plan) {
-    static const ForwardBatch kEmpty;
-    const Tensor logits = shard.model->forward(plan.is_dummy ? kEmpty : plan.batch);  // [num_logits, vocab]
+    // A dummy's batch is empty apart from dp_num_tokens (the step's expert exchange on GPUs).
+    const Tensor logits = shard.model->forward(plan.batch);  // [num_logits, vocab]
     if (!plan.is_dummy && shard.groups->is_dp_leader()) {
         dist::StepResult result;
         result.step_id = plan.step_id;
@@ -109,8 +115,13 @@ void run_step(dist::WorkerControl& control, const LoadedShard& shard, const dist
         result.rows = static_cast<int32_t>(logits.dim(0));
         result.cols = static_cast<int32_t>(logits.dim(1));
         const std::span<const float> values = logits.span<float>();
-        result.logits.assign(values.begin(), values.end());
-        control.send(result);
+        if (shard.logits_shm != nullptr) {
+            shard.logits_shm->write(values);
+            result.in_shared_memory = true;
+        } else {
+            result.logits.assign(values.begin(), values.end());
+        }
+        control.send(std::move(result));  // moved into the message: the logits are megabytes
     }
     control.set_step(plan.step_id);
 }

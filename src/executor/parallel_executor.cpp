@@ -4,6 +4,7 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -71,6 +72,15 @@ void ParallelExecutor::launch(FailureCallback on_failure) {
         c.decode_context_parallel_size, c.enable_expert_parallel ? "on" : "off", m_job.master_addr, m_job.master_port,
         m_job.master_addr, m_job.resolved_control_port());
     dist::WorkerGroupOptions options = group_options(m_job, m_spec);
+    // Before the workers start: a replica leader on this host finds its logits segment when it loads.
+    m_logits_shm.resize(static_cast<size_t>(c.data_parallel_size));
+    const std::vector<int> local = m_job.local_ranks();
+    for (int d = 1; d < c.data_parallel_size; ++d) {
+        if (std::find(local.begin(), local.end(), dist::rank_of(c, {d, 0, 0})) != local.end()) {
+            m_logits_shm[static_cast<size_t>(d)] =
+                dist::LogitsShm::create(dist::LogitsShm::name(m_job.resolved_control_port(), d));
+        }
+    }
     if (!options.remote_ranks.empty()) {
         K2_INFO("Waiting for ranks {} from other nodes (k2 serve --headless --data-parallel-start-rank ...)",
                 fmt::join(options.remote_ranks, ", "));
@@ -88,6 +98,11 @@ void ParallelExecutor::launch(FailureCallback on_failure) {
     model_options.parallel = m_groups;
     m_local = load_model(m_spec.model_dir, model_options);
     wait_loaded();
+    for (const std::unique_ptr<dist::LogitsShm>& shm : m_logits_shm) {
+        if (shm != nullptr) {
+            shm->unlink();  // every leader opened its segment while loading
+        }
+    }
     K2_INFO("All {} ranks loaded their shards", c.world_size());
 }
 
@@ -190,6 +205,10 @@ void ParallelExecutor::lead_step(std::unique_lock<std::mutex>& lock) {
 
 std::vector<Tensor> ParallelExecutor::run_world_step(const std::vector<const ForwardBatch*>& batches) {
     const uint64_t step = ++m_step_id;
+    std::vector<int32_t> num_tokens;  // ForwardBatch::dp_num_tokens: every replica, dummies included, learns them
+    for (const ForwardBatch* batch : batches) {
+        num_tokens.push_back(batch != nullptr ? batch->num_tokens() : 0);
+    }
     for (size_t d = 0; d < batches.size(); ++d) {
         dist::StepPlan plan;
         plan.step_id = step;
@@ -197,6 +216,7 @@ std::vector<Tensor> ParallelExecutor::run_world_step(const std::vector<const For
         if (!plan.is_dummy) {
             plan.batch = *batches[d];
         }
+        plan.batch.dp_num_tokens = num_tokens;
         for (int rank : m_job.replica_ranks(static_cast<int>(d))) {
             if (rank != 0) {
                 m_group->send_to(rank, plan);
@@ -211,7 +231,9 @@ std::vector<Tensor> ParallelExecutor::run_world_step(const std::vector<const For
     if (m_spec.model.num_threads > 0) {
         omp_set_num_threads(m_spec.model.num_threads);
     }
-    Tensor local = m_local->forward(batches[0] != nullptr ? *batches[0] : kEmpty);  // [num_logits, vocab]
+    ForwardBatch local_batch = batches[0] != nullptr ? *batches[0] : kEmpty;
+    local_batch.dp_num_tokens = num_tokens;
+    Tensor local = m_local->forward(local_batch);  // [num_logits, vocab]
     if (batches[0] != nullptr) {
         results[0] = std::move(local);
     }
@@ -225,9 +247,13 @@ std::vector<Tensor> ParallelExecutor::run_world_step(const std::vector<const For
 
 // Replica dp's logits of `step`, sent by its DP leader; results of other replicas read on the way are kept.
 Tensor ParallelExecutor::await_result(uint64_t step, int dp) {
-    auto to_tensor = [](const dist::StepResult& r) {
+    auto to_tensor = [&](const dist::StepResult& r) {
         Tensor logits = Tensor::zeros(DType::F32, {r.rows, r.cols});  // [num_logits, vocab]
-        if (!r.logits.empty()) {  // memcpy from an empty vector's null data() is undefined
+        if (r.in_shared_memory) {
+            dist::LogitsShm* shm = m_logits_shm[static_cast<size_t>(dp)].get();
+            K2_CHECK(shm != nullptr, "DP replica {} left its logits in shared memory this process did not create", dp);
+            shm->read(logits.span<float>());
+        } else if (!r.logits.empty()) {  // memcpy from an empty vector's null data() is undefined
             std::memcpy(logits.data_as<float>(), r.logits.data(), r.logits.size() * sizeof(float));
         }
         return logits;

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "dist/logits_shm.h"
 #include "dist/worker_group.h"
 #include "executor/parallel_job.h"
 #include "model/model.h"
@@ -77,6 +78,9 @@ private:
     std::unique_ptr<Model> m_local;  // rank 0's shard
     uint64_t m_step_id = 0;
     std::vector<dist::StepResult> m_early_results;  // results read while waiting for another replica's
+    // [num_replicas]: the segment replica d's leader leaves its logits in; null for replica 0 (this process) and for
+    // leaders on other hosts.
+    std::vector<std::unique_ptr<dist::LogitsShm>> m_logits_shm;
 
     std::mutex m_mutex;
     std::condition_variable m_cv;

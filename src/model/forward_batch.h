@@ -2,6 +2,7 @@
 // and consumed by Model::forward. Sequences are laid out back to back in token order.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -16,6 +17,17 @@ struct ForwardBatch {
     int32_t max_blocks_per_seq = 0;
     std::vector<int64_t> slot_mapping;    // [num_tokens] block_id * block_size + offset of each new token
     std::vector<int32_t> logits_indices;  // [num_logits] rows of token_ids whose logits are returned
+    // Data + expert parallelism on GPUs: [dp] every DP replica's token count in this world step (set by the
+    // executor on every replica's batch, an empty dummy's too). The CUDA model pads its expert exchange to the
+    // largest and keeps the padding rows away from the experts, without a collective to learn them; empty elsewhere.
+    std::vector<int32_t> dp_num_tokens;
+    int32_t dp_padded_tokens() const {  // the largest of dp_num_tokens (0 when empty)
+        int32_t most = 0;
+        for (const int32_t n : dp_num_tokens) {
+            most = std::max(most, n);
+        }
+        return most;
+    }
 
     int num_tokens() const { return static_cast<int>(token_ids.size()); }
     int num_seqs() const { return static_cast<int>(seq_lens.size()); }

@@ -25,6 +25,7 @@ StepPlan sample_plan() {
     b.block_tables = {5, -1, -1, 7, 8, 9};
     b.slot_mapping = {80, 81, 82, (int64_t{9} << 32) + 8};
     b.logits_indices = {2, 3};
+    b.dp_num_tokens = {4, 6};
     return plan;
 }
 
@@ -41,10 +42,15 @@ TEST(ControlMessage, RoundTripsEveryType) {
     EXPECT_EQ(back.batch.block_tables, plan.batch.block_tables);
     EXPECT_EQ(back.batch.slot_mapping, plan.batch.slot_mapping);
     EXPECT_EQ(back.batch.logits_indices, plan.batch.logits_indices);
+    EXPECT_EQ(back.batch.dp_num_tokens, (std::vector<int32_t>{4, 6}));
+    EXPECT_EQ(back.batch.dp_padded_tokens(), 6);
 
-    StepPlan dummy;
+    StepPlan dummy;  // an idle DP replica still learns the replicas' token counts (GPU expert exchange)
     dummy.is_dummy = true;
-    EXPECT_TRUE(std::get<StepPlan>(decode_control_message(encode_control_message(dummy))).is_dummy);
+    dummy.batch.dp_num_tokens = {16, 0};
+    const StepPlan dummy_back = std::get<StepPlan>(decode_control_message(encode_control_message(dummy)));
+    EXPECT_TRUE(dummy_back.is_dummy);
+    EXPECT_EQ(dummy_back.batch.dp_num_tokens, (std::vector<int32_t>{16, 0}));
 
     EXPECT_EQ(std::get<Shutdown>(decode_control_message(encode_control_message(Shutdown{"bye"}))).reason, "bye");
     const Heartbeat hb = std::get<Heartbeat>(decode_control_message(encode_control_message(Heartbeat{3, 4242, 17})));
@@ -60,7 +66,7 @@ TEST(ControlMessage, RoundTripsEveryType) {
 
 // The layout documented in control_message.h, written out by hand (not by our encoder).
 TEST(ControlMessage, DecodesTheDocumentedLayout) {
-    const std::vector<uint8_t> frame = {'K', '2', 'C', 'M', 1, 0, 3, 0, 16, 0, 0, 0,  // header: v1, Heartbeat, 16
+    const std::vector<uint8_t> frame = {'K', '2', 'C', 'M', 2, 0, 3, 0, 16, 0, 0, 0,  // header: v2, Heartbeat, 16
                                         2, 0, 0, 0,                                  // rank 2
                                         0x39, 0x30, 0, 0,                            // pid 12345
                                         7, 0, 0, 0, 0, 0, 0, 1};                     // step 2^56 + 7
@@ -88,8 +94,8 @@ TEST(ControlMessage, RejectsMalformedFrames) {
     bad[0] = 'X';
     expect_rejected(bad, "bad magic");
     bad = good;
-    bad[4] = 2;
-    expect_rejected(bad, "version 2");
+    bad[4] = 1;  // the encoding before dp_num_tokens
+    expect_rejected(bad, "version 1");
     bad = good;
     bad[6] = 99;
     expect_rejected(bad, "unknown type 99");

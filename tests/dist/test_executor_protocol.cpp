@@ -3,6 +3,8 @@
 // of a parallel job (which ranks a node hosts, which are remote) against vLLM's layout rule written out here.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -11,6 +13,7 @@
 #include "core/error.h"
 #include "dist/control_channel.h"
 #include "dist/control_message.h"
+#include "dist/logits_shm.h"
 #include "executor/parallel_job.h"
 #include "multiprocess.h"
 
@@ -58,23 +61,33 @@ TEST(ExecutorMessages, RoundTrip) {
         std::get<StepResult>(decode_control_message(encode_control_message(StepResult{5, 2, 0, 8, {}})));
     EXPECT_EQ(none.rows, 0);
     EXPECT_EQ(none.cols, 8);
+    // Logits left in shared memory: only the shape travels; a message that carries values as well is refused.
+    StepResult shm{6, 1, 16, 163840, {}, true};
+    const StepResult shm_back = std::get<StepResult>(decode_control_message(encode_control_message(shm)));
+    EXPECT_TRUE(shm_back.in_shared_memory);
+    EXPECT_EQ(shm_back.rows, 16);
+    EXPECT_TRUE(shm_back.logits.empty());
+    shm.logits = {1.0f};
+    EXPECT_THROW(encode_control_message(shm), Error);
     EXPECT_TRUE(none.logits.empty());
 }
 
-// docs/parallelism.md: StepResult (7) = u64 step_id | i32 dp_rank | i32 rows | i32 cols | u32[] logits bits.
+// docs/parallelism.md: StepResult (7) = u64 step_id | i32 dp_rank | i32 rows | i32 cols | u32[] logits bits |
+// u8 in_shared_memory.
 TEST(ExecutorMessages, DecodesTheDocumentedLayout) {
-    const std::vector<uint8_t> frame = {'K', '2', 'C',  'M',  1, 0, 7, 0,   32, 0, 0, 0,  // v1, StepResult, 32 bytes
+    const std::vector<uint8_t> frame = {'K', '2', 'C',  'M',  2, 0, 7, 0,   33, 0, 0, 0,  // v2, StepResult, 33 bytes
                                         9,   0,   0,    0,    0, 0, 0, 0,                 // step 9
                                         1,   0,   0,    0,                                // dp_rank 1
                                         1,   0,   0,    0,    2, 0, 0, 0,                 // [1, 2]
                                         2,   0,   0,    0,                                // two values
-                                        0,   0,   0x80, 0x3f, 0, 0, 0, 0xc0};             // 1.0f, -2.0f
+                                        0,   0,   0x80, 0x3f, 0, 0, 0, 0xc0,              // 1.0f, -2.0f
+                                        0};                                               // in the message
     const StepResult r = std::get<StepResult>(decode_control_message(frame));
     EXPECT_EQ(r.step_id, 9u);
     EXPECT_EQ(r.dp_rank, 1);
     EXPECT_EQ(r.logits, (std::vector<float>{1.0f, -2.0f}));
     EXPECT_EQ(encode_control_message(r), frame);
-    const std::vector<uint8_t> allocate = {'K', '2', 'C', 'M', 1, 0, 5, 0, 4, 0, 0, 0, 0x10, 0x27, 0, 0};
+    const std::vector<uint8_t> allocate = {'K', '2', 'C', 'M', 2, 0, 5, 0, 4, 0, 0, 0, 0x10, 0x27, 0, 0};
     EXPECT_EQ(std::get<AllocateKv>(decode_control_message(allocate)).num_blocks, 10000);
 }
 
@@ -85,7 +98,7 @@ TEST(ExecutorMessages, RejectsMalformedFrames) {
     bad = encode_control_message(sample_result());
     bad[12 + 8 + 3] = 0x80;  // dp_rank negative
     expect_rejected(bad, "dp_rank");
-    expect_rejected({'K', '2', 'C', 'M', 1, 0, 5, 0, 4, 0, 0, 0, 0, 0, 0, 0}, "num_blocks must be positive");
+    expect_rejected({'K', '2', 'C', 'M', 2, 0, 5, 0, 4, 0, 0, 0, 0, 0, 0, 0}, "num_blocks must be positive");
     std::vector<uint8_t> status = encode_control_message(WorkerStatus{1, true, ""});
     status[12 + 4] = 2;
     expect_rejected(status, "loaded must be 0 or 1");
@@ -164,6 +177,36 @@ TEST(ParallelJob, NodeRankSets) {
     EXPECT_THROW(job.validate(), Error);  // 12 ranks do not split over 5 nodes
     EXPECT_EQ(executor::describe_rank(job.config, 6),
               "rank 6 in world size 12 is assigned as DP rank 1, PP rank 1, TP rank 0, DCP rank 0, EP rank 0");
+}
+
+// The driver's segment is what a worker on the same host opens; the logits arrive bit exact, the segment grows with a
+// larger step, a missing segment (another host) opens as null, and the name goes when the driver unlinks it.
+TEST(LogitsShm, CarriesLogitsBetweenProcessesOfOneHost) {
+    const std::string name = LogitsShm::name(getpid() % 50000 + 10000, 3);
+    EXPECT_EQ(LogitsShm::open(name), nullptr);
+    std::unique_ptr<LogitsShm> driver = LogitsShm::create(name);
+    ASSERT_NE(driver, nullptr);
+    std::vector<float> small = {1.5f, -0.0f, INFINITY, 3.0e38f};
+    std::vector<float> large(200000);
+    for (size_t i = 0; i < large.size(); ++i) {
+        large[i] = static_cast<float>(i) * 0.25f - 7.0f;
+    }
+    const std::string failures = testing::run_ranks(1, [&](int, int) {
+        std::unique_ptr<LogitsShm> worker = LogitsShm::open(name);
+        K2_CHECK(worker != nullptr, "the worker did not find the driver's segment");
+        worker->write(small);
+        worker->write(large);  // grows the segment (the driver reads after both: the larger one wins)
+    });
+    ASSERT_EQ(failures, "");
+    std::vector<float> got(large.size());
+    driver->read(got);
+    EXPECT_EQ(std::memcmp(got.data(), large.data(), large.size() * sizeof(float)), 0);
+    std::vector<float> too_many(large.size() + 1);
+    EXPECT_THROW(driver->read(too_many), Error);  // more than was written
+    driver->unlink();  // once the workers have it open: the name goes, the driver's mapping stays
+    EXPECT_EQ(LogitsShm::open(name), nullptr);
+    driver->read(got);
+    EXPECT_EQ(got[1000], large[1000]);
 }
 
 }  // namespace

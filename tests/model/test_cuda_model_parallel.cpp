@@ -1,6 +1,7 @@
 // Tensor parallelism of the CUDA model runner (issues 9 and 10): TP = 2 ranks, each a separate process holding half
 // the heads, intermediate dimensions and vocabulary, reproduce the single-rank CUDA model's logits; likewise with
-// expert parallelism over the TP group and with decode context parallelism (TP 2 x DCP 2). The ranks share
+// expert parallelism over the TP group, with decode context parallelism (TP 2 x DCP 2), and with two DP replicas
+// sharing their experts (DP 2 x TP 1 and 2 with expert parallelism). The ranks share
 // GPU 0 and sum their sublayer outputs through host memory over Gloo (K2_TP_COMM=host), so the sharded forward is
 // checked on a one-GPU machine; on several GPUs the same code runs over NCCL, one GPU per rank.
 //
@@ -198,6 +199,23 @@ void write_floats(const std::filesystem::path& f, const std::vector<float>& v) {
         .write(reinterpret_cast<const char*>(v.data()), static_cast<std::streamsize>(v.size() * 4));
 }
 
+constexpr int64_t kVocab = 4096;
+
+// Row-by-row agreement of `got` with the single-rank `ref` (both [rows, kVocab]), appended to `a` (unsorted).
+void add_rows(Agreement& a, const std::vector<float>& ref, const std::vector<float>& got) {
+    for (size_t r = 0; r < ref.size() / kVocab; ++r) {
+        const float* t = got.data() + r * kVocab;
+        const float* b = ref.data() + r * kVocab;
+        a.cos.push_back(cosine(t, b, kVocab));
+        std::vector<float> top(b, b + kVocab);
+        std::partial_sort(top.begin(), top.begin() + 2, top.end(), std::greater<float>());
+        if (top[0] - top[1] > 0.5f) {
+            ++a.confident;
+            a.agree += std::max_element(t, t + kVocab) - t == std::max_element(b, b + kVocab) - b ? 1 : 0;
+        }
+    }
+}
+
 // How the two ranks split the model: TP = 2 over `comm` (host or nccl), optionally with expert parallelism over
 // the TP group or decode context parallelism.
 struct Split {
@@ -240,22 +258,11 @@ Agreement compare_tp(const std::filesystem::path& dir, const Split& split = {}) 
     K2_CHECK(failures.empty(), "tp={} ranks failed: {}", split.tp, failures);
     const std::vector<float> ref = read_floats(ref_file);
     const std::vector<float> tp = read_floats(tp_file);
-    const int64_t vocab = 4096;
     const int rows_per_prompt = split.chunked ? kChunkedLen : kPromptLen;
-    K2_CHECK(ref.size() == static_cast<size_t>(kNumPrompts * rows_per_prompt * vocab) && tp.size() == ref.size(),
+    K2_CHECK(ref.size() == static_cast<size_t>(kNumPrompts * rows_per_prompt * kVocab) && tp.size() == ref.size(),
              "logits sizes {} and {}", ref.size(), tp.size());
     Agreement a;
-    for (size_t r = 0; r < ref.size() / vocab; ++r) {
-        const float* t = tp.data() + r * vocab;
-        const float* b = ref.data() + r * vocab;
-        a.cos.push_back(cosine(t, b, vocab));
-        std::vector<float> top(b, b + vocab);
-        std::partial_sort(top.begin(), top.begin() + 2, top.end(), std::greater<float>());
-        if (top[0] - top[1] > 0.5f) {
-            ++a.confident;
-            a.agree += std::max_element(t, t + vocab) - t == std::max_element(b, b + vocab) - b ? 1 : 0;
-        }
-    }
+    add_rows(a, ref, tp);
     std::sort(a.cos.begin(), a.cos.end());
     std::printf(
         "%s tp%d%s%s%s (%s) vs tp1: %zu rows, median cosine %.6f, min %.6f, >= 0.995: %.3f, argmax agree "
@@ -352,6 +359,119 @@ TEST_F(CudaTensorParallel, FourGpus) {
         EXPECT_GE(a.median(), 0.999);
         EXPECT_GE(a.cos.front(), 0.995);
         EXPECT_EQ(a.agree, a.confident);
+    }
+}
+
+// Data parallelism with expert parallelism over every (dp, tp) rank (vLLM's -dp N --enable-expert-parallel): the
+// replicas run different sequences in lockstep world steps, and the MoE layers route every replica's tokens through
+// experts spread over all ranks (all-gather / reduce-scatter padded to the step's largest replica). Replica d runs
+// one sequence: a prefill of kDpPrefill[d] tokens, then one-token decode steps; a replica with no work in a step
+// joins it as a dummy (empty batch, padded size only). Each replica's logits must match the single-rank run of its
+// own sequence with the MoE statistics above; a token routed to the wrong replica, a dropped or doubled expert
+// partial, or a dummy that skipped an exchange (a hang, caught by the timeout) fails it.
+constexpr int kDpSteps = 9;
+constexpr int kDpPrefill[2] = {40, 23};
+
+// Replica d's new tokens at step s (empty: a dummy step). Replica 0 decodes at steps 1-6 and idles at 7-8; replica 1
+// decodes at steps 1-3, idles at 4-6 and decodes again at 7-8.
+std::vector<int32_t> dp_step_tokens(int d, int s) {
+    const std::vector<int32_t> ids = prompt(d + 4);
+    if (s == 0) {
+        return std::vector<int32_t>(ids.begin(), ids.begin() + kDpPrefill[d]);
+    }
+    const bool busy = d == 0 ? s <= 6 : s <= 3 || s >= 7;
+    return busy ? std::vector<int32_t>{(d * 31 + s * 577 + 5) % 3800} : std::vector<int32_t>{};
+}
+
+// Replica d's logits over the script ([rows, vocab], rows appended), with each step's replica token counts when
+// dp_padded.
+std::vector<float> run_dp_script(Model& model, int d, bool dp_padded) {
+    const std::vector<int32_t> blocks = {0, 1};
+    model.allocate_kv_cache(2);
+    std::vector<float> out;
+    int cached = 0;
+    for (int s = 0; s < kDpSteps; ++s) {
+        const std::vector<int32_t> tokens = dp_step_tokens(d, s);
+        ForwardBatch b;
+        if (!tokens.empty()) {
+            const SequenceChunk chunk{tokens, cached, blocks, true};
+            b = build_forward_batch({&chunk, 1});
+            cached += static_cast<int>(tokens.size());
+        } else if (!dp_padded) {
+            continue;  // the single-rank reference has no dummy steps
+        }
+        if (dp_padded) {
+            b.dp_num_tokens = {static_cast<int32_t>(dp_step_tokens(0, s).size()),
+                               static_cast<int32_t>(dp_step_tokens(1, s).size())};
+        }
+        const Tensor logits = model.forward(b);  // [rows, vocab]
+        out.insert(out.end(), logits.data_as<float>(), logits.data_as<float>() + logits.numel());
+    }
+    return out;
+}
+
+Agreement compare_dp(const std::filesystem::path& dir, const char* comm, int tp) {
+    constexpr int kDp = 2;
+    K2_CHECK(in_child([&] {
+                 std::unique_ptr<Model> model = load(dir, nullptr);
+                 for (int d = 0; d < kDp; ++d) {
+                     write_floats(dir / fmt::format("dp_ref{}.f32", d), run_dp_script(*model, d, false));
+                 }
+                 return 0;
+             }) == 0,
+             "the single-rank run failed");
+    setenv("K2_TP_COMM", comm, 1);
+    const std::string failures = dist::testing::run_ranks(
+        kDp * tp,
+        [&](int rank, int port) {
+            dist::ParallelConfig config;
+            config.tensor_parallel_size = tp;
+            config.data_parallel_size = kDp;
+            config.enable_expert_parallel = true;
+            dist::GlooOptions base;
+            base.master_port = port;
+            base.timeout = std::chrono::milliseconds(120000);
+            std::shared_ptr<dist::ParallelGroups> groups = dist::make_gloo_groups(config, rank, base);
+            const int d = groups->coord.dp;
+            const bool leader = groups->is_dp_leader();
+            const std::vector<float> logits = run_dp_script(*load(dir, std::move(groups)), d, true);
+            if (leader) {
+                write_floats(dir / fmt::format("dp_got{}.f32", d), logits);
+            }
+        },
+        std::chrono::seconds(300));
+    unsetenv("K2_TP_COMM");
+    K2_CHECK(failures.empty(), "dp={} tp={} ranks failed: {}", kDp, tp, failures);
+    Agreement a;
+    for (int d = 0; d < kDp; ++d) {
+        const std::vector<float> ref = read_floats(dir / fmt::format("dp_ref{}.f32", d));
+        const std::vector<float> got = read_floats(dir / fmt::format("dp_got{}.f32", d));
+        const size_t rows = static_cast<size_t>(kDpPrefill[d]) + (d == 0 ? 6 : 5);
+        K2_CHECK(ref.size() == rows * kVocab && got.size() == ref.size(), "replica {}: logits sizes {} and {}", d,
+                 ref.size(), got.size());
+        add_rows(a, ref, got);
+    }
+    std::sort(a.cos.begin(), a.cos.end());
+    std::printf("%s dp%d tp%d ep (%s) vs tp1: %zu rows, median cosine %.6f, min %.6f, >= 0.995: %.3f, argmax agree "
+                "%d/%d\n",
+                dir.filename().c_str(), kDp, tp, comm, a.cos.size(), a.median(), a.cos.front(),
+                a.fraction_at_least(0.995), a.agree, a.confident);
+    return a;
+}
+
+// Host-staged exchanges: every rank on GPU 0 of a one-GPU machine.
+TEST_F(CudaTensorParallel, DataExpertParallelMatchesStatistically) {
+    expect_moe_agreement(compare_dp(s_dir, "host", 1));
+    expect_moe_agreement(compare_dp(s_dir, "host", 2));  // DP 2 x TP 2: each TP rank sends half its replica's tokens
+}
+
+TEST_F(CudaTensorParallel, DataExpertParallelNcclAcrossGpus) {
+    if (s_gpus < 2) {
+        GTEST_SKIP() << s_gpus << " CUDA device(s): the NCCL data + expert parallel test needs 2 GPUs";
+    }
+    expect_moe_agreement(compare_dp(s_dir, "nccl", 1));
+    if (s_gpus >= 4) {
+        expect_moe_agreement(compare_dp(s_dir, "auto", 2));  // TP all-reduce on peer memory, exchange on NCCL
     }
 }
 

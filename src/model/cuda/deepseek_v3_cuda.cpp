@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <fmt/ranges.h>
+
 #include "backend/cpu/rope.h"
 #include "backend/cuda/fp8_quant.h"
 #include "backend/cuda/mla_decode.h"
@@ -71,26 +73,31 @@ void check_tp_blocks(const ModelConfig& f, int tp) {
 // Tensor parallelism (vLLM's -tp) on GPUs: each rank holds a slice of the heads, of the dense/shared/expert
 // intermediate dimension and of the vocabulary (deepseek_v3_shard.h), on GPU rank % device_count, and the
 // sublayer outputs are summed by an all-reduce. Shards must fall on the 128x128 FP8 blocks (true for Kimi-K2 and
-// DeepSeek-V3 up to tp 16). PP, DCP and expert parallelism on GPUs are not implemented yet.
+// DeepSeek-V3 up to tp 16). Data parallelism runs one replica per TP group; with expert parallelism the replicas
+// share their experts through moe_over_dp. PP on GPUs is not implemented yet.
 void DeepseekV3CudaModel::setup_tensor_parallel(const ModelOptions& options) {
     if (options.parallel == nullptr || options.parallel->config.is_single()) {
         return;
     }
     const dist::ParallelConfig& p = options.parallel->config;
-    K2_CHECK(p.pipeline_parallel_size == 1 && p.data_parallel_size == 1,
-             "--device cuda: tensor parallelism (with --enable-expert-parallel and -dcp over it) is what runs on "
-             "GPUs so far (got pp {}, dp {})",
-             p.pipeline_parallel_size, p.data_parallel_size);
+    K2_CHECK(p.pipeline_parallel_size == 1,
+             "--device cuda: pipeline parallelism does not run on GPUs yet (got pp {}); -tp, -dp, "
+             "--enable-expert-parallel and -dcp do",
+             p.pipeline_parallel_size);
     const int tp = p.tensor_parallel_size;
     const ModelConfig& f = m_full_config;
-    check_tp_blocks(f, tp);
+    if (tp > 1) {
+        check_tp_blocks(f, tp);
+    }
     const int device = options.parallel->rank % cuda::cuda_device_count();
     CUDA_CHECK(cudaSetDevice(device));
     const char* kind = std::getenv("K2_TP_COMM");
     const std::string comm_kind = kind != nullptr ? kind : "auto";
-    m_tp = cuda_model::make_tp_comm(comm_kind, options.parallel->tp, device);
-    if (!m_tp->graph_capturable()) {
-        m_options.enforce_eager = true;
+    if (tp > 1) {
+        m_tp = cuda_model::make_tp_comm(comm_kind, options.parallel->tp, device);
+        if (!m_tp->graph_capturable()) {
+            m_options.enforce_eager = true;
+        }
     }
     const ShardLayout layout = make_shard_layout(f, options.parallel.get());
     m_config.num_attention_heads = layout.num_heads;
@@ -99,6 +106,16 @@ void DeepseekV3CudaModel::setup_tensor_parallel(const ModelOptions& options) {
     // experts keep the full intermediate size; the shared experts stay split like a dense MLP (their DeviceLinear
     // shapes come from the sliced weights). Each rank's partial MoE output joins the same all-reduce.
     m_config.moe_intermediate_size = layout.expert_parallel ? f.moe_intermediate_size : f.moe_intermediate_size / tp;
+    if (layout.expert_parallel && p.data_parallel_size > 1) {
+        m_ep = cuda_model::make_tp_comm(comm_kind == "host" ? "host" : "nccl", options.parallel->ep, device);
+        m_tp_rank = layout.tp_rank;
+        m_tp_size = tp;
+        m_dp_rank = options.parallel->coord.dp;
+        m_dp_size = p.data_parallel_size;
+        m_dp_max_tokens = std::max(options.max_num_tokens, 1);
+        // A graph would bake one padded exchange size into every replica's capture.
+        m_options.enforce_eager = true;
+    }
     if (layout.dcp_size > 1) {
         int sms = 0;
         CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
@@ -111,10 +128,15 @@ void DeepseekV3CudaModel::setup_tensor_parallel(const ModelOptions& options) {
     m_vocab_begin = layout.vocab_begin;
     m_vocab_local = layout.vocab_size;
     m_logits_rank = options.parallel->is_dp_leader();
-    K2_INFO("CUDA model: tensor-parallel rank {}/{} on GPU {} ({} heads, vocabulary rows {}..{}, {} all-reduce{})",
-            layout.tp_rank, tp, device, layout.num_heads, m_vocab_begin, m_vocab_begin + m_vocab_local, m_tp->name(),
-            layout.expert_parallel ? fmt::format(", routed experts {}..{} whole", layout.expert_begin,
-                                                 layout.expert_begin + layout.num_experts)
+    K2_INFO("CUDA model: DP rank {}/{}, tensor-parallel rank {}/{} on GPU {} ({} heads, vocabulary rows {}..{}{}{})",
+            options.parallel->coord.dp, p.data_parallel_size, layout.tp_rank, tp, device, layout.num_heads,
+            m_vocab_begin, m_vocab_begin + m_vocab_local,
+            m_tp != nullptr ? fmt::format(", {} all-reduce", m_tp->name()) : std::string(),
+            layout.expert_parallel ? fmt::format(", routed experts {}..{} whole{}", layout.expert_begin,
+                                                 layout.expert_begin + layout.num_experts,
+                                                 m_ep != nullptr ? fmt::format(" (exchange over {} ranks, {})",
+                                                                               m_ep->size(), m_ep->name())
+                                                                 : std::string())
                                    : std::string());
     if (m_dcp != nullptr) {
         K2_INFO("CUDA model: decode context parallel rank {}/{}: {} of every 64 KV tokens here (CUDA graphs off)",
@@ -144,9 +166,11 @@ DeepseekV3CudaModel::DeepseekV3CudaModel(ModelConfig config, Checkpoint checkpoi
              c.qk_rope_head_dim);
     {
         DeepseekV3Weights host = load_deepseek_v3_weights(checkpoint, m_full_config);
-        if (m_tp != nullptr) {
+        if (options.parallel != nullptr && !options.parallel->config.is_single()) {
             shard_weights(host, m_full_config, make_shard_layout(m_full_config, options.parallel.get()));
-            host.embed_tokens = with_zero_row(host.embed_tokens);
+            if (m_tp != nullptr) {
+                host.embed_tokens = with_zero_row(host.embed_tokens);
+            }
         }
         m_weights = cuda_model::upload_weights(host, c);
     }
@@ -156,7 +180,10 @@ DeepseekV3CudaModel::DeepseekV3CudaModel(ModelConfig config, Checkpoint checkpoi
     CUDA_CHECK(cudaDeviceGetAttribute(&m_num_sms, cudaDevAttrMultiProcessorCount, device));
     m_fp8 = std::make_unique<cuda::Fp8GemmRunner>();
     m_bf16 = std::make_unique<cuda::Bf16GemmRunner>();
-    m_ws = std::make_unique<cuda_model::Workspace>(c, std::max(options.max_num_tokens, 1));
+    // With DP + EP the MoE runs on every replica's tokens: ep ranks x a 1/tp slice of up to max_num_tokens each.
+    const int64_t step_tokens = std::max(options.max_num_tokens, 1);
+    m_ws = std::make_unique<cuda_model::Workspace>(
+        c, m_ep != nullptr ? m_ep->size() * ((step_tokens + m_tp_size - 1) / m_tp_size) : step_tokens);
     m_batch = std::make_unique<StepBatch>();
     if (const int lanes = cuda_model::MoePrefillLanes::lanes_from_env(); lanes > 1 && c.n_routed_experts > 0) {
         m_moe_lanes = std::make_unique<cuda_model::MoePrefillLanes>(lanes, c, m_ws->capacity);
@@ -218,11 +245,15 @@ DeepseekV3CudaModel::~DeepseekV3CudaModel() {
     for (cudaEvent_t e : m_comm_events) {
         cudaEventDestroy(e);
     }
+    for (cudaEvent_t e : m_ep_events) {
+        cudaEventDestroy(e);
+    }
     if (m_stream != nullptr) {
         cudaStreamSynchronize(m_stream);
     }
     // The communicators were last given m_stream: they go first (their teardown may wait on their stream).
     m_dcp.reset();
+    m_ep.reset();
     m_tp.reset();
     if (m_stream != nullptr) {
         cudaStreamDestroy(m_stream);
@@ -253,7 +284,9 @@ size_t DeepseekV3CudaModel::kv_cache_budget_bytes(double gpu_memory_utilization)
     size_t total_bytes = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     const double allowed = gpu_memory_utilization * static_cast<double>(total_bytes);
-    const double used = static_cast<double>(total_bytes - free_bytes) + static_cast<double>(m_cache.num_bytes());
+    // A cache allocated earlier is replaced by the next one: its bytes count as free (asked again, e.g. for the
+    // next DP replica, the answer stays the same).
+    const double used = static_cast<double>(total_bytes - free_bytes) - static_cast<double>(m_cache.num_bytes());
     // At least 1: 0 would read as "this model has no device budget" (Model::kv_cache_budget_bytes).
     return allowed > used + 1.0 ? static_cast<size_t>(allowed - used) : 1;
 }
@@ -299,6 +332,17 @@ void DeepseekV3CudaModel::upload_batch(const ForwardBatch& b, StepBatch& d, int 
         upload_async(d.block_tables, b.block_tables, m_stream);
     }
     upload_async(d.logits_indices, b.logits_indices, m_stream);
+    if (m_ep != nullptr) {  // eager only: where moe_over_dp puts this rank's slice of the tokens back
+        const int64_t t_count = b.num_tokens();
+        const int64_t begin = t_count * m_tp_rank / m_tp_size;
+        const int64_t end = t_count * (m_tp_rank + 1) / m_tp_size;
+        std::vector<int32_t> rows(static_cast<size_t>(t_count));  // [T]
+        for (int64_t t = 0; t < t_count; ++t) {
+            rows[static_cast<size_t>(t)] = t >= begin && t < end ? static_cast<int32_t>(t - begin) : -1;
+        }
+        upload_async(m_ep_rows_pair, rows, m_stream);
+        upload_async(m_ep_rows_weight, std::vector<float>(static_cast<size_t>(t_count), 1.0f), m_stream);
+    }
     if (table_pitch == 0 && m_dcp == nullptr) {  // graph batches (and DCP) use the absorbed kernels only
         cuda_model::prepare_mla_prefill(b, m_config, m_ws->ctx_capacity, d, m_stream);
     }
@@ -339,8 +383,10 @@ void DeepseekV3CudaModel::check_batch(const ForwardBatch& b) const {
              "CUDA model: a step of {} tokens exceeds the {} the activations were sized for (--max-num-batched-tokens)",
              b.num_tokens(), m_ws->capacity);
     K2_CHECK(m_num_blocks > 0 || b.num_tokens() == 0, "forward: the KV cache is not allocated");
-    K2_CHECK(b.query_start.size() == static_cast<size_t>(b.num_seqs() + 1) &&
-                 b.block_tables.size() == static_cast<size_t>(b.num_seqs()) * static_cast<size_t>(b.max_blocks_per_seq),
+    const bool empty = b.num_tokens() == 0 && b.num_seqs() == 0 && b.query_start.empty();  // ForwardBatch{}: a dummy
+    K2_CHECK(empty || (b.query_start.size() == static_cast<size_t>(b.num_seqs() + 1) &&
+                       b.block_tables.size() ==
+                           static_cast<size_t>(b.num_seqs()) * static_cast<size_t>(b.max_blocks_per_seq)),
              "forward batch: query_start/block_tables do not match {} sequences", b.num_seqs());
     for (const int32_t id : b.token_ids) {
         K2_CHECK(id >= 0 && id < m_config.vocab_size, "forward batch: token id {} outside the vocabulary of {}", id,
@@ -360,25 +406,68 @@ void DeepseekV3CudaModel::check_batch(const ForwardBatch& b) const {
 }
 
 Tensor DeepseekV3CudaModel::forward(const ForwardBatch& batch) {
+    submit(batch);
+    return collect();
+}
+
+// Enqueues the whole step, logits download included, on m_stream and returns without waiting for it: the engine
+// (--async-scheduling) builds the next step meanwhile. The uploads copy from pageable host memory, which CUDA stages
+// before cudaMemcpyAsync returns, so the caller may reuse `batch` at once.
+void DeepseekV3CudaModel::submit(const ForwardBatch& batch) {
+    K2_CHECK(!m_pending.has_value(), "CUDA model: submit called twice without collect");
     check_batch(batch);
     const auto num_rows = static_cast<int64_t>(batch.logits_indices.size());
+    if (m_ep != nullptr) {
+        K2_CHECK(batch.dp_num_tokens.size() == static_cast<size_t>(m_dp_size) &&
+                     batch.dp_num_tokens[static_cast<size_t>(m_dp_rank)] == batch.num_tokens() &&
+                     batch.dp_padded_tokens() <= m_dp_max_tokens,
+                 "forward batch: dp_num_tokens [{}] must hold the {} replicas' token counts (this one, {}, has {}), "
+                 "each within --max-num-batched-tokens {} (data + expert parallelism exchanges every replica's tokens)",
+                 fmt::join(batch.dp_num_tokens, ", "), m_dp_size, m_dp_rank, batch.num_tokens(), m_dp_max_tokens);
+        m_dp_tokens = batch.dp_num_tokens;
+    }
     if (batch.num_tokens() == 0) {
-        return Tensor::zeros(DType::F32, {num_rows, m_config.vocab_size});
+        if (m_ep != nullptr && batch.dp_padded_tokens() > 0) {
+            dp_dummy_step();
+        }
+        m_pending = Tensor::zeros(DType::F32, {num_rows, m_config.vocab_size});
+        return;
     }
     Tensor logits = host_logits(num_rows);  // [rows, vocab]
     if (const int graph_size = graph_size_for(batch); graph_size > 0) {
         run_graph(batch, graph_size);
         download_logits(0, num_rows, logits);
-        return m_logits_rank ? logits : Tensor::zeros(DType::F32, {0, m_config.vocab_size});
+    } else {
+        upload_batch(batch, *m_batch);
+        run_layers(*m_batch);
+        // Passes reuse ws.logits: stream order puts each pass's download before the next pass's lm_head.
+        for (int64_t r0 = 0; r0 < num_rows; r0 += cuda_model::kLogitsRowsPerPass) {
+            const int64_t n = std::min(cuda_model::kLogitsRowsPerPass, num_rows - r0);
+            logits_pass(*m_batch, r0, n);
+            download_logits(r0, n, logits);
+        }
     }
-    upload_batch(batch, *m_batch);
-    run_layers(*m_batch);
-    for (int64_t r0 = 0; r0 < num_rows; r0 += cuda_model::kLogitsRowsPerPass) {
-        const int64_t n = std::min(cuda_model::kLogitsRowsPerPass, num_rows - r0);
-        logits_pass(*m_batch, r0, n);
-        download_logits(r0, n, logits);
+    m_pending = m_logits_rank ? std::move(logits) : Tensor::zeros(DType::F32, {0, m_config.vocab_size});
+}
+
+// Waits for the step submit enqueued; its logits are then on the host.
+Tensor DeepseekV3CudaModel::collect() {
+    K2_CHECK(m_pending.has_value(), "CUDA model: collect called without submit");
+    Tensor logits = std::move(*m_pending);  // [rows, vocab]
+    m_pending.reset();
+    CUDA_CHECK(cudaStreamSynchronize(m_stream));
+    return logits;
+}
+
+// An idle DP replica under expert parallelism still holds experts the busy replicas' tokens are routed to: it joins
+// every MoE layer's exchange with an all-padding slice (nothing else of the layer runs).
+void DeepseekV3CudaModel::dp_dummy_step() {
+    for (int l = 0; l < m_config.num_hidden_layers; ++l) {
+        if (m_weights.layers[static_cast<size_t>(l)].is_moe) {
+            moe_over_dp(l, 0);
+        }
     }
-    return m_logits_rank ? logits : Tensor::zeros(DType::F32, {0, m_config.vocab_size});
+    CUDA_CHECK(cudaStreamSynchronize(m_stream));
 }
 
 void DeepseekV3CudaModel::run_layers(const StepBatch& b) {
@@ -475,6 +564,26 @@ std::vector<float> DeepseekV3CudaModel::last_comm_times_ms() {
     return times;
 }
 
+std::vector<float> DeepseekV3CudaModel::last_ep_exchange_times_ms() {
+    std::vector<float> times;  // [moe layers, 2]: dispatch all-gather, combine reduce-scatter
+    if (m_ep_events.empty()) {
+        return times;
+    }
+    CUDA_CHECK(cudaStreamSynchronize(m_stream));
+    for (int l = 0; l < m_config.num_hidden_layers; ++l) {
+        if (!m_weights.layers[static_cast<size_t>(l)].is_moe) {
+            continue;
+        }
+        for (int pair = 0; pair < 2; ++pair) {
+            float ms = 0.0f;
+            CUDA_CHECK(cudaEventElapsedTime(&ms, m_ep_events[static_cast<size_t>(4 * l + 2 * pair)],
+                                            m_ep_events[static_cast<size_t>(4 * l + 2 * pair + 1)]));
+            times.push_back(ms);
+        }
+    }
+    return times;
+}
+
 int DeepseekV3CudaModel::last_moe_active_experts() {
     if (m_config.n_routed_experts == 0 || m_weights.layers.empty()) {
         return 0;
@@ -565,7 +674,7 @@ void DeepseekV3CudaModel::download_logits(int64_t r0, int64_t n, Tensor& logits)
                                          slice * 4, static_cast<size_t>(n), cudaMemcpyDeviceToHost, m_stream));
         }
     }
-    CUDA_CHECK(cudaStreamSynchronize(m_stream));
+    // No sync here: collect() waits for the stream.
 }
 
 // The padded graph size of a pure decode batch (one new token per sequence, contexts within the graphs' block

@@ -6,6 +6,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "backend/cuda/bf16_gemm.h"
@@ -86,7 +87,9 @@ public:
     size_t kv_cache_bytes_per_block() const override;
     void allocate_kv_cache(int num_blocks) override;
     size_t kv_cache_budget_bytes(double gpu_memory_utilization) const override;
-    Tensor forward(const ForwardBatch& batch) override;
+    Tensor forward(const ForwardBatch& batch) override;  // submit + collect
+    void submit(const ForwardBatch& batch) override;
+    Tensor collect() override;
 
     // Benchmark probes (k2 bench step). With profiling on, eager steps record an event around every layer.
     void set_layer_profiling(bool on) { m_profile_layers = on; }
@@ -95,6 +98,9 @@ public:
     // saw it (waiting for slower ranks included); empty on one rank.
     std::vector<float> last_comm_times_ms();
     int last_moe_active_experts();  // this rank's experts with rows in the last step's last MoE layer
+    // [num_moe_layers, 2] (dispatch all-gather, combine reduce-scatter) of the last eager step's data + expert
+    // parallel exchanges, as this rank saw them; empty without DP + EP.
+    std::vector<float> last_ep_exchange_times_ms();
 
 private:
     void check_batch(const ForwardBatch& batch) const;
@@ -113,10 +119,18 @@ private:
     void dense_mlp(const cuda_model::DeviceLinear& gate_up, const cuda_model::DeviceLinear& down, int64_t num_tokens,
                    uint16_t* out);
     void moe(int layer, int64_t num_tokens);
+    // Router -> permute -> gather -> grouped expert GEMMs of ws.xb / ws.xq (num_tokens rows): ws.yg and the pair
+    // rows / weights the combine reads. ep_slice_rows > 0: the rows are moe_over_dp's gathered slices of that size.
+    void routed_experts(int layer, int64_t num_tokens, int64_t ep_slice_rows = 0);
+    void moe_over_dp(int layer, int64_t num_tokens);  // DP + EP: the exchange around routed_experts
+    void ep_mark(int layer, int which);               // profiling event `which` (0..3) of a MoE layer's exchange
+    void dp_dummy_step();                             // an idle replica's part of the step: the MoE exchanges only
+    // After the router on the gathered rows: top-k ids -1 on every rank's padding rows (the permute skips them).
+    void drop_padding_rows(int64_t slice_rows);
     void norm_residual(const uint16_t* weight, int64_t num_tokens);
     // logits rows [r0, r0 + n) = lm_head(ws.xb[logits_indices[r0 ..]]) into ws.logits (device), then to `logits`.
     void logits_pass(const cuda_model::StepBatch& b, int64_t r0, int64_t n);
-    void download_logits(int64_t r0, int64_t n, Tensor& logits);
+    void download_logits(int64_t r0, int64_t n, Tensor& logits);  // enqueued; collect() waits for it
     Tensor host_logits(int64_t rows);
     // y [m, w.n] bf16 = xq [m, w.k] e4m3 (scales [w.k / 128, m]) @ w^T.
     void linear(const uint8_t* xq, const float* xs, int64_t m, const cuda_model::DeviceLinear& w, uint16_t* y,
@@ -134,12 +148,27 @@ private:
     std::unique_ptr<cuda_model::TpComm> m_tp;
     int64_t m_vocab_begin = 0;
     int64_t m_vocab_local = 0;
+    std::optional<Tensor> m_pending;       // [rows, vocab] logits of the step submit enqueued, until collect
     bool m_logits_rank = true;             // TP rank 0 (the DP leader): the only rank that copies logits to the host
     std::vector<int32_t> m_local_ids;      // [T] token ids mapped into the rank's embedding rows
     cuda::DeviceBuffer m_logits_gathered;  // [tp, rows, vocab / tp] f32: every rank's lm_head slice
     // Decode context parallelism (null without): the latent cache split by token over the DCP group.
     std::unique_ptr<cuda_model::DcpAttention> m_dcp;
     std::vector<int64_t> m_local_slots;  // [T] this rank's cache slot of every token (-1: another rank's)
+    // Data + expert parallelism (dp > 1 with --enable-expert-parallel; null otherwise): the all-gather /
+    // reduce-scatter of the routed experts over the EP group (every (dp, tp) rank, DP-major), each rank's slice padded
+    // to the largest of the step's ForwardBatch::dp_num_tokens (m_dp_tokens). m_ep_rows_* place the rank's slice back
+    // among its replica's tokens.
+    std::unique_ptr<cuda_model::TpComm> m_ep;
+    int m_tp_rank = 0;
+    int m_tp_size = 1;
+    int m_dp_rank = 0;
+    int m_dp_size = 1;
+    int64_t m_dp_max_tokens = 0;  // per replica (--max-num-batched-tokens): the padded size may not exceed it
+    std::vector<int32_t> m_dp_tokens;  // [dp]
+    cuda::DeviceBuffer m_ep_rows_pair;     // [T] i32: token t's row in this rank's slice, -1 outside it
+    cuda::DeviceBuffer m_ep_rows_weight;   // [T] f32: 1
+    std::vector<cudaEvent_t> m_ep_events;  // [layers, 4]: before/after the all-gather, before/after the reduce-scatter
     std::unique_ptr<cuda_model::MoePrefillLanes> m_moe_lanes;  // null: expert GEMMs of a prefill on m_stream
     ModelOptions m_options;
     cuda_model::DeviceWeights m_weights;

@@ -46,9 +46,20 @@ public:
         CUDA_CHECK(cudaStreamSynchronize(stream));
     }
 
+    void reduce_scatter_bf16(const uint16_t* send, uint16_t* recv, int64_t count, cudaStream_t stream) override {
+        m_bf16.resize(static_cast<size_t>(count) * static_cast<size_t>(size()));  // [size, count]
+        m_bf16_out.resize(static_cast<size_t>(count));                             // [count]
+        CUDA_CHECK(cudaMemcpyAsync(m_bf16.data(), send, m_bf16.size() * 2, cudaMemcpyDeviceToHost, stream));
+        CUDA_CHECK(cudaStreamSynchronize(stream));
+        m_group->reduce_scatter_sum(m_bf16.data(), m_bf16_out.data(), m_bf16_out.size(), DType::BF16);
+        CUDA_CHECK(cudaMemcpyAsync(recv, m_bf16_out.data(), m_bf16_out.size() * 2, cudaMemcpyHostToDevice, stream));
+        CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+
 private:
     std::shared_ptr<dist::Communicator> m_group;
     std::vector<uint16_t> m_bf16;
+    std::vector<uint16_t> m_bf16_out;
     std::vector<uint8_t> m_send;
     std::vector<uint8_t> m_recv;
 };
@@ -68,6 +79,10 @@ public:
     void all_gather(const void* send, void* recv, int64_t count, DType dtype, cudaStream_t stream) override {
         m_nccl.set_stream(stream);
         m_nccl.all_gather(send, recv, static_cast<size_t>(count), dtype);
+    }
+    void reduce_scatter_bf16(const uint16_t* send, uint16_t* recv, int64_t count, cudaStream_t stream) override {
+        m_nccl.set_stream(stream);
+        m_nccl.reduce_scatter_sum(send, recv, static_cast<size_t>(count), DType::BF16);
     }
 
 private:
@@ -105,6 +120,10 @@ public:
     void all_gather(const void* send, void* recv, int64_t count, DType dtype, cudaStream_t stream) override {
         m_nccl.set_stream(stream);
         m_nccl.all_gather(send, recv, static_cast<size_t>(count), dtype);
+    }
+    void reduce_scatter_bf16(const uint16_t* send, uint16_t* recv, int64_t count, cudaStream_t stream) override {
+        m_nccl.set_stream(stream);
+        m_nccl.reduce_scatter_sum(send, recv, static_cast<size_t>(count), DType::BF16);
     }
 
 private:

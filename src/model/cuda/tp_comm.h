@@ -1,4 +1,4 @@
-// The tensor-parallel (and decode-context-parallel) collectives of the CUDA model on device buffers: NCCL between GPUs
+// The tensor-parallel (and decode-context-parallel, and data + expert parallel) collectives of the CUDA model on device buffers: NCCL between GPUs
 // (enqueued on the model's stream, graph-capturable), or staged through host memory over the job's Gloo group, which
 // lets several ranks share one GPU (the one-GPU test of the sharded CUDA model; NCCL refuses two ranks on one device).
 #pragma once
@@ -23,6 +23,8 @@ public:
     virtual void all_reduce_bf16(uint16_t* buf, int64_t count, cudaStream_t stream) = 0;
     // recv [size, count] = every rank's send [count] of `dtype`, in rank order.
     virtual void all_gather(const void* send, void* recv, int64_t count, DType dtype, cudaStream_t stream) = 0;
+    // recv [count] bf16 = slice `rank` of the sum over ranks of send [size, count] (the expert combine of DP + EP).
+    virtual void reduce_scatter_bf16(const uint16_t* send, uint16_t* recv, int64_t count, cudaStream_t stream) = 0;
 };
 
 // kind "nccl" (a NcclCommunicator bootstrapped over `group`, on `device`), "p2p" (NCCL with the one-shot
