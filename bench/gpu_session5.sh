@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call for session 5 (run on nvidia-h200-x2; carry build-pkg/ packed by
-# bench/pack_carry.sh build-lead k2 tests/model/test_cuda_model tests/model/test_cuda_model_parallel).
+# bench/pack_carry.sh build-lead k2 tests/model/test_cuda_model tests/model/test_cuda_model_parallel, plus
+# tests/engine/bench_sampler for the sampler mode).
 #   dp:    data + expert parallelism on GPUs: the model tests (DP 2 x TP 1/2 host-staged on one GPU, DP 2 over NCCL on
 #          two, and the existing TP / EP / DCP ones), `k2 bench step` -dp 2 --enable-expert-parallel (per-layer and
 #          all-gather / reduce-scatter times) next to one GPU and -tp 2 --enable-expert-parallel in the same run, and
@@ -9,6 +10,8 @@
 #   final: the model tests, then one GPU, one GPU --async-scheduling, -dp 2 --enable-expert-parallel (with and without
 #          --async-scheduling) and the GEMM v5 A/B, with K2_STEP_TIMING=1 (the engine's host time per step)
 #   model: the one-GPU model tests alone
+#   sampler: bench_sampler (the sampler's host time per row, the previous draw timed beside it), then the one-GPU
+#          serve with and without --async-scheduling (K2_STEP_TIMING=1)
 # Logs come back as $OUT/logs.tar.gz.
 set -u
 source "$(dirname "$0")/lib_device.sh"
@@ -51,6 +54,14 @@ for mode in ${MODES:-dp}; do
       ;;
     model)
       run_test test_cuda_model '*'
+      ;;
+    sampler)  # the vectorized sampler: its host time per row (baseline in the same run), then the one-GPU serve
+      $b/bench_sampler | tee "$o/bench_sampler.log"
+      synth
+      export K2_STEP_TIMING=1
+      serve_and_bench tp1 $m
+      serve_and_bench tp1_async $m --async-scheduling
+      grep -h "step timing (all" "$o"/serve_*.log
       ;;
   esac
 done
