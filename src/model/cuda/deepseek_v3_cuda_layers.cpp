@@ -241,8 +241,8 @@ void DeepseekV3CudaModel::moe(int layer, int64_t t_count) {
 
 // Data + expert parallelism, vLLM's all-gather / reduce-scatter dispatch (its "naive" all2all backend): TP rank r of
 // every replica contributes the r-th slice of its replica's tokens, padded to the step's common slice size (zero
-// rows: they route like any token, their outputs are never read); every rank runs all the job's tokens through its
-// own experts; the reduce-scatter hands each rank the expert sum of its slice. Into ws.y go the rank's shared-expert
+// rows, which drop_padding_rows keeps away from the experts); every rank runs all the job's tokens through its own
+// experts; the reduce-scatter hands each rank the expert sum of its slice. Into ws.y go the rank's shared-expert
 // partial on all its replica's tokens plus that sum on its slice's rows, so the TP all-reduce after the layer
 // completes every token (with tp = 1 the slice is the whole replica). Called with t_count = 0 by an idle replica.
 void DeepseekV3CudaModel::moe_over_dp(int layer, int64_t t_count) {
