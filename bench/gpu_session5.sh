@@ -12,6 +12,7 @@
 #   model: the one-GPU model tests alone
 #   sampler: bench_sampler (the sampler's host time per row, the previous draw timed beside it), then the one-GPU
 #          serve with and without --async-scheduling (K2_STEP_TIMING=1)
+#   dp_serve: the seed's workloads against -dp 2 --enable-expert-parallel, with and without --async-scheduling
 # Logs come back as $OUT/logs.tar.gz.
 set -u
 source "$(dirname "$0")/lib_device.sh"
@@ -61,6 +62,13 @@ for mode in ${MODES:-dp}; do
       export K2_STEP_TIMING=1
       serve_and_bench tp1 $m
       serve_and_bench tp1_async $m --async-scheduling
+      grep -h "step timing (all" "$o"/serve_*.log
+      ;;
+    dp_serve)  # -dp 2 --enable-expert-parallel through the server after the vectorized sampler
+      synth
+      export K2_STEP_TIMING=1
+      serve_and_bench dp2_ep $m -dp 2 --enable-expert-parallel
+      serve_and_bench dp2_ep_async $m -dp 2 --enable-expert-parallel --async-scheduling
       grep -h "step timing (all" "$o"/serve_*.log
       ;;
   esac
