@@ -98,7 +98,10 @@ LoadedShard load_shard(const dist::WorkerArgs& args, const ModelWorkerFlags& f) 
     options.parallel = shard.groups;
     shard.model = load_model(f.model, options);
     if (shard.groups->is_dp_leader() && shard.groups->coord.dp > 0) {
-        shard.logits_shm = dist::LogitsShm::open(dist::LogitsShm::name(args.control_port, shard.groups->coord.dp));
+        const std::string name = dist::LogitsShm::name(args.control_port, shard.groups->coord.dp);
+        shard.logits_shm = dist::LogitsShm::open(name);
+        K2_INFO("rank {}: DP replica {}'s logits go to the driver {}", args.rank, shard.groups->coord.dp,
+                shard.logits_shm != nullptr ? "through shared memory " + name : "in the control messages");
     }
     inject_test_failure(args.rank);
     return shard;

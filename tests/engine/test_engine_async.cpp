@@ -181,15 +181,26 @@ void expect_greedy_matches_reference(const Workload& workload, const std::map<st
     }
 }
 
+// The workload through a sync and an async engine of the same config: the same results, greedy ones equal to the
+// reference. The engines are returned for their stats.
+struct SyncAndAsync {
+    std::unique_ptr<Engine> sync_engine;
+    std::unique_ptr<Engine> async_engine;
+};
+
+SyncAndAsync run_both(const Workload& workload, const EngineConfig& config) {
+    SyncAndAsync engines{fake_engine(config, false), fake_engine(config, true)};
+    const auto sync = run_workload(*engines.sync_engine, workload);
+    const auto async = run_workload(*engines.async_engine, workload);
+    expect_same_results(sync, async);
+    expect_greedy_matches_reference(workload, async);
+    return engines;
+}
+
 TEST(EngineAsync, MixedConcurrentLoadMatchesTheSyncEngine) {
     const Workload workload = mixed_workload(40);
     const EngineConfig config{.max_num_batched_tokens = 96, .num_kv_blocks = 64};
-    auto sync_engine = fake_engine(config, false);
-    auto async_engine = fake_engine(config, true);
-    const auto sync = run_workload(*sync_engine, workload);
-    const auto async = run_workload(*async_engine, workload);
-    expect_same_results(sync, async);
-    expect_greedy_matches_reference(workload, async);
+    const auto [sync_engine, async_engine] = run_both(workload, config);
     EXPECT_GT(async_engine->stats().prefix_cache_hits, 0u);
     EXPECT_GT(async_engine->stats().requests_finished_by_reason.at("stop"), 5u);  // EOS and stop ids mid-stream
 }
@@ -198,12 +209,7 @@ TEST(EngineAsync, PreemptionMatchesTheSyncEngine) {
     // 8 blocks (512 tokens) for 40 requests of up to ~260 tokens: preemption while a step is in flight.
     const Workload workload = mixed_workload(40);
     const EngineConfig config{.max_num_batched_tokens = 128, .max_model_len = 512, .num_kv_blocks = 8};
-    auto sync_engine = fake_engine(config, false);
-    auto async_engine = fake_engine(config, true);
-    const auto sync = run_workload(*sync_engine, workload);
-    const auto async = run_workload(*async_engine, workload);
-    expect_same_results(sync, async);
-    expect_greedy_matches_reference(workload, async);
+    const auto [sync_engine, async_engine] = run_both(workload, config);
     EXPECT_GT(sync_engine->stats().preemptions, 0u);
     EXPECT_GT(async_engine->stats().preemptions, 0u);
 }

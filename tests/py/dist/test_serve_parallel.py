@@ -158,6 +158,8 @@ def test_layout_reproduces_the_goldens(layout):
         assert sorted(pids) == list(range(1, world)), log
         check_goldens(server)
         if layout.startswith("dp2"):
+            # Replica 1's leader shares the driver's host: its logits skip the control messages.
+            assert "DP replica 1's logits go to the driver through shared memory" in log, log
             tokens = engine_generation_tokens(server)
             assert sorted(tokens) == ["0", "1"]
             assert tokens["0"] > 0 and tokens["1"] > 0, tokens  # both replicas served requests
@@ -182,6 +184,8 @@ def test_two_nodes_on_two_loopback_addresses():
         head.wait_healthy()
         assert "ranks 2, 3 from other nodes" in head.log_text()
         assert "Headless node: DP replicas [1, 2) = ranks 2, 3" in node1.log_text()
+        # Node 0 made no segment for a replica it did not start: the logits travel in the messages.
+        assert "DP replica 1's logits go to the driver in the control messages" in node1.log_text(), node1.log_text()
         assert sorted(head.rank_pids()) == [1]
         assert sorted(node1.rank_pids()) == [2, 3]
         check_goldens(head)
