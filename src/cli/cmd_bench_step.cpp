@@ -386,7 +386,8 @@ void run_rank(const StepOptions& o, std::shared_ptr<dist::ParallelGroups> groups
     }
 #endif
     if (reporter) {
-        report(o, c, load_s, copy_rate, prefill_s, fill_s, step_s, {layer_ms, prefill_layer_ms, comm_ms, ep_ms}, active);
+        report(o, c, load_s, copy_rate, prefill_s, fill_s, step_s, {layer_ms, prefill_layer_ms, comm_ms, ep_ms},
+               active);
     }
 }
 

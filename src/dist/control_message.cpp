@@ -147,7 +147,9 @@ void write_payload(Writer& w, const StepPlan& m) {
     w.put_vector(b.logits_indices);
     w.put_vector(b.dp_num_tokens);
 }
-void write_payload(Writer& w, const Shutdown& m) { w.put_string(m.reason); }
+void write_payload(Writer& w, const Shutdown& m) {
+    w.put_string(m.reason);
+}
 void write_payload(Writer& w, const Heartbeat& m) {
     w.put<int32_t>(m.rank);
     w.put<int32_t>(m.pid);
@@ -158,17 +160,20 @@ void write_payload(Writer& w, const RankFailed& m) {
     w.put<int32_t>(m.pid);
     w.put_string(m.reason);
 }
-void write_payload(Writer& w, const AllocateKv& m) { w.put<int32_t>(m.num_blocks); }
+void write_payload(Writer& w, const AllocateKv& m) {
+    w.put<int32_t>(m.num_blocks);
+}
 void write_payload(Writer& w, const WorkerStatus& m) {
     w.put<int32_t>(m.rank);
     w.put<uint8_t>(m.loaded ? 1 : 0);
     w.put_string(m.error);
 }
 void write_payload(Writer& w, const StepResult& m) {
-    K2_CHECK(m.rows >= 0 && m.cols >= 0 &&
-                 m.logits.size() == (m.in_shared_memory ? 0 : static_cast<size_t>(m.rows) * static_cast<size_t>(m.cols)),
-             "StepResult: {} logits for [{}, {}]{}", m.logits.size(), m.rows, m.cols,
-             m.in_shared_memory ? " in shared memory" : "");
+    K2_CHECK(
+        m.rows >= 0 && m.cols >= 0 &&
+            m.logits.size() == (m.in_shared_memory ? 0 : static_cast<size_t>(m.rows) * static_cast<size_t>(m.cols)),
+        "StepResult: {} logits for [{}, {}]{}", m.logits.size(), m.rows, m.cols,
+        m.in_shared_memory ? " in shared memory" : "");
     w.put<uint64_t>(m.step_id);
     w.put<int32_t>(m.dp_rank);
     w.put<int32_t>(m.rows);
@@ -220,13 +225,20 @@ StepResult read_step_result(Reader& r) {
 
 std::string_view control_type_name(ControlType type) {
     switch (type) {
-        case ControlType::STEP_PLAN: return "StepPlan";
-        case ControlType::SHUTDOWN: return "Shutdown";
-        case ControlType::HEARTBEAT: return "Heartbeat";
-        case ControlType::RANK_FAILED: return "RankFailed";
-        case ControlType::ALLOCATE_KV: return "AllocateKv";
-        case ControlType::WORKER_STATUS: return "WorkerStatus";
-        case ControlType::STEP_RESULT: return "StepResult";
+        case ControlType::STEP_PLAN:
+            return "StepPlan";
+        case ControlType::SHUTDOWN:
+            return "Shutdown";
+        case ControlType::HEARTBEAT:
+            return "Heartbeat";
+        case ControlType::RANK_FAILED:
+            return "RankFailed";
+        case ControlType::ALLOCATE_KV:
+            return "AllocateKv";
+        case ControlType::WORKER_STATUS:
+            return "WorkerStatus";
+        case ControlType::STEP_RESULT:
+            return "StepResult";
     }
     return "unknown";
 }
@@ -295,8 +307,12 @@ ControlMessage decode_control_message(std::span<const uint8_t> bytes) {
     Reader r(bytes.subspan(kControlHeaderBytes));
     ControlMessage out;
     switch (static_cast<ControlType>(type)) {
-        case ControlType::STEP_PLAN: out = read_step_plan(r); break;
-        case ControlType::SHUTDOWN: out = Shutdown{r.get_string("reason")}; break;
+        case ControlType::STEP_PLAN:
+            out = read_step_plan(r);
+            break;
+        case ControlType::SHUTDOWN:
+            out = Shutdown{r.get_string("reason")};
+            break;
         case ControlType::HEARTBEAT: {
             Heartbeat h;
             h.rank = r.get<int32_t>("rank");
@@ -328,8 +344,11 @@ ControlMessage decode_control_message(std::span<const uint8_t> bytes) {
             out = st;
             break;
         }
-        case ControlType::STEP_RESULT: out = read_step_result(r); break;
-        default: K2_FAIL("control message: unknown type {}", type);
+        case ControlType::STEP_RESULT:
+            out = read_step_result(r);
+            break;
+        default:
+            K2_FAIL("control message: unknown type {}", type);
     }
     r.finish(control_type_name(static_cast<ControlType>(type)).data());
     return out;

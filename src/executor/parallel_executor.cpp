@@ -52,7 +52,8 @@ ParallelExecutor::ParallelExecutor(ParallelJob job, ShardSpec spec)
 std::shared_ptr<ParallelExecutor> ParallelExecutor::start(const ParallelJob& job, const ShardSpec& spec,
                                                           FailureCallback on_failure) {
     job.validate();
-    K2_CHECK(job.hosts_rank_zero(), "the driver (rank 0) runs on the node with --data-parallel-start-rank 0 and "
+    K2_CHECK(job.hosts_rank_zero(),
+             "the driver (rank 0) runs on the node with --data-parallel-start-rank 0 and "
              "--node-rank 0");
     std::shared_ptr<ParallelExecutor> executor(new ParallelExecutor(job, spec));
     executor->launch(std::move(on_failure));
@@ -286,7 +287,8 @@ Tensor ParallelExecutor::await_result(uint64_t step, int dp) {
 
 int run_headless(const ParallelJob& job, const ShardSpec& spec) {
     job.validate();
-    K2_CHECK(!job.hosts_rank_zero(), "--headless hosts ranks of a job whose driver runs elsewhere: pass "
+    K2_CHECK(!job.hosts_rank_zero(),
+             "--headless hosts ranks of a job whose driver runs elsewhere: pass "
              "--data-parallel-start-rank (> 0) and --data-parallel-address, or --node-rank (> 0) and --master-addr");
     dist::WorkerGroupOptions options;
     options.world_size = job.config.world_size();

@@ -9,11 +9,11 @@
 namespace k2 {
 
 struct ForwardBatch {
-    std::vector<int32_t> token_ids;       // [num_tokens] new tokens of all sequences
-    std::vector<int32_t> positions;       // [num_tokens] absolute position of each new token
-    std::vector<int32_t> query_start;     // [num_seqs + 1] start of each sequence's new tokens
-    std::vector<int32_t> seq_lens;        // [num_seqs] context length after this step (cached + new)
-    std::vector<int32_t> block_tables;    // [num_seqs, max_blocks_per_seq] physical KV block ids, -1 padded
+    std::vector<int32_t> token_ids;     // [num_tokens] new tokens of all sequences
+    std::vector<int32_t> positions;     // [num_tokens] absolute position of each new token
+    std::vector<int32_t> query_start;   // [num_seqs + 1] start of each sequence's new tokens
+    std::vector<int32_t> seq_lens;      // [num_seqs] context length after this step (cached + new)
+    std::vector<int32_t> block_tables;  // [num_seqs, max_blocks_per_seq] physical KV block ids, -1 padded
     int32_t max_blocks_per_seq = 0;
     std::vector<int64_t> slot_mapping;    // [num_tokens] block_id * block_size + offset of each new token
     std::vector<int32_t> logits_indices;  // [num_logits] rows of token_ids whose logits are returned

@@ -2,7 +2,6 @@
 // the documented layout, malformed frames rejected, a mutation sweep; the ZeroMQ channel's wake(); and the rank sets
 // of a parallel job (which ranks a node hosts, which are remote) against vLLM's layout rule written out here.
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <cmath>
@@ -75,13 +74,13 @@ TEST(ExecutorMessages, RoundTrip) {
 // docs/parallelism.md: StepResult (7) = u64 step_id | i32 dp_rank | i32 rows | i32 cols | u32[] logits bits |
 // u8 in_shared_memory.
 TEST(ExecutorMessages, DecodesTheDocumentedLayout) {
-    const std::vector<uint8_t> frame = {'K', '2', 'C',  'M',  2, 0, 7, 0,   33, 0, 0, 0,  // v2, StepResult, 33 bytes
-                                        9,   0,   0,    0,    0, 0, 0, 0,                 // step 9
-                                        1,   0,   0,    0,                                // dp_rank 1
-                                        1,   0,   0,    0,    2, 0, 0, 0,                 // [1, 2]
-                                        2,   0,   0,    0,                                // two values
-                                        0,   0,   0x80, 0x3f, 0, 0, 0, 0xc0,              // 1.0f, -2.0f
-                                        0};                                               // in the message
+    const std::vector<uint8_t> frame = {'K', '2', 'C',  'M',  2, 0, 7, 0,    33, 0, 0, 0,  // v2, StepResult, 33 bytes
+                                        9,   0,   0,    0,    0, 0, 0, 0,                  // step 9
+                                        1,   0,   0,    0,                                 // dp_rank 1
+                                        1,   0,   0,    0,    2, 0, 0, 0,                  // [1, 2]
+                                        2,   0,   0,    0,                                 // two values
+                                        0,   0,   0x80, 0x3f, 0, 0, 0, 0xc0,               // 1.0f, -2.0f
+                                        0};                                                // in the message
     const StepResult r = std::get<StepResult>(decode_control_message(frame));
     EXPECT_EQ(r.step_id, 9u);
     EXPECT_EQ(r.dp_rank, 1);

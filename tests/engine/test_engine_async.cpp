@@ -67,13 +67,15 @@ constexpr int kVocab = 16;
 
 std::vector<int32_t> random_tokens(std::mt19937& rng, int count) {
     std::vector<int32_t> tokens;
-    for (int i = 0; i < count; ++i) tokens.push_back(static_cast<int32_t>(rng() % (kVocab - 1)));
+    for (int i = 0; i < count; ++i)
+        tokens.push_back(static_cast<int32_t>(rng() % (kVocab - 1)));
     return tokens;
 }
 
 std::unique_ptr<Engine> fake_engine(EngineConfig config, bool async, std::shared_ptr<FakeModelLog> log = nullptr) {
     config.async_scheduling = async;
-    if (log == nullptr) log = std::make_shared<FakeModelLog>();
+    if (log == nullptr)
+        log = std::make_shared<FakeModelLog>();
     auto model = std::make_unique<QueuedModel>(std::make_unique<FakeModel>(kVocab, 4096, log));
     return std::make_unique<Engine>(config, std::move(model), nullptr);
 }
@@ -115,13 +117,15 @@ Workload mixed_workload(int num_requests) {
     Workload workload;
     for (int i = 0; i < num_requests; ++i) {
         std::vector<int32_t> prompt;
-        if (i % 3 == 0) prompt = prefixes[static_cast<size_t>(i / 3) % prefixes.size()];
+        if (i % 3 == 0)
+            prompt = prefixes[static_cast<size_t>(i / 3) % prefixes.size()];
         const auto tail = random_tokens(rng, 1 + static_cast<int>(rng() % 90));
         prompt.insert(prompt.end(), tail.begin(), tail.end());
         EngineRequest request = make_request(fmt::format("r{}", i), prompt, 2 + static_cast<int>(rng() % 40));
         request.params.ignore_eos = i % 2 == 0;
         switch (i % 5) {
-            case 0: break;  // greedy
+            case 0:
+                break;  // greedy
             case 1:
                 request.params.temperature = 1.0;
                 request.params.seed = 1000 + i;
@@ -155,7 +159,8 @@ std::map<std::string, SeqResult> run_workload(Engine& engine, const Workload& wo
     run_to_completion(engine);
     std::map<std::string, SeqResult> results;
     for (const auto& [id, stream] : streams) {
-        for (auto& [index, result] : collect(*stream)) results[fmt::format("{}/{}", id, index)] = std::move(result);
+        for (auto& [index, result] : collect(*stream))
+            results[fmt::format("{}/{}", id, index)] = std::move(result);
     }
     const EngineStats stats = engine.stats();
     EXPECT_EQ(stats.num_free_blocks, stats.num_total_blocks) << "blocks leaked";
@@ -165,17 +170,20 @@ std::map<std::string, SeqResult> run_workload(Engine& engine, const Workload& wo
 
 void expect_same_results(const std::map<std::string, SeqResult>& sync, const std::map<std::string, SeqResult>& async) {
     ASSERT_EQ(sync.size(), async.size());
-    for (const auto& [key, result] : sync) expect_same_result(result, async.at(key), key);
+    for (const auto& [key, result] : sync)
+        expect_same_result(result, async.at(key), key);
 }
 
 void expect_greedy_matches_reference(const Workload& workload, const std::map<std::string, SeqResult>& results) {
     for (const EngineRequest& request : workload.requests) {
-        if (request.params.temperature != 0.0 || !request.params.stop_token_ids.empty()) continue;
+        if (request.params.temperature != 0.0 || !request.params.stop_token_ids.empty())
+            continue;
         const SeqResult& result = results.at(request.request_id + "/0");
         auto expected = reference_greedy(request.prompt_token_ids, request.params.max_tokens, kVocab);
         if (!request.params.ignore_eos) {
             const auto eos = std::find(expected.begin(), expected.end(), kVocab - 1);
-            if (eos != expected.end()) expected.erase(eos + 1, expected.end());
+            if (eos != expected.end())
+                expected.erase(eos + 1, expected.end());
         }
         EXPECT_EQ(result.token_ids, expected) << request.request_id;
     }
@@ -253,8 +261,10 @@ TEST(EngineAsync, AbortMidStreamEndsTheSequenceAndFreesItsBlocks) {
             prompts.push_back(random_tokens(rng, 5 + i * 20));
             streams.push_back(engine->submit(make_request(fmt::format("a{}", i), prompts.back(), 40)));
         }
-        for (int step = 0; step < 6; ++step) engine->step();
-        for (int i = 0; i < 6; i += 2) engine->abort(fmt::format("a{}", i));
+        for (int step = 0; step < 6; ++step)
+            engine->step();
+        for (int i = 0; i < 6; i += 2)
+            engine->abort(fmt::format("a{}", i));
         run_to_completion(*engine);
         for (int i = 0; i < 6; ++i) {
             const SeqResult result = collect(*streams[static_cast<size_t>(i)])[0];
@@ -275,9 +285,8 @@ TEST(EngineAsync, AbortMidStreamEndsTheSequenceAndFreesItsBlocks) {
 }
 
 TEST(EngineAsync, LoopThreadWithConcurrentClientsAndAborts) {
-    auto engine = fake_engine({.max_num_seqs = 16, .max_num_batched_tokens = 128, .max_model_len = 256,
-                               .num_kv_blocks = 10},
-                              true);
+    auto engine = fake_engine(
+        {.max_num_seqs = 16, .max_num_batched_tokens = 128, .max_model_len = 256, .num_kv_blocks = 10}, true);
     engine->start();
     std::vector<std::thread> clients;
     std::atomic<int> num_finished{0};
@@ -289,8 +298,10 @@ TEST(EngineAsync, LoopThreadWithConcurrentClientsAndAborts) {
             for (int i = 0; i < 25; ++i) {
                 const std::string id = fmt::format("c{}_{}", client, i);
                 auto prompt = random_tokens(rng, 1 + static_cast<int>(rng() % 120));
-                streams.emplace_back(prompt, engine->submit(make_request(id, prompt, 1 + static_cast<int>(rng() % 20))));
-                if (rng() % 4 == 0) engine->abort(id);
+                streams.emplace_back(prompt,
+                                     engine->submit(make_request(id, prompt, 1 + static_cast<int>(rng() % 20))));
+                if (rng() % 4 == 0)
+                    engine->abort(id);
             }
             for (const auto& [prompt, stream] : streams) {
                 std::vector<int32_t> tokens;
@@ -303,12 +314,14 @@ TEST(EngineAsync, LoopThreadWithConcurrentClientsAndAborts) {
                     tokens.insert(tokens.end(), output.new_token_ids.begin(), output.new_token_ids.end());
                 }
                 const auto expected = reference_greedy(prompt, static_cast<int>(tokens.size()), kVocab);
-                if (tokens != expected) ++num_wrong;
+                if (tokens != expected)
+                    ++num_wrong;
                 ++num_finished;
             }
         });
     }
-    for (auto& client : clients) client.join();
+    for (auto& client : clients)
+        client.join();
     EXPECT_EQ(num_finished.load(), 100);
     EXPECT_EQ(num_wrong.load(), 0);
     EXPECT_TRUE(engine->healthy());
@@ -326,16 +339,16 @@ TEST(EngineAsync, StopStringsEndMidStreamAsWithoutIt) {
     std::vector<bool> ascii(static_cast<size_t>(vocab), false);
     for (int32_t id = 0; id < tokenizer->num_base_tokens(); ++id) {
         const std::string& bytes = tokenizer->token_bytes(id);
-        ascii[static_cast<size_t>(id)] = std::all_of(bytes.begin(), bytes.end(), [](char c) {
-            return c >= 0x20 && c < 0x7f;
-        });
+        ascii[static_cast<size_t>(id)] =
+            std::all_of(bytes.begin(), bytes.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
     }
     std::mt19937 rng(17);
     std::vector<EngineRequest> requests;
     std::vector<std::string> prefixes;  // the text before the stop string, from the reference greedy continuation
     for (int i = 0; i < 6; ++i) {
         std::vector<int32_t> prompt;
-        for (int k = 0; k < 12; ++k) prompt.push_back(static_cast<int32_t>(rng() % 3000));
+        for (int k = 0; k < 12; ++k)
+            prompt.push_back(static_cast<int32_t>(rng() % 3000));
         const auto greedy = reference_greedy(prompt, 24, vocab, &ascii);
         const std::string text = tokenizer->decode(greedy, true);
         const size_t at = 8 + static_cast<size_t>(i) * 5;  // the stop string starts at byte `at`
@@ -373,14 +386,16 @@ TEST(EngineAsyncTiny, GoldensAndSeededSamplingUnderPreemption) {
     std::vector<EngineRequest> requests;
     std::vector<std::vector<int32_t>> expected;
     for (const auto& prompt : golden.at("prompts")) {
-        requests.push_back(make_request(fmt::format("g{}", requests.size()), prompt.at("ids").get<std::vector<int32_t>>(), 12));
+        requests.push_back(
+            make_request(fmt::format("g{}", requests.size()), prompt.at("ids").get<std::vector<int32_t>>(), 12));
         expected.push_back(prompt.at("greedy_12").get<std::vector<int32_t>>());
     }
     const size_t num_goldens = requests.size();
     std::mt19937 rng(5);
     for (int j = 0; j < 5; ++j) {
         std::vector<int32_t> prompt;
-        for (int k = 0; k < 62; ++k) prompt.push_back(static_cast<int32_t>(rng() % 3840));
+        for (int k = 0; k < 62; ++k)
+            prompt.push_back(static_cast<int32_t>(rng() % 3840));
         EngineRequest noise = make_request(fmt::format("noise{}", j), prompt, 1 + static_cast<int>(rng() % 8));
         noise.params.temperature = 0.8;
         noise.params.seed = j;
@@ -397,7 +412,8 @@ TEST(EngineAsyncTiny, GoldensAndSeededSamplingUnderPreemption) {
     const auto sync = run(false, &sync_preemptions);
     const auto async = run(true, &async_preemptions);
     expect_same_results(sync, async);
-    for (size_t i = 0; i < num_goldens; ++i) EXPECT_EQ(async.at(fmt::format("g{}/0", i)).token_ids, expected[i]) << i;
+    for (size_t i = 0; i < num_goldens; ++i)
+        EXPECT_EQ(async.at(fmt::format("g{}/0", i)).token_ids, expected[i]) << i;
     EXPECT_GT(async_preemptions, 0u);
 }
 
@@ -409,7 +425,8 @@ TEST(EngineAsyncTiny, PrefixCacheHit) {
     const auto long_prompt = golden.at("prompts").at(3).at("ids").get<std::vector<int32_t>>();
     ASSERT_EQ(long_prompt.size(), 200u);
     std::vector<int32_t> second(long_prompt.begin(), long_prompt.begin() + 192);
-    for (const int32_t t : {11, 222, 3333, 44, 555, 66, 777}) second.push_back(t);
+    for (const int32_t t : {11, 222, 3333, 44, 555, 66, 777})
+        second.push_back(t);
     auto run = [&](bool async, uint64_t* hits) {
         Engine engine(EngineConfig{.num_kv_blocks = 32, .async_scheduling = async},
                       load_model(fixture_path("tiny-kimi-k2"), ModelOptions{}), nullptr);

@@ -452,10 +452,11 @@ Agreement compare_dp(const std::filesystem::path& dir, const char* comm, int tp)
         add_rows(a, ref, got);
     }
     std::sort(a.cos.begin(), a.cos.end());
-    std::printf("%s dp%d tp%d ep (%s) vs tp1: %zu rows, median cosine %.6f, min %.6f, >= 0.995: %.3f, argmax agree "
-                "%d/%d\n",
-                dir.filename().c_str(), kDp, tp, comm, a.cos.size(), a.median(), a.cos.front(),
-                a.fraction_at_least(0.995), a.agree, a.confident);
+    std::printf(
+        "%s dp%d tp%d ep (%s) vs tp1: %zu rows, median cosine %.6f, min %.6f, >= 0.995: %.3f, argmax agree "
+        "%d/%d\n",
+        dir.filename().c_str(), kDp, tp, comm, a.cos.size(), a.median(), a.cos.front(), a.fraction_at_least(0.995),
+        a.agree, a.confident);
     return a;
 }
 

@@ -5,11 +5,11 @@
 // and the final norm + BF16 lm_head only on the rows whose logits are wanted.
 #include "model/cuda/deepseek_v3_cuda.h"
 
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-
-#include <fmt/ranges.h>
 
 #include "backend/cpu/rope.h"
 #include "backend/cuda/fp8_quant.h"
@@ -132,12 +132,12 @@ void DeepseekV3CudaModel::setup_tensor_parallel(const ModelOptions& options) {
             options.parallel->coord.dp, p.data_parallel_size, layout.tp_rank, tp, device, layout.num_heads,
             m_vocab_begin, m_vocab_begin + m_vocab_local,
             m_tp != nullptr ? fmt::format(", {} all-reduce", m_tp->name()) : std::string(),
-            layout.expert_parallel ? fmt::format(", routed experts {}..{} whole{}", layout.expert_begin,
-                                                 layout.expert_begin + layout.num_experts,
-                                                 m_ep != nullptr ? fmt::format(" (exchange over {} ranks, {})",
-                                                                               m_ep->size(), m_ep->name())
-                                                                 : std::string())
-                                   : std::string());
+            layout.expert_parallel
+                ? fmt::format(", routed experts {}..{} whole{}", layout.expert_begin,
+                              layout.expert_begin + layout.num_experts,
+                              m_ep != nullptr ? fmt::format(" (exchange over {} ranks, {})", m_ep->size(), m_ep->name())
+                                              : std::string())
+                : std::string());
     if (m_dcp != nullptr) {
         K2_INFO("CUDA model: decode context parallel rank {}/{}: {} of every 64 KV tokens here (CUDA graphs off)",
                 layout.dcp_rank, layout.dcp_size, m_dcp->block_tokens());

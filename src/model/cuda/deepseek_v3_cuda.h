@@ -164,8 +164,8 @@ private:
     int m_tp_size = 1;
     int m_dp_rank = 0;
     int m_dp_size = 1;
-    int64_t m_dp_max_tokens = 0;  // per replica (--max-num-batched-tokens): the padded size may not exceed it
-    std::vector<int32_t> m_dp_tokens;  // [dp]
+    int64_t m_dp_max_tokens = 0;           // per replica (--max-num-batched-tokens): the padded size may not exceed it
+    std::vector<int32_t> m_dp_tokens;      // [dp]
     cuda::DeviceBuffer m_ep_rows_pair;     // [T] i32: token t's row in this rank's slice, -1 outside it
     cuda::DeviceBuffer m_ep_rows_weight;   // [T] f32: 1
     std::vector<cudaEvent_t> m_ep_events;  // [layers, 4]: before/after the all-gather, before/after the reduce-scatter

@@ -263,12 +263,12 @@ void DeepseekV3CudaModel::moe_over_dp(int layer, int64_t t_count) {
     }
     uint16_t* slice = ws.y.as<uint16_t>();  // [slice_rows, hidden]: the rank's tokens, then zero rows
     if (mine > 0) {
-        CUDA_CHECK(cudaMemcpyAsync(slice, ws.xb.as<uint16_t>() + begin * hidden,
-                                   static_cast<size_t>(mine * hidden) * 2, cudaMemcpyDeviceToDevice, m_stream));
+        CUDA_CHECK(cudaMemcpyAsync(slice, ws.xb.as<uint16_t>() + begin * hidden, static_cast<size_t>(mine * hidden) * 2,
+                                   cudaMemcpyDeviceToDevice, m_stream));
     }
     if (slice_rows > mine) {
-        CUDA_CHECK(cudaMemsetAsync(slice + mine * hidden, 0, static_cast<size_t>((slice_rows - mine) * hidden) * 2,
-                                   m_stream));
+        CUDA_CHECK(
+            cudaMemsetAsync(slice + mine * hidden, 0, static_cast<size_t>((slice_rows - mine) * hidden) * 2, m_stream));
     }
     ep_mark(layer, 0);
     m_ep->all_gather(slice, ws.xb.data(), slice_rows * hidden, DType::BF16, m_stream);  // ws.xb [all_rows, hidden]

@@ -48,7 +48,7 @@ public:
 
     void reduce_scatter_bf16(const uint16_t* send, uint16_t* recv, int64_t count, cudaStream_t stream) override {
         m_bf16.resize(static_cast<size_t>(count) * static_cast<size_t>(size()));  // [size, count]
-        m_bf16_out.resize(static_cast<size_t>(count));                             // [count]
+        m_bf16_out.resize(static_cast<size_t>(count));                            // [count]
         CUDA_CHECK(cudaMemcpyAsync(m_bf16.data(), send, m_bf16.size() * 2, cudaMemcpyDeviceToHost, stream));
         CUDA_CHECK(cudaStreamSynchronize(stream));
         m_group->reduce_scatter_sum(m_bf16.data(), m_bf16_out.data(), m_bf16_out.size(), DType::BF16);

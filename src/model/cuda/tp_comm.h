@@ -1,6 +1,7 @@
-// The tensor-parallel (and decode-context-parallel, and data + expert parallel) collectives of the CUDA model on device buffers: NCCL between GPUs
-// (enqueued on the model's stream, graph-capturable), or staged through host memory over the job's Gloo group, which
-// lets several ranks share one GPU (the one-GPU test of the sharded CUDA model; NCCL refuses two ranks on one device).
+// The tensor-parallel (and decode-context-parallel, and data + expert parallel) collectives of the CUDA model on device
+// buffers: NCCL between GPUs (enqueued on the model's stream, graph-capturable), or staged through host memory over the
+// job's Gloo group, which lets several ranks share one GPU (the one-GPU test of the sharded CUDA model; NCCL refuses
+// two ranks on one device).
 #pragma once
 
 #include <cuda_runtime.h>
