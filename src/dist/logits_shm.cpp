@@ -66,19 +66,25 @@ void LogitsShm::map_at_least(size_t bytes) {
     m_mapped = bytes;
 }
 
-void LogitsShm::write(std::span<const float> values) {
+bool LogitsShm::write(std::span<const float> values) {
     const size_t bytes = values.size_bytes();
     if (bytes == 0) {
-        return;
+        return true;
     }
-    struct stat st {};
-    K2_CHECK(fstat(m_fd, &st) == 0, "shared memory {}: fstat failed: {}", m_name, std::strerror(errno));
-    if (static_cast<size_t>(st.st_size) < bytes) {  // grows only: the driver may still map the old size
-        K2_CHECK(ftruncate(m_fd, static_cast<off_t>(bytes)) == 0, "shared memory {}: cannot grow to {} bytes: {}",
-                 m_name, bytes, std::strerror(errno));
+    if (bytes > m_reserved) {  // grows only: the driver may still map the old size
+        // posix_fallocate both sizes the segment and reserves its pages: a tmpfs too small answers ENOSPC here
+        // rather than SIGBUS on the memcpy.
+        const int error = posix_fallocate(m_fd, 0, static_cast<off_t>(bytes));
+        if (error != 0) {
+            K2_WARN("shared memory {}: cannot hold {} bytes of logits ({}); they go in the control message", m_name,
+                    bytes, std::strerror(error));
+            return false;
+        }
+        m_reserved = bytes;
     }
     map_at_least(bytes);
     std::memcpy(m_map, values.data(), bytes);
+    return true;
 }
 
 void LogitsShm::read(std::span<float> out) {

@@ -29,8 +29,10 @@ public:
     // Driver, once the workers have opened it: the name goes, the segment stays while both hold it open (so a
     // killed job leaves nothing behind in /dev/shm).
     void unlink();
-    // Worker: the segment grows to hold `values` if it must, then they are copied in.
-    void write(std::span<const float> values);
+    // Worker: the segment grows to hold `values` if it must (its pages reserved first), then they are copied in.
+    // False when the host's shared memory cannot hold them (e.g. a container's small /dev/shm): the caller sends
+    // them in the message instead of risking a SIGBUS on the copy.
+    bool write(std::span<const float> values);
     // Driver: copies out out.size() floats; throws k2::Error when the segment holds fewer.
     void read(std::span<float> out);
 
@@ -43,6 +45,7 @@ private:
     bool m_owner = false;
     void* m_map = nullptr;
     size_t m_mapped = 0;
+    size_t m_reserved = 0;  // bytes posix_fallocate has reserved (worker)
 };
 
 }  // namespace k2::dist

@@ -118,10 +118,8 @@ void run_step(dist::WorkerControl& control, const LoadedShard& shard, const dist
         result.rows = static_cast<int32_t>(logits.dim(0));
         result.cols = static_cast<int32_t>(logits.dim(1));
         const std::span<const float> values = logits.span<float>();
-        if (shard.logits_shm != nullptr) {
-            shard.logits_shm->write(values);
-            result.in_shared_memory = true;
-        } else {
+        result.in_shared_memory = shard.logits_shm != nullptr && shard.logits_shm->write(values);
+        if (!result.in_shared_memory) {
             result.logits.assign(values.begin(), values.end());
         }
         control.send(std::move(result));  // moved into the message: the logits are megabytes

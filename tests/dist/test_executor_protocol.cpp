@@ -2,9 +2,11 @@
 // the documented layout, malformed frames rejected, a mutation sweep; the ZeroMQ channel's wake(); and the rank sets
 // of a parallel job (which ranks a node hosts, which are remote) against vLLM's layout rule written out here.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -193,8 +195,7 @@ TEST(LogitsShm, CarriesLogitsBetweenProcessesOfOneHost) {
     const std::string failures = testing::run_ranks(1, [&](int, int) {
         std::unique_ptr<LogitsShm> worker = LogitsShm::open(name);
         K2_CHECK(worker != nullptr, "the worker did not find the driver's segment");
-        worker->write(small);
-        worker->write(large);  // grows the segment (the driver reads after both: the larger one wins)
+        K2_CHECK(worker->write(small) && worker->write(large), "the segment refused the logits");  // grows
     });
     ASSERT_EQ(failures, "");
     std::vector<float> got(large.size());
@@ -202,6 +203,17 @@ TEST(LogitsShm, CarriesLogitsBetweenProcessesOfOneHost) {
     EXPECT_EQ(std::memcmp(got.data(), large.data(), large.size() * sizeof(float)), 0);
     std::vector<float> too_many(large.size() + 1);
     EXPECT_THROW(driver->read(too_many), Error);  // more than was written
+    // A segment the host cannot grow (here: a 1 MiB file-size limit, as a small /dev/shm would) refuses the logits
+    // instead of letting the copy die of SIGBUS; the worker then sends them in the message.
+    const std::string refused = testing::run_ranks(1, [&](int, int) {
+        std::signal(SIGXFSZ, SIG_IGN);
+        const rlimit limit{1 << 20, 1 << 20};
+        K2_CHECK(setrlimit(RLIMIT_FSIZE, &limit) == 0, "setrlimit failed");
+        std::unique_ptr<LogitsShm> worker = LogitsShm::open(name);
+        K2_CHECK(worker != nullptr && worker->write(small), "a small write was refused");
+        K2_CHECK(!worker->write(std::vector<float>(1 << 19, 1.0f)), "2 MiB beyond a 1 MiB limit was accepted");
+    });
+    EXPECT_EQ(refused, "");
     driver->unlink();  // once the workers have it open: the name goes, the driver's mapping stays
     EXPECT_EQ(LogitsShm::open(name), nullptr);
     driver->read(got);
