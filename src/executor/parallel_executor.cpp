@@ -232,9 +232,15 @@ std::vector<Tensor> ParallelExecutor::run_world_step(const std::vector<const For
     if (m_spec.model.num_threads > 0) {
         omp_set_num_threads(m_spec.model.num_threads);
     }
-    ForwardBatch local_batch = batches[0] != nullptr ? *batches[0] : kEmpty;
-    local_batch.dp_num_tokens = num_tokens;
-    Tensor local = m_local->forward(local_batch);  // [num_logits, vocab]
+    const ForwardBatch& own = batches[0] != nullptr ? *batches[0] : kEmpty;
+    Tensor local;  // [num_logits, vocab]
+    if (batches.size() > 1) {  // the replicas' token counts ride on a copy (the engine's batch is const)
+        ForwardBatch with_counts = own;
+        with_counts.dp_num_tokens = num_tokens;
+        local = m_local->forward(with_counts);
+    } else {
+        local = m_local->forward(own);
+    }
     if (batches[0] != nullptr) {
         results[0] = std::move(local);
     }
