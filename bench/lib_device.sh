@@ -1,9 +1,10 @@
 # Shared by the one-call device scripts of sessions 3-5 (bench/mla_fp8_decode.sh, moe_prefill_lanes.sh,
 # gpu_tp_serve.sh, gpu_session3.sh, gpu_session4.sh, gpu_session5.sh); sourced, not run. device_setup unpacks
-# build-pkg/carry.tar.xz (build-lead-carry/{bin,rt}: the stripped binaries and the .so files the device image
-# lacks), finds cuBLASLt and NCCL on the image and sets $b (binaries) and $o (output folder: $OUT on the device).
+# $PKG/carry.tar.xz (PKG defaults to build-pkg; bench/pack_carry.sh made it: build-lead-carry/{bin,rt}, the stripped
+# binaries and the .so files the device image lacks), finds cuBLASLt and NCCL on the image and sets $b (binaries)
+# and $o (output folder: $OUT on the device).
 device_setup() {
-  tar -xJf build-pkg/carry.tar.xz
+  tar -xJf "${PKG:-build-pkg}/carry.tar.xz"
   export LD_LIBRARY_PATH="$PWD/build-lead-carry/rt:${LD_LIBRARY_PATH:-}"
   local so f
   for so in 'libcublasLt.so.13*' 'libnccl.so.2*'; do

@@ -1,9 +1,8 @@
-// Host side of fp8_gemm_wgmma.h: validation, the split-K cost model and the TMA tensor maps (encoded through the
-// driver entry point, so nothing links against libcuda); the raw launch is in fp8_gemm_wgmma.cu.
+// Host side of fp8_gemm_wgmma.h: validation, the split-K cost model and the TMA tensor maps (tma_map.h); the raw
+// launch is in fp8_gemm_wgmma.cu.
 #include "backend/cuda/fp8_gemm_wgmma.h"
 
 #include <cuda.h>
-#include <cudaTypedefs.h>
 
 #include <algorithm>
 #include <array>
@@ -12,6 +11,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/fp8_gemm_wgmma_detail.h"
+#include "backend/cuda/tma_map.h"
 
 namespace k2::cuda {
 namespace {
@@ -34,11 +34,13 @@ void check_params(const Fp8GemmParams& p) {
              p.num_tokens, kWgmmaMaxTokens);
     K2_CHECK(p.k > 0 && p.k % 128 == 0, "fp8 wgmma gemm: k = {} is not a positive multiple of 128", p.k);
     K2_CHECK(p.n > 0, "fp8 wgmma gemm: n = {} must be positive", p.n);
-    K2_CHECK(p.x_stride >= p.k && p.x_stride % 16 == 0, "fp8 wgmma gemm: x_stride {} (k {}) must be >= k and a "
-             "multiple of 16", p.x_stride, p.k);
+    K2_CHECK(p.x_stride >= p.k && p.x_stride % 16 == 0,
+             "fp8 wgmma gemm: x_stride {} (k {}) must be >= k and a "
+             "multiple of 16",
+             p.x_stride, p.k);
     K2_CHECK(p.y_stride >= p.n, "fp8 wgmma gemm: y_stride {} < n {}", p.y_stride, p.n);
-    K2_CHECK(p.x_scale_stride >= p.num_tokens, "fp8 wgmma gemm: x_scale_stride {} < num_tokens {}",
-             p.x_scale_stride, p.num_tokens);
+    K2_CHECK(p.x_scale_stride >= p.num_tokens, "fp8 wgmma gemm: x_scale_stride {} < num_tokens {}", p.x_scale_stride,
+             p.num_tokens);
     K2_CHECK(p.x != nullptr && p.w != nullptr && p.x_scale != nullptr && p.w_scale != nullptr && p.y != nullptr,
              "fp8 wgmma gemm: null operand");
     K2_CHECK(reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.w) % 16 == 0,
@@ -47,7 +49,8 @@ void check_params(const Fp8GemmParams& p) {
 
 int tokens_tile_for(int64_t num_tokens) {
     for (const int tile : {16, 32, 64}) {
-        if (num_tokens <= tile) return tile;
+        if (num_tokens <= tile)
+            return tile;
     }
     return 128;
 }
@@ -88,39 +91,22 @@ double predicted_us(int64_t n, int64_t k, int rows, int splits, int kb_per_split
            (splits > 1 ? kReduceUs : 0.0);
 }
 
-PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
-    static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-        void* ptr = nullptr;
-        cudaDriverEntryPointQueryResult query = cudaDriverEntryPointSymbolNotFound;
-        CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &query));
-        K2_CHECK(query == cudaDriverEntryPointSuccess && ptr != nullptr,
-                 "fp8 wgmma gemm: the driver has no cuTensorMapEncodeTiled (query result {})", static_cast<int>(query));
-        return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
-    }();
-    return fn;
-}
-
 // A 2-D e4m3 tensor map [rows, cols] (row stride `stride` bytes) read in boxes of [box_rows, 128] with the 128B
 // swizzle wgmma's descriptors expect; out-of-bounds rows read as zeros.
 CUtensorMap make_tensor_map(const uint8_t* base, int64_t rows, int64_t cols, int64_t stride, int box_rows) {
-    CUtensorMap map{};
-    const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-    const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride)};
-    const cuuint32_t box[2] = {128, static_cast<cuuint32_t>(box_rows)};
-    const cuuint32_t element_strides[2] = {1, 1};
-    const CUresult status = encode_tiled()(
-        &map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t*>(base), dims, strides, box, element_strides,
-        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    K2_CHECK(status == CUDA_SUCCESS, "fp8 wgmma gemm: cuTensorMapEncodeTiled failed ({}) for [{}, {}] stride {}",
-             static_cast<int>(status), rows, cols, stride);
-    return map;
+    TmaMap2d spec;
+    spec.base = base;
+    spec.rows = rows;
+    spec.cols = cols;
+    spec.stride_bytes = stride;
+    spec.box_rows = box_rows;
+    spec.box_cols = 128;
+    return make_tma_map_2d(spec, "fp8 wgmma gemm");
 }
 
 }  // namespace
 
-Fp8GemmWgmmaConfig fp8_gemm_wgmma_config(int64_t num_tokens, int64_t n, int64_t k,
-                                         const Fp8GemmWgmmaOptions& options) {
+Fp8GemmWgmmaConfig fp8_gemm_wgmma_config(int64_t num_tokens, int64_t n, int64_t k, const Fp8GemmWgmmaOptions& options) {
     K2_CHECK(options.rows == 0 || options.rows == 64 || options.rows == 128,
              "fp8 wgmma gemm: rows per CTA {} is not 64 or 128", options.rows);
     Fp8GemmWgmmaConfig best;
@@ -129,18 +115,23 @@ Fp8GemmWgmmaConfig fp8_gemm_wgmma_config(int64_t num_tokens, int64_t n, int64_t 
     const int max_splits = std::min(kMaxSplits, num_kb);
     double best_us = 0.0;
     for (const int rows : {64, 128}) {
-        if (options.rows != 0 && rows != options.rows) continue;
+        if (options.rows != 0 && rows != options.rows)
+            continue;
         // From 33 tokens on, 64-row CTAs lose (measured): their ring is 4-6 stages deep next to the activation
         // tiles, and two CTAs per SM read the activations twice.
-        if (options.rows == 0 && rows == 64 && best.tokens_tile >= 64) continue;
+        if (options.rows == 0 && rows == 64 && best.tokens_tile >= 64)
+            continue;
         const detail::WgmmaVariant variant{rows, best.tokens_tile};
         for (int s = 1; s <= max_splits; ++s) {
-            if (options.splits > 0 && s != std::min(options.splits, max_splits)) continue;
+            if (options.splits > 0 && s != std::min(options.splits, max_splits))
+                continue;
             const int kb_per_split = (num_kb + s - 1) / s;
             const int splits = (num_kb + kb_per_split - 1) / kb_per_split;  // no empty split
-            if (splits != s && options.splits == 0) continue;  // the same launch as a smaller s
+            if (splits != s && options.splits == 0)
+                continue;  // the same launch as a smaller s
             const int clusters = max_active_clusters(variant, splits);
-            if (clusters <= 0) continue;
+            if (clusters <= 0)
+                continue;
             const double us = predicted_us(n, k, rows, splits, kb_per_split, clusters);
             if (best.splits == 0 || us < best_us * 0.98) {  // ties go to the earlier (64 rows, fewer splits)
                 best_us = us;
@@ -169,8 +160,8 @@ void launch_fp8_gemm_wgmma(const Fp8GemmParams& params, cudaStream_t stream, con
     const CUtensorMap tmap_x =
         make_tensor_map(params.x, params.num_tokens, params.k, params.x_stride, config.tokens_tile);
     const detail::WgmmaVariant variant{config.rows, config.tokens_tile};
-    CUDA_CHECK(detail::launch_fp8_gemm_wgmma_kernel(tmap_w, tmap_x, params, variant, config.splits,
-                                                    config.kb_per_split, stream));
+    CUDA_CHECK(detail::launch_fp8_gemm_wgmma_kernel(tmap_w, tmap_x, params, variant, config.splits, config.kb_per_split,
+                                                    stream));
 }
 
 }  // namespace k2::cuda

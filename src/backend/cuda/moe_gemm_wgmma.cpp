@@ -1,9 +1,8 @@
-// Host side of moe_gemm_wgmma.h: validation, the launch shape and the weight tensor map (encoded through the
-// driver entry point, so nothing links against libcuda); the raw launch is in moe_gemm_wgmma.cu.
+// Host side of moe_gemm_wgmma.h: validation, the launch shape and the weight tensor map (tma_map.h); the raw
+// launch is in moe_gemm_wgmma.cu.
 #include "backend/cuda/moe_gemm_wgmma.h"
 
 #include <cuda.h>
-#include <cudaTypedefs.h>
 
 #include <array>
 #include <limits>
@@ -11,6 +10,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/moe_gemm_wgmma_detail.h"
+#include "backend/cuda/tma_map.h"
 
 namespace k2::cuda {
 namespace {
@@ -61,33 +61,17 @@ int default_grid(int max_n) {
     return cached;
 }
 
-PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
-    static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-        void* ptr = nullptr;
-        cudaDriverEntryPointQueryResult query = cudaDriverEntryPointSymbolNotFound;
-        CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &query));
-        K2_CHECK(query == cudaDriverEntryPointSuccess && ptr != nullptr,
-                 "moe wgmma gemm: the driver has no cuTensorMapEncodeTiled (query result {})", static_cast<int>(query));
-        return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
-    }();
-    return fn;
-}
-
 // w as a 2-D e4m3 tensor [num_experts * n, k] read in boxes of [64 rows, 128 k] with the 128B swizzle the wgmma
 // descriptors expect.
 CUtensorMap weight_map(const Fp8GroupedGemmParams& p) {
-    CUtensorMap map{};
-    const cuuint64_t dims[2] = {static_cast<cuuint64_t>(p.k), static_cast<cuuint64_t>(p.num_experts * p.n)};
-    const cuuint64_t strides[1] = {static_cast<cuuint64_t>(p.k)};
-    const cuuint32_t box[2] = {128, static_cast<cuuint32_t>(detail::kMoeWgmmaRows)};
-    const cuuint32_t element_strides[2] = {1, 1};
-    const CUresult status = encode_tiled()(
-        &map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t*>(p.w), dims, strides, box, element_strides,
-        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    K2_CHECK(status == CUDA_SUCCESS, "moe wgmma gemm: cuTensorMapEncodeTiled failed ({}) for [{} x {}, {}]",
-             static_cast<int>(status), p.num_experts, p.n, p.k);
-    return map;
+    TmaMap2d spec;
+    spec.base = p.w;
+    spec.rows = p.num_experts * p.n;
+    spec.cols = p.k;
+    spec.stride_bytes = p.k;
+    spec.box_rows = detail::kMoeWgmmaRows;
+    spec.box_cols = 128;
+    return make_tma_map_2d(spec, "moe wgmma gemm");
 }
 
 }  // namespace
@@ -104,9 +88,9 @@ bool moe_gemm_wgmma_supported(const Fp8GroupedGemmParams& p) {
         }
         return major == 9 && minor == 0;  // sm_90a code (wgmma, TMA) only
     }();
-    return sm90 && p.num_experts >= 1 && p.num_experts <= detail::kMoeWgmmaMaxExperts && p.n > 0 &&
-           p.n % 128 == 0 && p.k > 0 && p.k % 128 == 0 &&
-           p.num_experts * p.n < std::numeric_limits<int32_t>::max() && aligned16(p.x) && aligned16(p.w);
+    return sm90 && p.num_experts >= 1 && p.num_experts <= detail::kMoeWgmmaMaxExperts && p.n > 0 && p.n % 128 == 0 &&
+           p.k > 0 && p.k % 128 == 0 && p.num_experts * p.n < std::numeric_limits<int32_t>::max() && aligned16(p.x) &&
+           aligned16(p.w);
 }
 
 void launch_fp8_grouped_gemm_wgmma(const Fp8GroupedGemmParams& p, cudaStream_t stream,

@@ -5,11 +5,12 @@
 // every token: one or two consumer warpgroups each issue wgmma.m64nNk32 e4m3 (N = the token count padded to 16, 32,
 // 64 or 128; the padded token rows arrive as zeros from TMA's out-of-bounds fill) over a 64 x 128 weight tile and the
 // N x 128 activation tile, and promote the block's fp32 sums into the running accumulators with
-// w_scale[n / 128, kb] * x_scale[kb, m] (one scale per accumulator column = per token). One producer warp keeps a kStages-deep ring full: per stage one
-// TMA of the kRows x 128 weight tile, one of the N x 128 activation tile (both 128B-swizzled, completing on the
-// stage's full mbarrier with expect_tx) and N + 1 scales by cp.async (arriving on the same mbarrier). Split-K: a
-// cluster of `splits` CTAs along grid y shares the k blocks; partial sums are reduced through distributed shared
-// memory (deterministic, no workspace). History and measurements: docs/perf/kernels.md ("FP8 GEMM v5").
+// w_scale[n / 128, kb] * x_scale[kb, m] (one scale per accumulator column = per token). One producer warp keeps a
+// kStages-deep ring full: per stage one TMA of the kRows x 128 weight tile, one of the N x 128 activation tile (both
+// 128B-swizzled, completing on the stage's full mbarrier with expect_tx) and N + 1 scales by cp.async (arriving on the
+// same mbarrier). Split-K: a cluster of `splits` CTAs along grid y shares the k blocks; partial sums are reduced
+// through distributed shared memory (deterministic, no workspace). History and measurements: docs/perf/kernels.md ("FP8
+// GEMM v5").
 #pragma once
 
 #include <cooperative_groups.h>
@@ -19,8 +20,20 @@
 #include <cstdint>
 
 #include "backend/cuda/fp8_gemm.h"
+#include "backend/cuda/kernels/sm90_ptx.cuh"
 
 namespace k2::cuda::kernels {
+
+using sm90::cp_async4_zfill;
+using sm90::cp_async_mbar_arrive;
+using sm90::fence_registers;
+using sm90::mbar_arrive;
+using sm90::mbar_arrive_expect_tx;
+using sm90::mbar_init;
+using sm90::mbar_wait;
+using sm90::smem_addr;
+using sm90::smem_desc_sw128;
+using sm90::tma_load_2d;
 
 inline constexpr int kWgmmaMaxSplits = 8;  // a portable cluster
 
@@ -32,9 +45,9 @@ struct WgmmaLayout {
     static constexpr int kRows = 64 * kConsumers;         // weight rows (n) per CTA
     static constexpr int kProducerWarp = 4 * kConsumers;  // after the consumer warpgroups
     static constexpr int kThreads = 128 * kConsumers + 32;
-    static constexpr int kWTileBytes = kRows * 128;       // [kRows, 128 k] e4m3
-    static constexpr int kXTileBytes = kN * 128;          // [kN tokens, 128 k] e4m3
-    static constexpr int kScaleFloats = kN + 4;           // kN activation scales, the weight scale, padding
+    static constexpr int kWTileBytes = kRows * 128;  // [kRows, 128 k] e4m3
+    static constexpr int kXTileBytes = kN * 128;     // [kN tokens, 128 k] e4m3
+    static constexpr int kScaleFloats = kN + 4;      // kN activation scales, the weight scale, padding
     static constexpr int kStageBytes = kWTileBytes + kXTileBytes + kScaleFloats * 4;
     static constexpr int kBudget = kConsumers == 2 ? 200 * 1024 : 100 * 1024;
     static constexpr int kStages = kBudget / kStageBytes < 12 ? kBudget / kStageBytes : 12;
@@ -46,71 +59,6 @@ struct WgmmaLayout {
     static constexpr int kSmemBytes = (kRingBytes > kRedBytes ? kRingBytes : kRedBytes) + 1024;  // + align slack
     static_assert(kStages >= 4, "pipeline too shallow");
 };
-
-__device__ __forceinline__ uint32_t smem_addr(const void* ptr) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
-}
-
-__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
-}
-
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
-    asm volatile(
-        "{\n.reg .pred done;\nLAB_WAIT:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-        "@done bra DONE;\nbra LAB_WAIT;\nDONE:\n}\n" ::"r"(smem_addr(bar)),
-        "r"(parity)
-        : "memory");
-}
-
-__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
-}
-
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
-                 : "memory");
-}
-
-// Arrives on bar once this thread's earlier cp.async copies have landed (the pending count is raised first, so
-// the phase cannot complete before they do).
-__device__ __forceinline__ void cp_async_mbar_arrive(uint64_t* bar) {
-    asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];" ::"r"(smem_addr(bar)) : "memory");
-}
-
-// 4-byte async copy; src_bytes = 0 writes a zero (tokens past num_tokens).
-__device__ __forceinline__ void cp_async4_zfill(void* dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes)
-                 : "memory");
-}
-
-// TMA: box at (c0 = k, c1 = row) of a 2-D tensor map into shared memory, completing on bar's transaction count.
-__device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, uint64_t* bar, int c0, int c1) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];" ::
-            "r"(smem_addr(dst)),
-        "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1)
-        : "memory");
-}
-
-// wgmma shared-memory descriptor of a K-major tile written by TMA with the 128B swizzle: rows of 128 bytes, 8-row
-// core groups 1024 bytes apart (SBO); the leading offset is unused for swizzled K-major layouts. The k32 step j
-// starts 32 j bytes into the row (the swizzle is applied by the hardware on the address bits).
-__device__ __forceinline__ uint64_t smem_desc_sw128(const void* ptr) {
-    const uint32_t addr = smem_addr(ptr);
-    return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(1024 >> 4) << 32) |
-           (static_cast<uint64_t>(1) << 62);
-}
-
-// Keeps the compiler from moving reads of wgmma accumulators across the asynchronous MMA's fence/wait.
-template <int kCount>
-__device__ __forceinline__ void fence_registers(float (&r)[kCount]) {
-#pragma unroll
-    for (int i = 0; i < kCount; ++i) {
-        asm volatile("" : "+f"(r[i])::"memory");
-    }
-}
 
 // wgmma.m64nNk32 e4m3 x e4m3 -> f32, both operands from shared memory; scale_d = 0 overwrites d.
 template <int kN>
@@ -138,7 +86,7 @@ struct WgmmaE4m3<32> {
             "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15"
             "}, %16, %17, p, 1, 1;\n}\n"
             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
             : "l"(desc_a), "l"(desc_b), "r"(scale_d));
     }
 };
@@ -149,12 +97,13 @@ struct WgmmaE4m3<64> {
         asm volatile(
             "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
             "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {"
-            "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
+            "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,"
+            "%29,%30,%31"
             "}, %32, %33, p, 1, 1;\n}\n"
             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
             : "l"(desc_a), "l"(desc_b), "r"(scale_d));
     }
 };
@@ -165,16 +114,18 @@ struct WgmmaE4m3<128> {
         asm volatile(
             "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
             "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {"
-            "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"
+            "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,"
+            "%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%"
+            "55,%56,%57,%58,%59,%60,%61,%62,%63"
             "}, %64, %65, p, 1, 1;\n}\n"
             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+              "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+              "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
             : "l"(desc_a), "l"(desc_b), "r"(scale_d));
     }
 };
@@ -205,24 +156,26 @@ __device__ __forceinline__ void consume(float (&acc)[kN / 2], uint8_t* smem, con
     using L = WgmmaLayout<kN, kConsumers>;
     float part[kN / 2];
 #pragma unroll
-    for (int i = 0; i < kN / 2; ++i) part[i] = 0.0f;
+    for (int i = 0; i < kN / 2; ++i)
+        part[i] = 0.0f;
     for (int i = 0; i < num_iters; ++i) {
         const int s = i % L::kStages;
         mbar_wait(&full_bar[s], (i / L::kStages) & 1);
         const uint8_t* w_tile = smem + s * L::kWTileBytes + wg * 64 * 128;  // this warpgroup's 64 rows
         const uint8_t* x_tile = smem + L::kXOffset + s * L::kXTileBytes;
         fence_registers(part);
-        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+        sm90::wgmma_fence();
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             WgmmaE4m3<kN>::run(part, smem_desc_sw128(w_tile + 32 * j), smem_desc_sw128(x_tile + 32 * j), j);
         }
-        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-        asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+        sm90::wgmma_commit();
+        sm90::wgmma_wait<0>();
         fence_registers(part);
         promote<kN>(acc, part, scale_ring + s * L::kScaleFloats, lane % 4);
         __syncwarp();
-        if (lane == 0) mbar_arrive(&empty_bar[s]);  // the warp's MMAs and scale reads of stage s are done
+        if (lane == 0)
+            mbar_arrive(&empty_bar[s]);  // the warp's MMAs and scale reads of stage s are done
     }
 }
 
@@ -295,22 +248,24 @@ __global__ void __launch_bounds__(WgmmaLayout<kN, kConsumers>::kThreads, 1)
             mbar_init(&full_bar[s], 1);
             mbar_init(&empty_bar[s], 4 * kConsumers);
         }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        sm90::fence_mbarrier_init();
         // The descriptors' first fetch overlaps the barrier setup instead of the first TMA.
-        asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&tmap_w)) : "memory");
-        asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&tmap_x)) : "memory");
+        sm90::prefetch_tensormap(&tmap_w);
+        sm90::prefetch_tensormap(&tmap_x);
     }
     __syncthreads();
 
     float acc[kN / 2];
 #pragma unroll
-    for (int i = 0; i < kN / 2; ++i) acc[i] = 0.0f;
+    for (int i = 0; i < kN / 2; ++i)
+        acc[i] = 0.0f;
 
     if (warp == L::kProducerWarp) {
         const float* w_scale = p.w_scale + static_cast<int64_t>(n_tile) * L::kRows / 128 * num_kb;
         for (int i = 0; i < num_iters; ++i) {
             const int s = i % L::kStages;
-            if (i >= L::kStages) mbar_wait(&empty_bar[s], ((i / L::kStages) - 1) & 1);
+            if (i >= L::kStages)
+                mbar_wait(&empty_bar[s], ((i / L::kStages) - 1) & 1);
             const int kb = kb_begin + i;
             // NOTE: compute-sanitizer racecheck flags these writes against promote()'s reads of the same stage;
             // they are ordered by the stage's mbarriers (RAW: cp.async.mbarrier.arrive on full; WAR: the consumer

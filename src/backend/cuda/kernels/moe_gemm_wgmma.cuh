@@ -37,12 +37,12 @@ namespace k2::cuda::kernels {
 template <int kMaxN>
 struct MoeWgmmaLayout {
     static constexpr int kRows = detail::kMoeWgmmaRows;  // weight rows per CTA = one consumer warpgroup
-    static constexpr int kTmaWarp = 4;  // weight tiles
-    static constexpr int kXWarp = 5;    // activation rows and scales
+    static constexpr int kTmaWarp = 4;                   // weight tiles
+    static constexpr int kXWarp = 5;                     // activation rows and scales
     static constexpr int kThreads = 192;
-    static constexpr int kWTileBytes = kRows * 128;   // [64, 128 k] e4m3
-    static constexpr int kXTileBytes = kMaxN * 128;   // [kMaxN tokens, 128 k] e4m3
-    static constexpr int kScaleFloats = kMaxN + 4;    // x scales [kMaxN], the weight scale at [kMaxN], padding
+    static constexpr int kWTileBytes = kRows * 128;  // [64, 128 k] e4m3
+    static constexpr int kXTileBytes = kMaxN * 128;  // [kMaxN tokens, 128 k] e4m3
+    static constexpr int kScaleFloats = kMaxN + 4;   // x scales [kMaxN], the weight scale at [kMaxN], padding
     static constexpr int kStageBytes = kWTileBytes + kXTileBytes + kScaleFloats * 4;
     static constexpr int kBudget = 104 * 1024;  // two CTAs per SM (with the static schedule: ~217 of 228 KB)
     static constexpr int kStages = kBudget / kStageBytes < 12 ? kBudget / kStageBytes : 12;
@@ -59,24 +59,10 @@ struct MoeWgmmaLayout {
     static_assert(kScaleFloats * 4 % 16 == 0, "scale rows stay 16-byte aligned");
 };
 
-// 16-byte async copy; src_bytes = 0 writes zeros (x rows past the pass's count).
-__device__ __forceinline__ void cp_async16_zfill(void* dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes)
-                 : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() {
-    asm volatile("cp.async.commit_group;" ::: "memory");
-}
-
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
-}
-
-__device__ __forceinline__ void fence_proxy_async() {
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-}
+using sm90::cp_async16_zfill;
+using sm90::cp_async_commit;
+using sm90::cp_async_wait;
+using sm90::fence_proxy_async;
 
 // The launch's view of the device offsets, built once per CTA: s_off [num_experts + 1] (the offsets) and s_unit
 // [num_experts + 1] (exclusive prefix of each expert's pass count ceil(rows / kMaxN); s_unit[num_experts] = total).
@@ -211,8 +197,8 @@ __device__ __forceinline__ void produce_x(const Fp8GroupedGemmParams& p, const M
         const int n_tile = tokens_tile(m.rows);
         const uint8_t* x_rows = p.x + (m.expert_begin + m.pass_row) * p.k;         // [rows, k]
         const float* x_scales = p.x_scale + m.expert_begin * num_kb + m.pass_row;  // in the [k / 128, rows_e] block
-        const float* w_scales = p.w_scale + (static_cast<int64_t>(m.expert) * (p.n / 128) +
-                                             m.tile * L::kRows / 128) * num_kb;
+        const float* w_scales =
+            p.w_scale + (static_cast<int64_t>(m.expert) * (p.n / 128) + m.tile * L::kRows / 128) * num_kb;
         for (int kb = 0; kb < num_kb; ++kb, ++it) {
             const int s = static_cast<int>(it % L::kStages);
             if (it >= L::kStages) {
@@ -274,8 +260,7 @@ __device__ __forceinline__ void store_bf16_at(uint16_t* ptr, float v) {
 // across items), then the pass's rows of y. Warp w owns weight rows 16 w + lane / 4 (+ 8) of the tile.
 template <int kN, int kMaxN>
 __device__ __forceinline__ void consume_item(const Fp8GroupedGemmParams& p, const MoeItem& m, uint8_t* smem,
-                                             uint64_t* full_bar, uint64_t* empty_bar, int64_t& it, int warp,
-                                             int lane) {
+                                             uint64_t* full_bar, uint64_t* empty_bar, int64_t& it, int warp, int lane) {
     using L = MoeWgmmaLayout<kMaxN>;
     const float* scale_ring = reinterpret_cast<const float*>(smem + L::kScaleOffset);
     const int num_kb = static_cast<int>(p.k / 128);
@@ -292,13 +277,13 @@ __device__ __forceinline__ void consume_item(const Fp8GroupedGemmParams& p, cons
         const uint8_t* w_tile = smem + s * L::kWTileBytes;
         const uint8_t* x_tile = smem + L::kXOffset + s * L::kXTileBytes;
         fence_registers(part);
-        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+        sm90::wgmma_fence();
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             WgmmaE4m3<kN>::run(part, smem_desc_sw128(w_tile + 32 * j), smem_desc_sw128(x_tile + 32 * j), j);
         }
-        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-        asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+        sm90::wgmma_commit();
+        sm90::wgmma_wait<0>();
         fence_registers(part);
         const float* scales = scale_ring + s * L::kScaleFloats;
         promote_item<kN>(acc, part, scales, scales[kMaxN], lane % 4);
@@ -344,8 +329,8 @@ __global__ void __launch_bounds__(MoeWgmmaLayout<kMaxN>::kThreads, 2)
             mbar_init(&full_bar[s], 2);
             mbar_init(&empty_bar[s], 4);
         }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-        asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(&tmap_w)) : "memory");
+        sm90::fence_mbarrier_init();
+        sm90::prefetch_tensormap(&tmap_w);
     }
     build_schedule<kMaxN>(p, s_off, s_unit);  // its __syncthreads also publish the barrier init
     const MoeSchedule sc{s_off, s_unit, p.num_experts, static_cast<int>(p.n / L::kRows)};
