@@ -47,7 +47,13 @@ struct Engine::Impl {
         std::vector<TokenLogprobs> prompt_logprobs;
         std::optional<SampleResult> sampled;
     };
-    SeqSample sample_seq(const ScheduledSeq& seq, const SeqLogitRows& rows, const Tensor& logits) const;
+    // device_tokens: [num_logits] the model's device-sampled tokens (Model::sampled_tokens), -1 for host rows; or
+    // empty.
+    SeqSample sample_seq(const ScheduledSeq& seq, const SeqLogitRows& rows, const Tensor& logits,
+                         std::span<const int32_t> device_tokens) const;
+    // For a model that samples on its device: each sampled row's mode, and for temperature draws the uniform, drawn
+    // now from the request's generator (the one draw the host sampler would make for the row).
+    void plan_device_sampling(const SchedulerOutput& output, BuiltBatch& built);
     // Samples every sequence of the step that has not finished meanwhile (their rows are dropped, and their
     // generators stay untouched).
     std::vector<SeqSample> sample_all(const SchedulerOutput& output, const BuiltBatch& built, const Tensor& logits);

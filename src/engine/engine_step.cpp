@@ -2,6 +2,7 @@
 // and build step k+1 while step k runs) and the per-sequence sampling and output work both share.
 #include <exception>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "core/log.h"
@@ -17,7 +18,8 @@ bool Engine::Impl::run_sync_step() {
         return false;
     }
     timing.lap(StepPhase::Schedule);
-    const BuiltBatch built = build_forward_batch(output, kv);
+    BuiltBatch built = build_forward_batch(output, kv);
+    plan_device_sampling(output, built);
     timing.lap(StepPhase::Build);
     const auto step_start = Clock::now();
     step_started_ns.store(step_start.time_since_epoch().count());
@@ -56,6 +58,7 @@ bool Engine::Impl::run_async_step() {
     timing.lap(StepPhase::Schedule);
     if (!scheduled.empty()) {
         BuiltBatch built = build_forward_batch(scheduled, kv);
+        plan_device_sampling(scheduled, built);
         scheduler.on_step_scheduled(scheduled);
         next = StepInFlight{std::move(scheduled), std::move(built), ++last_built_step};
     }
@@ -142,6 +145,13 @@ void Engine::Impl::record_step_stats(const SchedulerOutput& output) {
 std::vector<Engine::Impl::SeqSample> Engine::Impl::sample_all(const SchedulerOutput& output, const BuiltBatch& built,
                                                               const Tensor& logits) {
     const auto num_seqs = static_cast<int64_t>(output.seqs.size());
+    std::span<const int32_t> device_tokens;  // [num_logits] or empty
+    if (!built.batch.device_sampling.empty()) {
+        device_tokens = model->sampled_tokens();
+        K2_CHECK(device_tokens.size() == built.batch.device_sampling.size(),
+                 "the model sampled {} rows on its device, the step asked for {}", device_tokens.size(),
+                 built.batch.device_sampling.size());
+    }
     std::vector<SeqSample> samples(output.seqs.size());
     std::vector<std::exception_ptr> errors(output.seqs.size());
 #pragma omp parallel for schedule(dynamic) if (num_seqs > 1)
@@ -150,7 +160,7 @@ std::vector<Engine::Impl::SeqSample> Engine::Impl::sample_all(const SchedulerOut
         if (output.seqs[idx].request->is_finished())
             continue;  // --async-scheduling: ended while the step ran
         try {
-            samples[idx] = sample_seq(output.seqs[idx], built.rows[idx], logits);
+            samples[idx] = sample_seq(output.seqs[idx], built.rows[idx], logits, device_tokens);
         } catch (...) {
             errors[idx] = std::current_exception();  // nothing may leave a parallel region
         }
@@ -162,8 +172,26 @@ std::vector<Engine::Impl::SeqSample> Engine::Impl::sample_all(const SchedulerOut
     return samples;
 }
 
+void Engine::Impl::plan_device_sampling(const SchedulerOutput& output, BuiltBatch& built) {
+    if (!model->samples_on_device() || built.num_logits == 0)
+        return;
+    built.batch.device_sampling.assign(static_cast<size_t>(built.num_logits), DeviceSampleRow{});
+    for (size_t idx = 0; idx < output.seqs.size(); ++idx) {
+        const int sample_row = built.rows[idx].sample_row;
+        if (sample_row < 0)
+            continue;
+        Request& request = *output.seqs[idx].request;
+        DeviceSampleRow& row = built.batch.device_sampling[static_cast<size_t>(sample_row)];
+        row.mode = device_row_sampling(request.params);
+        if (row.mode == RowSampling::Temperature) {
+            row.inv_temperature = static_cast<float>(1.0 / request.params.temperature);  // as the host sampler
+            row.uniform = draw_uniform(request.rng);
+        }
+    }
+}
+
 Engine::Impl::SeqSample Engine::Impl::sample_seq(const ScheduledSeq& seq, const SeqLogitRows& rows,
-                                                 const Tensor& logits) const {
+                                                 const Tensor& logits, std::span<const int32_t> device_tokens) const {
     const Request& request = *seq.request;
     auto row_of = [&](int row) {
         return std::span<const float>(logits.data_as<float>() + static_cast<size_t>(row) * vocab_size,
@@ -177,6 +205,12 @@ Engine::Impl::SeqSample Engine::Impl::sample_seq(const ScheduledSeq& seq, const 
     }
     if (rows.sample_row < 0)
         return sample;  // a prefill chunk that does not reach the end
+    if (!device_tokens.empty() && device_tokens[static_cast<size_t>(rows.sample_row)] >= 0) {
+        const int32_t token = device_tokens[static_cast<size_t>(rows.sample_row)];
+        K2_CHECK(token < vocab_size, "the model sampled token {} outside the vocabulary ({})", token, vocab_size);
+        sample.sampled = SampleResult{token, std::nullopt};
+        return sample;
+    }
 
     const std::span<const int32_t> all_ids(request.token_ids);
     SampleContext context;

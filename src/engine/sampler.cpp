@@ -11,11 +11,13 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "core/fast_exp.h"
 
 namespace k2 {
 namespace {
 
 constexpr float kMasked = -std::numeric_limits<float>::infinity();
+constexpr size_t kDrawBlock = 1024;  // weights summed per block, so the walk skips whole blocks
 
 // Softmax in double for stable distributions. [vocab_size]
 std::vector<double> softmax(std::span<const float> logits, double temperature) {
@@ -75,24 +77,6 @@ void apply_top_p(std::vector<double>& probs, double top_p) {
     normalize(probs);
 }
 
-// exp(x) for x <= 0 without a libm call, so that a loop of it vectorizes: 2^(x log2 e) = 2^n 2^f with f in [0, 1)
-// by a degree-6 polynomial (relative error ~1e-7, the float rounding); inputs below 2^-126 clamp there (a weight
-// of ~1e-38 next to the maximum's 1). libm's expf element by element made a 163,840-token row cost ~1 ms.
-inline float exp_nonpositive(float x) {
-    const float y = std::max(-126.0f, x * 1.44269504088896341f);  // this order maps NaN to -126 too
-    const auto truncated = static_cast<int32_t>(y);  // toward zero; floor for y < 0 is one less when not whole
-    const int32_t n = truncated - (y < static_cast<float>(truncated) ? 1 : 0);
-    const float f = y - static_cast<float>(n);
-    float p = 2.154066972433887e-4f;
-    p = p * f + 1.2482840040795938e-3f;
-    p = p * f + 9.67454989150724e-3f;
-    p = p * f + 5.548532072372258e-2f;
-    p = p * f + 2.4022940052086272e-1f;
-    p = p * f + 6.931470281767104e-1f;
-    p = p * f + 1.0f;
-    return p * std::bit_cast<float>((n + 127) << 23);
-}
-
 // The largest logit, vectorized (one scalar chain of max instructions was a third of a draw's time). NaN-free rows.
 float row_max(std::span<const float> logits) {
     float most = kMasked;
@@ -104,21 +88,19 @@ float row_max(std::span<const float> logits) {
     return most;
 }
 
-// Greedy: the first index of the largest logit (std::max_element's answer, in two vectorizable passes).
-int32_t argmax(std::span<const float> logits) {
+}  // namespace
+
+int32_t greedy_token(std::span<const float> logits) {
     const float most = row_max(logits);
     const auto it = std::find(logits.begin(), logits.end(), most);
     return it == logits.end() ? 0 : static_cast<int32_t>(it - logits.begin());
 }
 
-constexpr size_t kDrawBlock = 1024;  // weights summed per block, so the walk skips whole blocks
-
-// Inverse-CDF draw from softmax(logits / temperature) without materializing the normalized distribution: the
-// weights in a vectorized pass with per-block sums, then the walk over the block sums and inside one block.
-// The plain-temperature case (no top-k, top-p or min-p) is what most requests ask for.
-int32_t draw_from_logits(std::span<const float> logits, double temperature, std::mt19937_64& rng) {
+// Without materializing the normalized distribution: the weights in a vectorized pass with per-block sums, then the
+// walk over the block sums and inside one block.
+int32_t draw_with_temperature(std::span<const float> logits, float inv_temperature, double uniform) {
     const float max_logit = row_max(logits);
-    const auto inv_t = static_cast<float>(1.0 / temperature);
+    const float inv_t = inv_temperature;
     const size_t vocab = logits.size();
     const size_t num_blocks = (vocab + kDrawBlock - 1) / kDrawBlock;
     thread_local std::vector<float> weights;      // [vocab_size]
@@ -133,14 +115,13 @@ int32_t draw_from_logits(std::span<const float> logits, double temperature, std:
         float block = 0.0f;  // <= 1024 terms of at most 1: float keeps ~1e-7 of it
 #pragma omp simd reduction(+ : block)
         for (size_t i = b * kDrawBlock; i < end; ++i) {
-            const float w = exp_nonpositive((in[i] - max_logit) * inv_t);
-            out[i] = in[i] == kMasked ? 0.0f : w;
+            out[i] = draw_weight(in[i], max_logit, inv_t);
             block += out[i];
         }
         block_sums[b] = block;
         sum += block;
     }
-    const double target = std::uniform_real_distribution<double>(0.0, 1.0)(rng) * sum;
+    const double target = uniform * sum;
     double cumulative = 0.0;
     size_t b = 0;
     while (b + 1 < num_blocks && cumulative + block_sums[b] <= target) {
@@ -159,7 +140,23 @@ int32_t draw_from_logits(std::span<const float> logits, double temperature, std:
     return last_nonzero;  // rounding left the target above the total
 }
 
-}  // namespace
+double draw_uniform(std::mt19937_64& rng) {
+    return std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+}
+
+RowSampling device_row_sampling(const SamplingParams& params) {
+    // NOTE: every request that needs the logits on the host stays there for all its steps (min_tokens too, though it
+    // masks only the first ones): a request's uniforms are then drawn in one order whatever the step timing.
+    const bool host = params.min_tokens > 0 || !params.logit_bias.empty() || params.repetition_penalty != 1.0 ||
+                      params.frequency_penalty != 0.0 || params.presence_penalty != 0.0 ||
+                      params.logprobs.has_value() || params.prompt_logprobs.has_value();
+    if (host)
+        return RowSampling::Host;
+    if (params.temperature < kGreedyTemperature)
+        return RowSampling::Greedy;
+    const bool plain = params.min_p <= 0.0 && params.top_p >= 1.0 && params.top_k <= 0;
+    return plain ? RowSampling::Temperature : RowSampling::Host;
+}
 
 void apply_penalties(std::span<float> logits, const SamplingParams& params, std::span<const int32_t> prompt_ids,
                      std::span<const int32_t> output_ids) {
@@ -211,7 +208,7 @@ std::vector<double> sampling_distribution(std::span<const float> logits, const S
 }
 
 int32_t draw_token(std::span<const double> probs, std::mt19937_64& rng) {
-    const double u = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+    const double u = draw_uniform(rng);
     double cumulative = 0.0;
     int32_t last_nonzero = 0;
     for (size_t i = 0; i < probs.size(); ++i) {
@@ -281,12 +278,13 @@ SampleResult sample_token(std::span<const float> logits, const SampleContext& co
 
     SampleResult result;
     if (params.temperature < kGreedyTemperature) {
-        result.token_id = argmax(processed);
+        result.token_id = greedy_token(processed);
     } else {
         K2_CHECK(context.rng != nullptr, "a sampled request needs a generator");
         const bool plain = params.min_p <= 0.0 && params.top_p >= 1.0 &&
                            (params.top_k <= 0 || static_cast<size_t>(params.top_k) >= processed.size());
-        result.token_id = plain ? draw_from_logits(processed, params.temperature, *context.rng)
+        result.token_id = plain ? draw_with_temperature(processed, static_cast<float>(1.0 / params.temperature),
+                                                        draw_uniform(*context.rng))
                                 : draw_token(sampling_distribution(processed, params), *context.rng);
     }
     if (params.logprobs.has_value())

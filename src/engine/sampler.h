@@ -11,6 +11,7 @@
 
 #include "engine/engine_api.h"
 #include "engine/sampling_params.h"
+#include "model/forward_batch.h"
 
 namespace k2 {
 
@@ -30,6 +31,22 @@ std::vector<double> sampling_distribution(std::span<const float> logits, const S
 
 // Inverse-CDF draw from a (normalized) distribution.
 int32_t draw_token(std::span<const double> probs, std::mt19937_64& rng);
+
+// The one uniform in [0, 1) a draw takes from the request's generator.
+double draw_uniform(std::mt19937_64& rng);
+
+// Greedy: the first index of the largest logit (std::max_element's answer). NaN-free rows. [vocab_size]
+int32_t greedy_token(std::span<const float> logits);
+
+// Inverse-CDF draw from softmax(logits / T) at `uniform` (no top-k, top-p or min-p: what most requests ask for),
+// walking the tokens in id order; inv_temperature = float(1 / T); -inf logits weigh 0. The CUDA sampler
+// (backend/cuda/sampling.h) weighs every token with the same bits (core/fast_exp.h). [vocab_size]
+int32_t draw_with_temperature(std::span<const float> logits, float inv_temperature, double uniform);
+
+// Where a request's tokens can be sampled when the model samples on its device (Model::samples_on_device): greedy
+// and plain temperature draws there, everything that reads or changes the logits on the host (penalties,
+// logit_bias, min_tokens, logprobs, top-k / top-p / min-p).
+RowSampling device_row_sampling(const SamplingParams& params);
 
 // log_softmax of `logits` at `token_id` (with its rank) plus the `num_top` most likely tokens, highest first.
 TokenLogprobs compute_logprobs(std::span<const float> logits, int32_t token_id, int num_top);

@@ -8,6 +8,19 @@
 
 namespace k2 {
 
+// Sampling by the model on its device (Model::samples_on_device): what one logits row gets.
+enum class RowSampling : int32_t {
+    Host = 0,         // the row's logits go to the host (the engine's sampler, logprobs, penalties, ...)
+    Greedy = 1,       // the first largest logit
+    Temperature = 2,  // an inverse-CDF draw from softmax(logits / T) at `uniform` (engine/sampler.h)
+};
+
+struct DeviceSampleRow {
+    RowSampling mode = RowSampling::Host;
+    float inv_temperature = 1.0f;  // float(1 / T), as the host sampler weighs
+    double uniform = 0.0;          // drawn from the request's generator when the batch is built
+};
+
 struct ForwardBatch {
     std::vector<int32_t> token_ids;     // [num_tokens] new tokens of all sequences
     std::vector<int32_t> positions;     // [num_tokens] absolute position of each new token
@@ -17,6 +30,8 @@ struct ForwardBatch {
     int32_t max_blocks_per_seq = 0;
     std::vector<int64_t> slot_mapping;    // [num_tokens] block_id * block_size + offset of each new token
     std::vector<int32_t> logits_indices;  // [num_logits] rows of token_ids whose logits are returned
+    // [num_logits] or empty (all rows to the host): set only for a model that samples on its device.
+    std::vector<DeviceSampleRow> device_sampling;
     // Data + expert parallelism on GPUs: [dp] every DP replica's token count in this world step (set by the
     // executor on every replica's batch, an empty dummy's too). The CUDA model pads its expert exchange to the
     // largest and keeps the padding rows away from the experts, without a collective to learn them; empty elsewhere.

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 #include "dist/parallel.h"
@@ -68,8 +69,15 @@ public:
     virtual void submit(const ForwardBatch& batch) { m_pending_logits = forward(batch); }
     virtual Tensor collect() { return std::move(m_pending_logits); }
 
+    // Sampling on the model's device (vLLM samples on the GPU too): when true, the engine may fill
+    // ForwardBatch::device_sampling, and after forward() / collect() sampled_tokens() holds the token of every row
+    // not marked Host ([num_logits], -1 for Host rows); those rows' logits are then unspecified (never downloaded).
+    virtual bool samples_on_device() const { return false; }
+    virtual const std::vector<int32_t>& sampled_tokens() const { return m_no_tokens; }
+
 private:
-    Tensor m_pending_logits;  // [num_logits, vocab_size] of the default submit, until collect
+    Tensor m_pending_logits;
+    std::vector<int32_t> m_no_tokens;  // [num_logits, vocab_size] of the default submit, until collect
 };
 
 // Loads a checkpoint directory (config.json + safetensors) for the device in `options`.

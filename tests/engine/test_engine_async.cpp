@@ -7,15 +7,20 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <fstream>
+#include <functional>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <span>
 #include <thread>
 
 #include "../unit/test_paths.h"
 #include "engine/batch_builder.h"
 #include "engine/engine.h"
+#include "engine/sampler.h"
 #include "engine/scheduler.h"
 #include "engine_test_util.h"
 #include "fake_model.h"
@@ -50,6 +55,8 @@ public:
         K2_CHECK(!m_queued.has_value(), "queued model: submit before the previous step was collected");
         m_queued = batch;
     }
+    bool samples_on_device() const override { return m_inner->samples_on_device(); }
+    const std::vector<int32_t>& sampled_tokens() const override { return m_inner->sampled_tokens(); }
     Tensor collect() override {
         K2_CHECK(m_queued.has_value(), "queued model: collect without submit");
         ForwardBatch batch = std::move(*m_queued);
@@ -62,6 +69,42 @@ private:
     std::optional<ForwardBatch> m_queued;
 };
 
+// A model that samples on its "device" (Model::samples_on_device) like the CUDA one, with the host sampler's own
+// functions on the rows the engine marked: its tokens go out through sampled_tokens(), and those rows' logits are
+// returned as NaN (the CUDA model never downloads them), so an engine that still read them would sample garbage.
+// It counts the rows of each mode it saw.
+class DeviceSamplingModel final : public Model {
+public:
+    explicit DeviceSamplingModel(std::unique_ptr<Model> inner) : m_inner(std::move(inner)) {}
+    const ModelConfig& config() const override { return m_inner->config(); }
+    size_t kv_cache_bytes_per_block() const override { return m_inner->kv_cache_bytes_per_block(); }
+    void allocate_kv_cache(int num_blocks) override { m_inner->allocate_kv_cache(num_blocks); }
+    bool samples_on_device() const override { return true; }
+    const std::vector<int32_t>& sampled_tokens() const override { return m_tokens; }
+    Tensor forward(const ForwardBatch& batch) override {
+        Tensor logits = m_inner->forward(batch);  // [num_logits, vocab]
+        m_tokens.assign(batch.device_sampling.size(), -1);
+        const auto vocab = static_cast<size_t>(logits.dim(1));
+        for (size_t r = 0; r < batch.device_sampling.size(); ++r) {
+            const DeviceSampleRow& row = batch.device_sampling[r];
+            std::span<float> values(logits.data_as<float>() + r * vocab, vocab);
+            mode_counts[static_cast<size_t>(row.mode)] += 1;
+            if (row.mode == RowSampling::Host)
+                continue;
+            m_tokens[r] = row.mode == RowSampling::Greedy
+                              ? greedy_token(values)
+                              : draw_with_temperature(values, row.inv_temperature, row.uniform);
+            std::fill(values.begin(), values.end(), std::numeric_limits<float>::quiet_NaN());
+        }
+        return logits;
+    }
+    std::array<int, 3> mode_counts{};  // rows seen per RowSampling
+
+private:
+    std::unique_ptr<Model> m_inner;
+    std::vector<int32_t> m_tokens;
+};
+
 // A small vocabulary makes the FakeModel's EOS (the last id) a frequent greedy and sampled token.
 constexpr int kVocab = 16;
 
@@ -72,12 +115,18 @@ std::vector<int32_t> random_tokens(std::mt19937& rng, int count) {
     return tokens;
 }
 
-std::unique_ptr<Engine> fake_engine(EngineConfig config, bool async, std::shared_ptr<FakeModelLog> log = nullptr) {
+std::unique_ptr<Engine> fake_engine(EngineConfig config, bool async, std::shared_ptr<FakeModelLog> log = nullptr,
+                                    DeviceSamplingModel** device_sampling = nullptr) {
     config.async_scheduling = async;
     if (log == nullptr)
         log = std::make_shared<FakeModelLog>();
-    auto model = std::make_unique<QueuedModel>(std::make_unique<FakeModel>(kVocab, 4096, log));
-    return std::make_unique<Engine>(config, std::move(model), nullptr);
+    std::unique_ptr<Model> model = std::make_unique<FakeModel>(kVocab, 4096, log);
+    if (device_sampling != nullptr) {
+        auto sampling = std::make_unique<DeviceSamplingModel>(std::move(model));
+        *device_sampling = sampling.get();
+        model = std::move(sampling);
+    }
+    return std::make_unique<Engine>(config, std::make_unique<QueuedModel>(std::move(model)), nullptr);
 }
 
 void expect_same_logprobs(const std::vector<TokenLogprobs>& a, const std::vector<TokenLogprobs>& b,
@@ -491,6 +540,68 @@ TEST(EngineAsyncScheduler, PlaceholderRowIsPatchedWithTheSampledToken) {
     EXPECT_EQ(scheduler.schedule().seqs.size(), 1u);
     request->max_tokens = 2;
     EXPECT_TRUE(scheduler.schedule().empty());
+}
+
+// Sampling on the model's device: greedy and plain temperature rows (seeded or not) take the device's tokens with
+// uniforms the engine drew when it built the step, everything else stays on the host; the results must be the
+// host-only engine's, token for token, with and without --async-scheduling and under preemption.
+TEST(EngineDeviceSampling, SameTokensAsHostSampling) {
+    Workload workload = mixed_workload(40);
+    for (size_t i = 0; i < workload.requests.size(); ++i) {
+        SamplingParams& params = workload.requests[i].params;
+        if (i % 5 == 1)
+            params.logprobs.reset();  // seeded plain temperature 1.0: now device-sampled
+        if (i % 10 == 4)
+            params.prompt_logprobs.reset();  // seeded temperature 1.3, half of them
+    }
+    for (const EngineConfig& config :
+         {EngineConfig{.max_num_batched_tokens = 96, .num_kv_blocks = 64},
+          EngineConfig{.max_num_batched_tokens = 128, .max_model_len = 512, .num_kv_blocks = 8}}) {
+        const auto host = run_workload(*fake_engine(config, false), workload);
+        for (const bool async : {false, true}) {
+            DeviceSamplingModel* model = nullptr;
+            const auto engine = fake_engine(config, async, nullptr, &model);
+            const auto device = run_workload(*engine, workload);
+            expect_same_results(host, device);
+            expect_greedy_matches_reference(workload, device);
+            EXPECT_GT(model->mode_counts[static_cast<size_t>(RowSampling::Greedy)], 100) << "async " << async;
+            EXPECT_GT(model->mode_counts[static_cast<size_t>(RowSampling::Temperature)], 100) << "async " << async;
+            EXPECT_GT(model->mode_counts[static_cast<size_t>(RowSampling::Host)], 100) << "async " << async;
+        }
+    }
+}
+
+TEST(EngineDeviceSampling, RowModesFollowTheSamplingParams) {
+    SamplingParams params;
+    params.temperature = 0.0;
+    EXPECT_EQ(device_row_sampling(params), RowSampling::Greedy);
+    params.temperature = 0.8;
+    EXPECT_EQ(device_row_sampling(params), RowSampling::Temperature);
+    using Change = std::function<void(SamplingParams&)>;
+    // Filters of the distribution: host for a draw, nothing to a greedy pick (argmax ignores them, as on the host).
+    for (const Change& change :
+         std::vector<Change>{[](SamplingParams& p) { p.top_k = 5; }, [](SamplingParams& p) { p.top_p = 0.9; },
+                             [](SamplingParams& p) { p.min_p = 0.1; }}) {
+        SamplingParams changed = params;
+        change(changed);
+        EXPECT_EQ(device_row_sampling(changed), RowSampling::Host);
+        changed.temperature = 0.0;
+        EXPECT_EQ(device_row_sampling(changed), RowSampling::Greedy);
+    }
+    // What reads or changes the logits: host for both.
+    for (const Change& change : std::vector<Change>{
+             [](SamplingParams& p) { p.logprobs = 0; }, [](SamplingParams& p) { p.prompt_logprobs = 1; },
+             [](SamplingParams& p) { p.min_tokens = 3; }, [](SamplingParams& p) { p.repetition_penalty = 1.1; },
+             [](SamplingParams& p) { p.frequency_penalty = 0.5; }, [](SamplingParams& p) { p.presence_penalty = 0.5; },
+             [](SamplingParams& p) {
+                 p.logit_bias = {{3, 1.0f}};
+             }}) {
+        SamplingParams changed = params;
+        change(changed);
+        EXPECT_EQ(device_row_sampling(changed), RowSampling::Host);
+        changed.temperature = 0.0;
+        EXPECT_EQ(device_row_sampling(changed), RowSampling::Host);
+    }
 }
 
 }  // namespace

@@ -14,13 +14,19 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <random>
+#include <span>
+#include <string>
 
 #include "backend/cuda/device_buffer.h"
+#include "engine/sampler.h"
 #include "golden_fixture.h"
 #include "model/sequence_batch.h"
+#include "unit/sampling_check.h"
 
 namespace k2::test {
 
@@ -224,6 +230,65 @@ TEST_P(CudaModel, GreedyContinuationsAgreeWithTheCpuOracle) {
             lr = ref.append({&next, 1}, false);
         }
     }
+}
+
+// Sampling on the GPU (ForwardBatch::device_sampling): each step runs twice, once returning every row's logits and
+// once with rows marked greedy, temperature or host; the GPU's tokens must be the host sampler's on those logits
+// (a temperature draw may differ only within float rounding of a token boundary) and host rows must come back -1.
+// An eager prefill of two prompts (every row), then decode steps replayed from a CUDA graph.
+TEST_P(CudaModel, DeviceSamplingMatchesTheHostSamplerOnTheSameLogits) {
+    ASSERT_TRUE(m_model->samples_on_device());
+    ASSERT_GE(m_prompts.size(), 4u);
+    const GoldenPrompt& a = m_prompts.at(3);
+    const GoldenPrompt& b = m_prompts.at(2);
+    m_model->allocate_kv_cache(8);
+    const std::vector<int32_t> blocks_a = {0, 2, 4, 6};
+    const std::vector<int32_t> blocks_b = {1, 3, 5, 7};
+    const int64_t vocab = m_model->config().vocab_size;
+    std::mt19937_64 uniforms(5);
+    int near_boundary = 0;
+    auto check_step = [&](const std::vector<SequenceChunk>& chunks, const std::string& what) {
+        ForwardBatch batch = build_forward_batch(chunks);
+        const Tensor reference = m_model->forward(batch);  // [rows, vocab]
+        const std::vector<float> logits(reference.data_as<float>(), reference.data_as<float>() + reference.numel());
+        const size_t rows = batch.logits_indices.size();
+        batch.device_sampling.resize(rows);
+        for (size_t r = 0; r < rows; ++r) {
+            DeviceSampleRow& row = batch.device_sampling[r];
+            row.mode = std::array{RowSampling::Greedy, RowSampling::Temperature, RowSampling::Host}[r % 3];
+            row.inv_temperature = static_cast<float>(1.0 / (0.5 + 0.25 * static_cast<double>(r % 4)));
+            row.uniform = draw_uniform(uniforms);
+        }
+        (void)m_model->forward(batch);  // rewrites the same KV entries
+        const std::vector<int32_t>& tokens = m_model->sampled_tokens();
+        ASSERT_EQ(tokens.size(), rows) << what;
+        for (size_t r = 0; r < rows; ++r) {
+            const DeviceSampleRow& row = batch.device_sampling[r];
+            const std::span<const float> values(logits.data() + r * static_cast<size_t>(vocab),
+                                                static_cast<size_t>(vocab));
+            if (row.mode == RowSampling::Host) {
+                EXPECT_EQ(tokens[r], -1) << what << " row " << r;
+            } else if (row.mode == RowSampling::Greedy) {
+                EXPECT_EQ(tokens[r], greedy_token(values)) << what << " row " << r;
+            } else if (const int32_t host = draw_with_temperature(values, row.inv_temperature, row.uniform);
+                       tokens[r] != host) {
+                EXPECT_LT(draw_boundary_distance(values, row.inv_temperature, row.uniform, host),
+                          kDrawBoundaryTolerance)
+                    << what << " row " << r << ": gpu " << tokens[r] << ", host " << host;
+                ++near_boundary;
+            }
+        }
+    };
+    const auto na = static_cast<int32_t>(a.ids.size());
+    const auto nb = static_cast<int32_t>(b.ids.size());
+    check_step({{a.ids, 0, blocks_a, true}, {b.ids, 0, blocks_b, true}}, "prefill");
+    for (int32_t t = 0; t < 6; ++t) {
+        const int32_t next_a = a.ids[static_cast<size_t>(t)];
+        const int32_t next_b = b.ids[static_cast<size_t>(t)];
+        check_step({{{&next_a, 1}, na + t, blocks_a, false}, {{&next_b, 1}, nb + t, blocks_b, false}},
+                   "decode " + std::to_string(t));
+    }
+    EXPECT_LE(near_boundary, 1);
 }
 
 // FP8 cache: every attention read is also rounded to e4m3 (~3% per element), so rows drift further.

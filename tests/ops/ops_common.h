@@ -1,12 +1,12 @@
 // Shared helpers of the op test driver (test_backend_ops.cpp) and its --perf mode (ops_perf.cpp).
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cstdint>
 #include <functional>
 #include <random>
 #include <vector>
-
-#include <cuda_runtime.h>
 
 #include "backend/cuda/device_buffer.h"
 #include "core/dtype.h"
@@ -17,13 +17,15 @@ namespace k2::ops_test {
 inline std::vector<uint16_t> random_bf16(size_t count, std::mt19937& rng, float sigma = 1.0f) {
     std::normal_distribution<float> dist(0.0f, sigma);
     std::vector<uint16_t> out(count);
-    for (auto& v : out) v = float_to_bf16(dist(rng));
+    for (auto& v : out)
+        v = float_to_bf16(dist(rng));
     return out;
 }
 
 inline std::vector<float> bf16_to_floats(const std::vector<uint16_t>& bits) {
     std::vector<float> out(bits.size());
-    for (size_t i = 0; i < bits.size(); ++i) out[i] = bf16_to_float(bits[i]);
+    for (size_t i = 0; i < bits.size(); ++i)
+        out[i] = bf16_to_float(bits[i]);
     return out;
 }
 
@@ -31,28 +33,32 @@ inline std::vector<float> bf16_to_floats(const std::vector<uint16_t>& bits) {
 inline std::vector<uint8_t> random_fp8(size_t count, std::mt19937& rng, float sigma = 64.0f) {
     std::normal_distribution<float> dist(0.0f, sigma);
     std::vector<uint8_t> out(count);
-    for (auto& v : out) v = float_to_fp8_e4m3(dist(rng));
+    for (auto& v : out)
+        v = float_to_fp8_e4m3(dist(rng));
     return out;
 }
 
 inline std::vector<float> random_uniform(size_t count, std::mt19937& rng, float lo, float hi) {
     std::uniform_real_distribution<float> dist(lo, hi);
     std::vector<float> out(count);
-    for (auto& v : out) v = dist(rng);
+    for (auto& v : out)
+        v = dist(rng);
     return out;
 }
 
 template <typename T>
 cuda::DeviceBuffer to_device(const std::vector<T>& host) {
     cuda::DeviceBuffer buf(host.size() * sizeof(T));
-    if (!host.empty()) buf.upload(host.data(), host.size() * sizeof(T));
+    if (!host.empty())
+        buf.upload(host.data(), host.size() * sizeof(T));
     return buf;
 }
 
 template <typename T>
 std::vector<T> to_host(const cuda::DeviceBuffer& buf, size_t count) {
     std::vector<T> host(count);
-    if (count > 0) buf.download(host.data(), count * sizeof(T));
+    if (count > 0)
+        buf.download(host.data(), count * sizeof(T));
     return host;
 }
 
@@ -62,6 +68,10 @@ double relative_l2(const std::vector<float>& a, const std::vector<float>& b);
 // Median time in microseconds of one call of `body(iter, stream)`, measured over CUDA-graph replays of
 // kCallsPerGraph consecutive calls (iter counts calls, so the body can rotate input buffers).
 double time_us(const std::function<void(int, cudaStream_t)>& body, cudaStream_t stream);
+
+// The copy rate of our SM copy kernel over 1 GiB (bytes read + written per second, in GB/s), timed by time_us: the
+// baseline every op benchmark states its "% of copy" against.
+double copy_rate_gbs(cudaStream_t stream);
 
 // The perf mode of the driver; returns the process exit code.
 int run_perf(int argc, char** argv);

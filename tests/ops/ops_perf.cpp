@@ -44,9 +44,8 @@ double measure_copy_gbs(cudaStream_t stream) {
             CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, s));
         },
         stream);
-    const cuda::DeviceCopyParams params{a.data(), b.data(), static_cast<int64_t>(bytes)};
-    const double us = time_us([&](int, cudaStream_t s) { cuda::launch_device_copy(params, s); }, stream);
-    const double gbs = 2.0 * bytes / us * 1e-3;  // bytes read + bytes written
+    const double gbs = copy_rate_gbs(stream);
+    const double us = 2.0 * bytes / gbs * 1e-3;  // bytes read + bytes written
     std::printf("cudaMemcpyAsync D2D (1 GiB, read+write)     %9.2f us %8.1f GB/s\n", engine_us,
                 2.0 * bytes / engine_us * 1e-3);
     std::printf("SM copy kernel (1 GiB, read+write)          %9.2f us %8.1f GB/s   <- the copy rate\n", us, gbs);
@@ -262,7 +261,8 @@ void perf_mla(double copy_gbs, cudaStream_t stream, std::mt19937& rng) {
 
 }  // namespace
 
-// --perf [--only NAME] [--m M]: all cases, or one GEMM shape (by name) at one token count (for ncu).
+// --perf [--only NAME] [--m M]: all cases, one GEMM shape (by name; at one token count with --m) or one group of
+// the other ops (quant, router, mla), e.g. for ncu.
 int run_perf(int argc, char** argv) {
     std::string only;
     int64_t only_m = 0;
@@ -290,6 +290,11 @@ int run_perf(int argc, char** argv) {
         {"dense_gate_up", 18432, 7168}, {"dense_down", 7168, 18432}, {"expert_gate_up", 4096, 7168},
         {"expert_down", 7168, 2048},    {"q_b_v3", 24576, 1536},     {"kv_b", 16384, 512},
     };
+    if (only == "quant" || only == "router" || only == "mla") {  // one group of the non-GEMM ops (for ncu)
+        (only == "quant" ? perf_quant : only == "router" ? perf_router : perf_mla)(copy_gbs, stream, rng);
+        CUDA_CHECK(cudaStreamDestroy(stream));
+        return 0;
+    }
     for (const auto& shape : shapes) {
         if (!only.empty() && only != shape.name)
             continue;

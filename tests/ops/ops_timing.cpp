@@ -1,9 +1,11 @@
-// time_us (ops_common.h): the one timing loop of the op benchmarks (test_backend_ops --perf, the wgmma GEMM bench).
+// time_us and copy_rate_gbs (ops_common.h): the one timing loop of the op benchmarks (test_backend_ops --perf and the
+// kernels' own DISABLED_Perf cases) and the copy rate they are measured against.
 #include <algorithm>
 #include <functional>
 #include <vector>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/device_copy.h"
 #include "ops_common.h"
 
 namespace k2::ops_test {
@@ -46,6 +48,16 @@ double time_us(const std::function<void(int, cudaStream_t)>& body, cudaStream_t 
     CUDA_CHECK(cudaGraphDestroy(graph));
     std::sort(times.begin(), times.end());
     return 1e3 * times[times.size() / 2] / kCallsPerGraph;
+}
+
+double copy_rate_gbs(cudaStream_t stream) {
+    const size_t bytes = 1ull << 30;
+    cuda::DeviceBuffer a(bytes);
+    cuda::DeviceBuffer b(bytes);
+    a.fill_bytes(1);
+    const cuda::DeviceCopyParams params{a.data(), b.data(), static_cast<int64_t>(bytes)};
+    const double us = time_us([&](int, cudaStream_t s) { cuda::launch_device_copy(params, s); }, stream);
+    return 2.0 * bytes / us * 1e-3;  // bytes read + bytes written
 }
 
 }  // namespace k2::ops_test

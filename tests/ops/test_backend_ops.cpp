@@ -388,9 +388,10 @@ TEST_F(CudaOps, MoeRouter) {
 
 // One decode batch: a paged BF16 (Code = uint16_t) or FP8 e4m3 (Code = uint8_t, codes of value / kv_scale) cache
 // with shuffled block ids, unused pages NaN-poisoned and block tables padded with -1; the GPU result is compared
-// with cpu::mla_attention_absorbed on the same stored numbers.
+// with cpu::mla_attention_absorbed on the same stored numbers, for the split kernel `kernel`.
 template <typename Code>
-void check_mla_decode(const std::vector<int32_t>& seq_lens, int num_heads, std::mt19937& rng, float kv_scale = 1.0f) {
+void check_mla_decode(cuda::MlaDecodeKernel kernel, const std::vector<int32_t>& seq_lens, int num_heads,
+                      std::mt19937& rng, float kv_scale = 1.0f) {
     constexpr bool kFp8 = std::is_same_v<Code, uint8_t>;
     const auto num_seqs = static_cast<int64_t>(seq_lens.size());
     SCOPED_TRACE("seqs " + std::to_string(num_seqs) + " heads " + std::to_string(num_heads) + " first len " +
@@ -482,6 +483,8 @@ void check_mla_decode(const std::vector<int32_t>& seq_lens, int num_heads, std::
     p.max_blocks_per_seq = max_blocks;
     p.max_seq_len = max_len;
     p.softmax_scale = softmax_scale;
+    p.kernel = kernel;
+    ASSERT_EQ(cuda::mla_decode_kernel(p), kernel);
     const int splits = cuda::mla_decode_num_splits(p, 132);
     p.num_splits = splits;
     cuda::DeviceBuffer ws(static_cast<size_t>(cuda::mla_decode_workspace_floats(p, splits)) * 4 + 16);
@@ -498,27 +501,49 @@ void check_mla_decode(const std::vector<int32_t>& seq_lens, int num_heads, std::
     }
 }
 
-TEST_F(CudaOps, MlaDecode) {
-    std::mt19937 rng(8);
-    check_mla_decode<uint16_t>({}, 64, rng);
-    check_mla_decode<uint16_t>({1, 65, 200}, 64, rng);
-    check_mla_decode<uint16_t>({64, 1000}, 128, rng);
-    check_mla_decode<uint16_t>({4097}, 64, rng);  // many splits over one sequence
-    // A tensor-parallel rank's heads (Kimi-K2 at tp 8 and 2, DeepSeek-V3 at tp 16): one zero-padded head group.
-    check_mla_decode<uint16_t>({1, 65, 200}, 8, rng);
-    check_mla_decode<uint16_t>({64, 1000}, 32, rng);
-    check_mla_decode<uint8_t>({300, 7}, 8, rng, 0.5f);
+// Lengths 1..200 of a batch large enough for at most 2 splits (the wgmma kernel then combines inside a cluster).
+std::vector<int32_t> mla_many_lens(int num_seqs, std::mt19937& rng) {
+    std::uniform_int_distribution<int32_t> len(1, 200);
+    std::vector<int32_t> lens(static_cast<size_t>(num_seqs));
+    for (auto& l : lens)
+        l = len(rng);
+    return lens;
 }
 
-// The FP8 cache through the same split-KV kernel (staged e4m3 pages converted to bf16 in shared memory); a
-// kv_scale other than 1 checks that it multiplies the scores and the output.
-TEST_F(CudaOps, MlaDecodeFp8Cache) {
-    std::mt19937 rng(14);
-    check_mla_decode<uint8_t>({}, 64, rng);
-    check_mla_decode<uint8_t>({1, 65, 200}, 64, rng, 0.5f);
-    check_mla_decode<uint8_t>({64, 1000}, 128, rng);
-    check_mla_decode<uint8_t>({4097, 3, 129}, 64, rng, 2.0f);  // odd page counts: the two-ahead prefetch's tail
+// Both split kernels (mma.sync and wgmma) run every case below.
+class CudaMlaDecode : public CudaOps, public ::testing::WithParamInterface<cuda::MlaDecodeKernel> {};
+
+TEST_P(CudaMlaDecode, MlaDecode) {
+    const cuda::MlaDecodeKernel k = GetParam();
+    std::mt19937 rng(8);
+    check_mla_decode<uint16_t>(k, {}, 64, rng);
+    check_mla_decode<uint16_t>(k, {1, 65, 200}, 64, rng);
+    check_mla_decode<uint16_t>(k, {64, 1000}, 128, rng);
+    check_mla_decode<uint16_t>(k, {4097}, 64, rng);  // many splits over one sequence
+    // A tensor-parallel rank's heads (Kimi-K2 at tp 8 and 2, DeepSeek-V3 at tp 16): one zero-padded head group.
+    check_mla_decode<uint16_t>(k, {1, 65, 200}, 8, rng);
+    check_mla_decode<uint16_t>(k, {64, 1000}, 32, rng);
+    check_mla_decode<uint8_t>(k, {300, 7}, 8, rng, 0.5f);
+    check_mla_decode<uint16_t>(k, mla_many_lens(50, rng), 64, rng);  // 2 splits: the wgmma kernel's cluster path
 }
+
+// The FP8 cache through the same split-KV kernels (staged e4m3 pages converted to bf16 in shared memory); a
+// kv_scale other than 1 checks that it multiplies the scores and the output.
+TEST_P(CudaMlaDecode, MlaDecodeFp8Cache) {
+    const cuda::MlaDecodeKernel k = GetParam();
+    std::mt19937 rng(14);
+    check_mla_decode<uint8_t>(k, {}, 64, rng);
+    check_mla_decode<uint8_t>(k, {1, 65, 200}, 64, rng, 0.5f);
+    check_mla_decode<uint8_t>(k, {64, 1000}, 128, rng);
+    check_mla_decode<uint8_t>(k, {4097, 3, 129}, 64, rng, 2.0f);           // odd page counts: the prefetch's tail
+    check_mla_decode<uint8_t>(k, mla_many_lens(40, rng), 128, rng, 0.5f);  // 1 split: a cluster of one CTA
+}
+
+INSTANTIATE_TEST_SUITE_P(Kernels, CudaMlaDecode,
+                         ::testing::Values(cuda::MlaDecodeKernel::Mma, cuda::MlaDecodeKernel::Wgmma),
+                         [](const ::testing::TestParamInfo<cuda::MlaDecodeKernel>& param_info) {
+                             return param_info.param == cuda::MlaDecodeKernel::Mma ? "mma" : "wgmma";
+                         });
 
 TEST_F(CudaOps, RejectsBadShapes) {
     cuda::Fp8GemmRunner runner;

@@ -223,16 +223,6 @@ TEST_F(Fp8GemmWgmma, Deterministic) {
 
 // ---- benchmark mode ----
 
-double copy_rate_gbs(cudaStream_t stream) {
-    const size_t bytes = 1ull << 30;
-    cuda::DeviceBuffer a(bytes);
-    cuda::DeviceBuffer b(bytes);
-    a.fill_bytes(1);
-    const cuda::DeviceCopyParams params{a.data(), b.data(), static_cast<int64_t>(bytes)};
-    const double us = time_us([&](int, cudaStream_t s) { cuda::launch_device_copy(params, s); }, stream);
-    return 2.0 * bytes / us * 1e-3;  // bytes read + bytes written
-}
-
 TEST_F(Fp8GemmWgmma, DISABLED_Perf) {
     cudaStream_t stream = nullptr;
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));

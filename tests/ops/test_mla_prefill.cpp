@@ -4,8 +4,9 @@
 // the layouts the model uses (K_nope | V interleaved per head as kv_b_proj writes them, k_pe inside the 576-wide
 // latent rows); everything the kernel must not read (the latent's c_kv part, padding columns, one row past every
 // buffer) is NaN, and outputs are NaN-poisoned with a padding row and padding columns that must stay poisoned.
+// Every case runs against every flash kernel (kVariants: mma.sync with 8 and 4 warps, the four wgmma variants).
 // `test_mla_prefill --gtest_also_run_disabled_tests --gtest_filter='*Perf*'` is the benchmark mode (8192 causal
-// tokens, 64 heads) with the absorbed kernel (mla_ops.h) timed in the same run as the baseline.
+// tokens, 64 heads): every flash kernel, the model path, and the absorbed kernel (mla_ops.h) in the same run.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -60,6 +61,21 @@ double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
     }
     return std::sqrt(num / std::max(den, 1e-30));
 }
+
+// Every flash kernel launch_mla_prefill can run; each test case runs against all of them.
+struct Variant {
+    const char* name;
+    cuda::MlaPrefillKernel kernel;
+    int warps_per_cta;  // kMmaSync only
+};
+constexpr Variant kVariants[] = {
+    {"mma.sync, 8 warps", cuda::MlaPrefillKernel::kMmaSync, 8},
+    {"mma.sync, 4 warps", cuda::MlaPrefillKernel::kMmaSync, 4},
+    {"wgmma", cuda::MlaPrefillKernel::kWgmma, 8},
+    {"wgmma ping-pong", cuda::MlaPrefillKernel::kWgmmaPingPong, 8},
+    {"wgmma overlap", cuda::MlaPrefillKernel::kWgmmaOverlap, 8},
+    {"wgmma heads inner", cuda::MlaPrefillKernel::kWgmmaHeadsInner, 8},
+};
 
 struct Seq {
     int k_len;  // whole context (cached prefix + chunk)
@@ -265,10 +281,11 @@ void check_case(const Case& c, std::mt19937& rng) {
     p.max_q_len = in.max_q_len;
     p.softmax_scale = kSoftmaxScale;
     const std::vector<float> ref = in.num_tokens > 0 ? reference(c, in) : std::vector<float>{};
-    for (const int warps : {8, 4}) {
-        SCOPED_TRACE(std::to_string(warps) + " warps per CTA");
+    for (const Variant& v : kVariants) {
+        SCOPED_TRACE(v.name);
         out_dev.fill_bytes(0xFF);
-        p.warps_per_cta = warps;
+        p.kernel = v.kernel;
+        p.warps_per_cta = v.warps_per_cta;
         check_launch(c, in, p, out_dev, out_stride, ref);
     }
 }
@@ -311,7 +328,7 @@ TEST_F(MlaPrefill, EmptyBatches) {
 // cpu::causal_attention). Tolerance: K_nope, V, the latents of an FP8 cache (times kv_scale) and the roped q_pe are
 // rounded to bf16 on the GPU (2^-9 relative each) on top of the kernel's own rounding: rel L2 < 1e-2 overall, < 3e-2
 // per (token, head) row.
-void check_forward(bool fp8, const std::vector<Seq>& seqs, std::mt19937& rng) {
+void check_forward(bool fp8, const std::vector<Seq>& seqs, std::mt19937& rng, cuda::MlaPrefillKernel kernel) {
     SCOPED_TRACE(fp8 ? "fp8 cache" : "bf16 cache");
     constexpr int kHeads = 64;
     constexpr int kBlock = 64;
@@ -459,6 +476,7 @@ void check_forward(bool fp8, const std::vector<Seq>& seqs, std::mt19937& rng) {
     p.lat = kLat;
     p.max_q_len = max_q_len;
     p.softmax_scale = kSoftmaxScale;
+    p.kernel = kernel;
     cuda::run_mla_prefill_forward(gemm, p, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
     const auto out_bits = to_host<uint16_t>(out_dev, out_count);
@@ -481,9 +499,15 @@ void check_forward(bool fp8, const std::vector<Seq>& seqs, std::mt19937& rng) {
 TEST_F(MlaPrefill, ForwardFromPagedCache) {
     std::mt19937 rng(77);
     const std::vector<Seq> seqs = {{300, 37}, {129, 129}, {1, 1}, {70, 3}};
-    check_forward(false, seqs, rng);
-    check_forward(true, seqs, rng);
-    check_forward(false, {}, rng);  // empty batch
+    for (const cuda::MlaPrefillKernel kernel :
+         {cuda::MlaPrefillKernel::kAuto, cuda::MlaPrefillKernel::kMmaSync, cuda::MlaPrefillKernel::kWgmma,
+          cuda::MlaPrefillKernel::kWgmmaPingPong, cuda::MlaPrefillKernel::kWgmmaOverlap,
+          cuda::MlaPrefillKernel::kWgmmaHeadsInner}) {
+        SCOPED_TRACE("kernel " + std::to_string(static_cast<int>(kernel)));
+        check_forward(false, seqs, rng, kernel);
+        check_forward(true, seqs, rng, kernel);
+        check_forward(false, {}, rng, kernel);  // empty batch
+    }
 }
 
 // Validation happens before any CUDA call: runs without a GPU too.
@@ -515,6 +539,12 @@ TEST(MlaPrefillHost, RejectsBadParams) {
     EXPECT_THROW(cuda::launch_mla_prefill(p, nullptr), Error);
     p.v = buf;
     p.softmax_scale = 0.0f;
+    EXPECT_THROW(cuda::launch_mla_prefill(p, nullptr), Error);
+    p.softmax_scale = 1.0f;
+    p.kernel = cuda::MlaPrefillKernel::kMmaSync;
+    p.warps_per_cta = 5;
+    EXPECT_THROW(cuda::launch_mla_prefill(p, nullptr), Error);
+    p.kernel = static_cast<cuda::MlaPrefillKernel>(17);
     EXPECT_THROW(cuda::launch_mla_prefill(p, nullptr), Error);
 }
 
@@ -606,12 +636,17 @@ TEST_F(MlaPrefill, DISABLED_Perf8k) {
     p.softmax_scale = kSoftmaxScale;
     const double flop = 2.0 * kHeads * (kDqk + kDv) * double{kTokens} * kTokens / 2;  // the brief's causal count
     double flash_ms = 1e30;
-    std::printf("mla_prefill 8192 causal tokens, 64 heads:\n");
-    for (const int warps : {4, 8}) {  // the spot check below reads the last one's output
-        p.warps_per_cta = warps;
+    std::printf(
+        "mla_prefill 8192 causal tokens, 64 heads (TFLOP/s on 2*H*(192+128)*T^2/2; ratio: time of the first,\n"
+        "the mma.sync baseline, over this one's):\n");
+    double baseline_ms = 0.0;
+    for (const Variant& v : kVariants) {
+        p.kernel = v.kernel;
+        p.warps_per_cta = v.warps_per_cta;
         const double ms = median_ms([&] { cuda::launch_mla_prefill(p, nullptr); }, 10);
-        std::printf("  flash, %d warps per CTA      %9.1f us  %6.1f TFLOP/s (2*H*(192+128)*T^2/2)\n", warps, ms * 1e3,
-                    flop / (ms * 1e-3) / 1e12);
+        baseline_ms = baseline_ms > 0.0 ? baseline_ms : ms;
+        std::printf("  flash, %-20s %9.1f us  %6.1f TFLOP/s  %5.2fx\n", v.name, ms * 1e3, flop / (ms * 1e-3) / 1e12,
+                    baseline_ms / ms);
         flash_ms = std::min(flash_ms, ms);
     }
 
@@ -675,10 +710,15 @@ TEST_F(MlaPrefill, DISABLED_Perf8k) {
     fw.lat = kLat;
     fw.max_q_len = kTokens;
     fw.softmax_scale = kSoftmaxScale;
+    fw.kernel = cuda::MlaPrefillKernel::kMmaSync;
+    const double path_mma_ms = median_ms([&] { cuda::run_mla_prefill_forward(gemm, fw, nullptr); }, 10);
+    fw.kernel = cuda::MlaPrefillKernel::kAuto;
     const double path_ms = median_ms([&] { cuda::run_mla_prefill_forward(gemm, fw, nullptr); }, 10);
 
     std::printf("  model path (gather, W_UK + W_UV GEMMs, RoPE, flash) %9.1f us (%.0fk tokens/s/layer of attention)\n",
                 path_ms * 1e3, kTokens / (path_ms * 1e-3) / 1e3);
+    std::printf("  model path with the mma.sync kernel                 %9.1f us (%.0fk tokens/s/layer of attention)\n",
+                path_mma_ms * 1e3, kTokens / (path_mma_ms * 1e-3) / 1e3);
     std::printf("  kv_b expansion GEMM         %9.1f us  %6.1f TFLOP/s ([8192,512] x [512,16384], cuBLASLt)\n",
                 gemm_ms * 1e3, 2.0 * kTokens * g.n * kLat / (gemm_ms * 1e-3) / 1e12);
     std::printf("  best flash + expansion      %9.1f us  (%.0fk tokens/s/layer of attention)\n",
@@ -686,13 +726,12 @@ TEST_F(MlaPrefill, DISABLED_Perf8k) {
     std::printf("  baseline absorbed (576/512) %9.1f us  %6.1f TFLOP/s own count; %.2fx slower than flash+GEMM\n",
                 absorbed_ms * 1e3, absorbed_flop / (absorbed_ms * 1e-3) / 1e12, absorbed_ms / (flash_ms + gemm_ms));
 
-    cuda::launch_mla_prefill(p, nullptr);  // out_dev back to the plain kernel's output on the unchanged q
-    CUDA_CHECK(cudaDeviceSynchronize());
-    // Spot check of the flash output at the first, a middle and the last token, all heads (CPU, double).
+    // Spot check of every kernel's output on the unchanged q at the first, a middle and the last token, all heads
+    // (CPU, double).
     const auto kv_bits = to_host<uint16_t>(kv_dev, size_t{kTokens} * kHeads * (kNope + kDv));
-    const auto out_bits = to_host<uint16_t>(out_dev, size_t{kTokens} * kHeads * kDv);
-    for (const int t : {0, kTokens / 2 + 17, kTokens - 1}) {
-        SCOPED_TRACE("token " + std::to_string(t));
+    constexpr int kSpotTokens[] = {0, kTokens / 2 + 17, kTokens - 1};
+    std::vector<std::vector<float>> refs;
+    for (const int t : kSpotTokens) {
         const int len = t + 1;
         std::vector<float> qf(size_t{kHeads} * kDqk);
         for (size_t i = 0; i < qf.size(); ++i)
@@ -729,10 +768,23 @@ TEST_F(MlaPrefill, DISABLED_Perf8k) {
         r.softmax_scale = kSoftmaxScale;
         r.out = ref.data();
         cpu::causal_attention(r);
-        std::vector<float> got(ref.size());
-        for (size_t i = 0; i < got.size(); ++i)
-            got[i] = bf16_to_float(out_bits[static_cast<size_t>(t) * kHeads * kDv + i]);
-        EXPECT_LT(rel_l2(got, ref), 1e-2);  // same tolerance as the small cases
+        refs.push_back(std::move(ref));
+    }
+    for (const Variant& v : kVariants) {
+        SCOPED_TRACE(v.name);
+        p.kernel = v.kernel;
+        p.warps_per_cta = v.warps_per_cta;
+        out_dev.fill_bytes(0xFF);
+        cuda::launch_mla_prefill(p, nullptr);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        const auto out_bits = to_host<uint16_t>(out_dev, size_t{kTokens} * kHeads * kDv);
+        for (size_t k = 0; k < refs.size(); ++k) {
+            const size_t t = static_cast<size_t>(kSpotTokens[k]);
+            std::vector<float> got(refs[k].size());
+            for (size_t i = 0; i < got.size(); ++i)
+                got[i] = bf16_to_float(out_bits[t * kHeads * kDv + i]);
+            EXPECT_LT(rel_l2(got, refs[k]), 1e-2) << "token " << t;  // same tolerance as the small cases
+        }
     }
 }
 

@@ -27,6 +27,7 @@
 #include "backend/cuda/moe_ops_detail.h"
 #include "core/error.h"
 #include "core/tensor.h"
+#include "moe_grouped_ref.h"
 #include "ops_common.h"
 
 namespace k2::ops_test {
@@ -41,111 +42,18 @@ protected:
     }
 };
 
-// ||a - b|| / ||b|| (NaN in a fails every "<" check). Local copy: relative_l2 lives in test_backend_ops.cpp.
-double rel_l2(const float* a, const float* b, size_t count) {
-    double num = 0.0;
-    double den = 0.0;
-    for (size_t i = 0; i < count; ++i) {
-        const double d = static_cast<double>(a[i]) - b[i];
-        num += d * d;
-        den += static_cast<double>(b[i]) * b[i];
-    }
-    return std::sqrt(num / std::max(den, 1e-30));
-}
-
-// Random e4m3 bytes with the top exponent bit clear (|v| < 2, never NaN), from splitmix64 (as test_moe_ops.cpp):
-// fast enough for 29 MB Kimi-K2 expert matrices.
-void fill_fast_fp8(std::vector<uint8_t>& out, uint64_t seed) {
-    uint64_t state = seed;
-    for (size_t i = 0; i < out.size(); i += 8) {
-        state += 0x9E3779B97F4A7C15ull;
-        uint64_t z = state;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        z = (z ^ (z >> 31)) & 0xBFBFBFBFBFBFBFBFull;
-        std::memcpy(out.data() + i, &z, std::min<size_t>(8, out.size() - i));
-    }
-}
-
-uint64_t seed64(std::mt19937& rng) {
-    return (static_cast<uint64_t>(rng()) << 32) | rng();
-}
+using moe_ref::fill_fast_fp8;
+using moe_ref::params_of;
+using moe_ref::Problem;
+using moe_ref::rel_l2;
+using moe_ref::routed_rows;
+using moe_ref::seed64;
 
 constexpr int64_t kXSlackRows = 80;  // x rows past P, e4m3 NaN: a pass must never let them into a stored column
 
-// One grouped problem from per-expert row counts (the GEMM does not care which token a row came from). Expert e's
-// rows are quantized together into its expert-blocked scale block [k / 128, rows_e] at offsets[e] * k / 128; only
-// the experts with rows get weights, the others stay 0xFF (e4m3 NaN).
-struct Problem {
-    int num_experts = 0;
-    int64_t n = 0;
-    int64_t k = 0;
-    std::vector<int32_t> offsets;  // [num_experts + 1]
-    std::vector<float> y_ref;      // [P, n]
-    cuda::DeviceBuffer x;          // [P + kXSlackRows, k] e4m3
-    cuda::DeviceBuffer x_scale;    // [P * k / 128] f32, expert-blocked
-    cuda::DeviceBuffer w;          // [num_experts, n, k] e4m3
-    cuda::DeviceBuffer w_scale;    // [num_experts, n / 128, k / 128] f32
-    cuda::DeviceBuffer offsets_d;  // [num_experts + 1]
-    cuda::DeviceBuffer y;          // [P + 1, n] bf16: one poisoned row past the end
-    int64_t num_rows() const { return offsets.back(); }
-};
-
+// One grouped problem from per-expert row counts (moe_grouped_ref.h), with kXSlackRows NaN rows of x past P.
 Problem make_problem(const std::vector<int>& rows_per_expert, int64_t n, int64_t k, std::mt19937& rng) {
-    Problem g;
-    g.num_experts = static_cast<int>(rows_per_expert.size());
-    g.n = n;
-    g.k = k;
-    g.offsets.assign(rows_per_expert.size() + 1, 0);
-    std::partial_sum(rows_per_expert.begin(), rows_per_expert.end(), g.offsets.begin() + 1);
-    const int64_t num_rows = g.num_rows();
-    const int64_t num_kb = k / 128;
-    const int64_t sn = n / 128;
-    std::vector<uint8_t> xq(static_cast<size_t>((num_rows + kXSlackRows) * k), 0xFF);  // [P + slack, k]
-    std::vector<float> xs(static_cast<size_t>(std::max<int64_t>(1, num_rows * num_kb)));
-    auto ws = random_uniform(static_cast<size_t>(g.num_experts * sn * num_kb), rng, 1e-4f, 4e-4f);
-    g.w = cuda::DeviceBuffer(static_cast<size_t>(g.num_experts * n * k));
-    g.w.fill_bytes(0xFF);
-    g.y_ref.assign(static_cast<size_t>(num_rows * n), 0.0f);
-    std::vector<uint8_t> w_e(static_cast<size_t>(n * k));  // [n, k] one expert at a time
-    for (int e = 0; e < g.num_experts; ++e) {
-        const int64_t begin = g.offsets[static_cast<size_t>(e)];
-        const int64_t rows = g.offsets[static_cast<size_t>(e + 1)] - begin;
-        if (rows == 0)
-            continue;
-        const auto x = bf16_to_floats(random_bf16(static_cast<size_t>(rows * k), rng));  // [rows, k]
-        uint8_t* xq_e = xq.data() + begin * k;
-        float* xs_e = xs.data() + begin * num_kb;  // [k / 128, rows]
-        cpu::quantize_fp8_groups(x.data(), rows, k, xq_e, xs_e, rows);
-        std::vector<float> x_deq(x.size());
-        cpu::dequantize_fp8_groups(xq_e, xs_e, rows, k, rows, x_deq.data());
-        fill_fast_fp8(w_e, seed64(rng));
-        g.w.upload(w_e.data(), w_e.size(), static_cast<size_t>(e * n * k));
-        const Tensor w_tensor = Tensor::view(DType::F8_E4M3, {n, k}, w_e.data());
-        const Tensor s_tensor = Tensor::view(DType::F32, {sn, num_kb}, ws.data() + e * sn * num_kb);
-        cpu::linear(x_deq.data(), rows, k, w_tensor, &s_tensor, g.y_ref.data() + begin * n);
-    }
-    g.x = to_device(xq);
-    g.x_scale = to_device(xs);
-    g.w_scale = to_device(ws);
-    g.offsets_d = to_device(g.offsets);
-    g.y = cuda::DeviceBuffer(static_cast<size_t>((num_rows + 1) * n) * 2);
-    return g;
-}
-
-cuda::Fp8GroupedGemmParams params_of(const Problem& g, int64_t max_rows_per_expert) {
-    cuda::Fp8GroupedGemmParams p;
-    p.x = g.x.as<uint8_t>();
-    p.x_scale = g.x_scale.as<float>();
-    p.w = g.w.as<uint8_t>();
-    p.w_scale = g.w_scale.as<float>();
-    p.y = g.y.as<uint16_t>();
-    p.offsets = g.offsets_d.as<int32_t>();
-    p.num_experts = g.num_experts;
-    p.n = g.n;
-    p.k = g.k;
-    p.max_rows_per_expert = max_rows_per_expert;
-    return p;
+    return moe_ref::make_problem(rows_per_expert, n, k, rng, kXSlackRows);
 }
 
 // Relative L2 < 1e-2 per expert and overall (as test_moe_ops.cpp's grouped GEMM): bf16 output rounding gives
@@ -211,8 +119,8 @@ TEST_F(MoeGemmWgmma, EdgeRows) {
         run_and_check(g, 1, {}, shape + " bound 1");
         for (const int max_n : {16, 32, 64}) {
             for (const int grid : {1, 5, 0}) {
-                const auto again = run_and_check(g, 130, {max_n, grid},
-                                                 fmt::format("{} max_n {} grid {}", shape, max_n, grid));
+                const auto again =
+                    run_and_check(g, 130, {max_n, grid}, fmt::format("{} max_n {} grid {}", shape, max_n, grid));
                 if (max_n == 32 && grid == 0) {
                     EXPECT_EQ(again, first) << "not bitwise deterministic";
                 }
@@ -289,24 +197,6 @@ TEST_F(MoeGemmWgmma, GraphCapture) {
     CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
-// Per-expert row counts of num_tokens tokens routed to top_k distinct experts drawn from a pool of pool_size
-// random experts (0: all).
-std::vector<int> routed_rows(int64_t num_tokens, int top_k, int num_experts, std::mt19937& rng, int pool_size = 0) {
-    std::vector<int> all(static_cast<size_t>(num_experts));
-    std::iota(all.begin(), all.end(), 0);
-    std::shuffle(all.begin(), all.end(), rng);
-    std::vector<int> pool(all.begin(), all.begin() + (pool_size > 0 ? pool_size : num_experts));
-    std::vector<int> rows(static_cast<size_t>(num_experts), 0);
-    for (int64_t t = 0; t < num_tokens; ++t) {
-        for (int j = 0; j < top_k; ++j) {
-            std::uniform_int_distribution<size_t> pick(static_cast<size_t>(j), pool.size() - 1);
-            std::swap(pool[static_cast<size_t>(j)], pool[pick(rng)]);
-            ++rows[static_cast<size_t>(pool[static_cast<size_t>(j)])];
-        }
-    }
-    return rows;
-}
-
 // Kimi-K2's expert shapes, 384 experts, top-8: 3 tokens (mostly one row per touched expert) and 16 tokens over a
 // pool of 40 experts (~3 rows each); either way at least 89% of the experts are empty.
 TEST_F(MoeGemmWgmma, KimiK2Shapes) {
@@ -322,21 +212,7 @@ TEST_F(MoeGemmWgmma, KimiK2Shapes) {
 
 // Validation before any launch (runs without a GPU: every case throws before CUDA is touched).
 TEST(MoeGemmWgmmaValidation, RejectsBadParams) {
-    alignas(16) static uint8_t bytes[64];
-    alignas(16) static float floats[16];
-    alignas(16) static uint16_t out[16];
-    alignas(16) static int32_t offsets[600];
-    cuda::Fp8GroupedGemmParams good;
-    good.x = bytes;
-    good.x_scale = floats;
-    good.w = bytes;
-    good.w_scale = floats;
-    good.y = out;
-    good.offsets = offsets;
-    good.num_experts = 4;
-    good.n = 256;
-    good.k = 256;
-    good.max_rows_per_expert = 3;
+    const cuda::Fp8GroupedGemmParams good = moe_ref::validation_params(3);
     auto expect_throw = [&](cuda::Fp8GroupedGemmParams p, const cuda::MoeGemmWgmmaOptions& o, const char* what) {
         EXPECT_THROW(cuda::launch_fp8_grouped_gemm_wgmma(p, nullptr, o), Error) << what;
     };
@@ -352,8 +228,12 @@ TEST(MoeGemmWgmmaValidation, RejectsBadParams) {
     expect_throw(with([](auto& p) { p.max_rows_per_expert = -1; }), {}, "negative bound");
     expect_throw(with([](auto& p) { p.x = nullptr; }), {}, "null x");
     expect_throw(with([](auto& p) { p.offsets = nullptr; }), {}, "null offsets");
-    expect_throw(with([](auto& p) { p.x = bytes + 1; }), {}, "unaligned x");
-    expect_throw(with([](auto& p) { p.n = int64_t{1} << 24; p.num_experts = 256; }), {}, "tensor map rows overflow");
+    expect_throw(with([&](auto& p) { p.x = good.x + 1; }), {}, "unaligned x");
+    expect_throw(with([](auto& p) {
+                     p.n = int64_t{1} << 24;
+                     p.num_experts = 256;
+                 }),
+                 {}, "tensor map rows overflow");
     expect_throw(good, {48, 0}, "max_n 48");
     expect_throw(good, {16, -1}, "negative grid");
     cuda::Fp8GroupedGemmParams none;  // bound 0: a no-op before any check
@@ -361,16 +241,6 @@ TEST(MoeGemmWgmmaValidation, RejectsBadParams) {
 }
 
 // ---- benchmark mode ----
-
-double copy_rate_gbs(cudaStream_t stream) {
-    const size_t bytes = 1ull << 30;
-    cuda::DeviceBuffer a(bytes);
-    cuda::DeviceBuffer b(bytes);
-    a.fill_bytes(1);
-    const cuda::DeviceCopyParams params{a.data(), b.data(), static_cast<int64_t>(bytes)};
-    const double us = time_us([&](int, cudaStream_t s) { cuda::launch_device_copy(params, s); }, stream);
-    return 2.0 * bytes / us * 1e-3;  // bytes read + bytes written
-}
 
 // The old kernel's raw launch with moe_ops.cpp's tile choice (so that the table keeps timing it after the choice
 // in launch_fp8_grouped_gemm_decode moves to the new kernel).
@@ -401,14 +271,9 @@ TEST_F(MoeGemmWgmma, DISABLED_Perf) {
     const std::pair<int64_t, int64_t> shapes[] = {{4096, 7168}, {7168, 2048}};
     for (const auto& [n, k] : shapes) {
         const char* name = n == 4096 ? "gate_up" : "down";
-        const size_t w_bytes = static_cast<size_t>(kExperts) * n * k;
-        cuda::DeviceBuffer w(w_bytes);
-        for (size_t at = 0; at < w_bytes; at += pattern.size()) {
-            CUDA_CHECK(cudaMemcpy(static_cast<uint8_t*>(w.data()) + at, pattern_d.data(),
-                                  std::min(pattern.size(), w_bytes - at), cudaMemcpyDeviceToDevice));
-        }
-        const auto ws = to_device(random_uniform(static_cast<size_t>(kExperts * (n / 128) * (k / 128)), rng, 1e-4f,
-                                                 4e-4f));
+        const cuda::DeviceBuffer w = moe_ref::repeated_weights(pattern_d, pattern.size(), kExperts, n, k);
+        const auto ws =
+            to_device(random_uniform(static_cast<size_t>(kExperts * (n / 128) * (k / 128)), rng, 1e-4f, 4e-4f));
         for (const int64_t tokens : {1, 16, 64, 256}) {
             const int64_t num_rows = tokens * kTopK;
             std::vector<uint8_t> xh(static_cast<size_t>(num_rows * k));

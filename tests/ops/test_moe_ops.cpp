@@ -20,6 +20,7 @@
 #include "backend/cuda/moe_ops.h"
 #include "core/error.h"
 #include "core/tensor.h"
+#include "moe_grouped_ref.h"
 #include "ops_common.h"
 
 namespace k2::ops_test {
@@ -317,19 +318,7 @@ TEST_F(CudaMoeOps, Gather) {
 
 // ---- grouped FP8 GEMM ----
 
-// Random e4m3 bytes with the top exponent bit clear (|v| < 2, never NaN), from splitmix64: fast enough for 29 MB
-// Kimi-K2 expert matrices, where std::normal_distribution would take seconds per expert.
-void fill_fast_fp8(std::vector<uint8_t>& out, uint64_t seed) {
-    uint64_t state = seed;
-    for (size_t i = 0; i < out.size(); i += 8) {
-        state += 0x9E3779B97F4A7C15ull;
-        uint64_t z = state;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        z = (z ^ (z >> 31)) & 0xBFBFBFBFBFBFBFBFull;
-        std::memcpy(out.data() + i, &z, std::min<size_t>(8, out.size() - i));
-    }
-}
+using moe_ref::fill_fast_fp8;
 
 // One routed problem. Activations are quantized on the host and gathered there (moe_ops.h's layout, so this test
 // does not depend on the gather kernel); only the touched experts' weights are written, the others stay 0xFF
@@ -616,33 +605,16 @@ TEST_F(CudaMoeOps, GroupedGemmPrefillLanes) {
 }
 
 TEST_F(CudaMoeOps, GroupedGemmNoTokens) {
-    constexpr int kExperts = 16;
-    const std::vector<int32_t> host_offsets(kExperts + 1, 0);
-    const auto offsets = to_device(host_offsets);
-    cuda::DeviceBuffer x(256);
-    cuda::DeviceBuffer x_scale(256);
-    cuda::DeviceBuffer w(static_cast<size_t>(kExperts) * 256 * 256);
-    cuda::DeviceBuffer w_scale(static_cast<size_t>(kExperts) * 4 * 4);
-    cuda::DeviceBuffer y(256 * 2);  // [1, 256] poisoned
-    y.fill_bytes(0xFF);
-    cuda::Fp8GroupedGemmParams p;
-    p.x = x.as<uint8_t>();
-    p.x_scale = x_scale.as<float>();
-    p.w = w.as<uint8_t>();
-    p.w_scale = w_scale.as<float>();
-    p.y = y.as<uint16_t>();
-    p.offsets = offsets.as<int32_t>();
-    p.num_experts = kExperts;
-    p.n = 256;
-    p.k = 256;
-    p.max_rows_per_expert = 0;  // the host knows: a no-op
-    cuda::launch_fp8_grouped_gemm_decode(p, nullptr);
+    const moe_ref::EmptyProblem empty;
+    const std::vector<int32_t> host_offsets(moe_ref::EmptyProblem::kExperts + 1, 0);
+    cuda::Fp8GroupedGemmParams p = empty.params(0);
+    cuda::launch_fp8_grouped_gemm_decode(p, nullptr);  // bound 0: the host knows, a no-op
     p.max_rows_per_expert = 4;  // a captured graph's bound with no rows this step: every block exits
     cuda::launch_fp8_grouped_gemm_decode(p, nullptr);
     cuda::Fp8GemmRunner runner;
     cuda::run_fp8_grouped_gemm_prefill(runner, p, host_offsets.data(), nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
-    for (const uint16_t v : to_host<uint16_t>(y, 256))
+    for (const uint16_t v : to_host<uint16_t>(empty.y, 256))
         ASSERT_EQ(v, 0xFFFF) << "y written with no rows";
 }
 

@@ -33,7 +33,9 @@ public:
 
     void* data() const { return m_data; }
     template <typename T>
-    T* as() const { return static_cast<T*>(m_data); }
+    T* as() const {
+        return static_cast<T*>(m_data);
+    }
     size_t num_bytes() const { return m_num_bytes; }
 
     void upload(const void* host, size_t num_bytes, size_t offset = 0) {
@@ -42,8 +44,8 @@ public:
         CUDA_CHECK(cudaMemcpy(static_cast<char*>(m_data) + offset, host, num_bytes, cudaMemcpyHostToDevice));
     }
     void download(void* host, size_t num_bytes, size_t offset = 0) const {
-        K2_CHECK(offset + num_bytes <= m_num_bytes, "download of {} bytes at {} overflows a {}-byte buffer",
-                 num_bytes, offset, m_num_bytes);
+        K2_CHECK(offset + num_bytes <= m_num_bytes, "download of {} bytes at {} overflows a {}-byte buffer", num_bytes,
+                 offset, m_num_bytes);
         CUDA_CHECK(cudaMemcpy(host, static_cast<const char*>(m_data) + offset, num_bytes, cudaMemcpyDeviceToHost));
     }
     // Fills every byte with `value` (0xFF makes bf16/f32 NaN and e4m3 NaN: the poison of the op tests).
@@ -60,5 +62,8 @@ private:
 
 // Number of CUDA devices, 0 when there is no driver or no GPU (CI); never throws. (Defined in device_copy.cpp.)
 int cuda_device_count();
+
+// Whether the current device runs sm_90a code (wgmma, TMA: compute capability 9.0); false without a GPU. Queried once.
+bool current_device_is_sm90a();
 
 }  // namespace k2::cuda

@@ -15,6 +15,22 @@ int cuda_device_count() {
     return count;
 }
 
+bool current_device_is_sm90a() {
+    static const bool sm90a = [] {
+        int device = 0;
+        int major = 0;
+        int minor = 0;
+        if (cudaGetDevice(&device) != cudaSuccess ||
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+            cudaGetLastError();
+            return false;
+        }
+        return major == 9 && minor == 0;
+    }();
+    return sm90a;
+}
+
 void launch_device_copy(const DeviceCopyParams& p, cudaStream_t stream) {
     if (p.num_bytes == 0) {
         return;

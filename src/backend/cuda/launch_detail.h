@@ -29,5 +29,8 @@ cudaError_t launch_moe_router_kernel(const MoeRouterParams& params, cudaStream_t
 // The split kernel, then the log-sum-exp combine.
 cudaError_t launch_mla_decode_kernels(const MlaDecodeParams& params, int num_splits, int pages_per_split,
                                       cudaStream_t stream);
+// The log-sum-exp merge of the split partials in params.workspace (the mma.sync and the wgmma split kernels write
+// the same layout).
+cudaError_t launch_mla_decode_combine_kernel(const MlaDecodeParams& params, int num_splits, cudaStream_t stream);
 
 }  // namespace k2::cuda::detail

@@ -1,10 +1,15 @@
 #include "backend/cuda/mla_decode.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/launch_detail.h"
+#include "backend/cuda/mla_decode_wgmma_detail.h"
+#include "backend/cuda/tma_map.h"
 
 namespace k2::cuda {
 
@@ -21,6 +26,41 @@ int mla_decode_num_splits(const MlaDecodeParams& p, int num_sms) {
 int64_t mla_decode_workspace_floats(const MlaDecodeParams& p, int num_splits) {
     return p.num_seqs * p.num_heads * num_splits * (kMlaLatent + 2);
 }
+
+MlaDecodeKernel mla_decode_kernel(const MlaDecodeParams& p) {
+    if (p.kernel != MlaDecodeKernel::Auto) {
+        return p.kernel;
+    }
+    static const MlaDecodeKernel from_env = [] {
+        const char* env = std::getenv("K2_MLA_DECODE_KERNEL");
+        const std::string name = env != nullptr ? env : "";
+        K2_CHECK(name.empty() || name == "mma" || name == "wgmma", "K2_MLA_DECODE_KERNEL={} is not one of mma, wgmma",
+                 name);
+        return name == "mma" ? MlaDecodeKernel::Mma : MlaDecodeKernel::Wgmma;
+    }();
+    return from_env;
+}
+
+namespace {
+
+// The BF16 cache as TMA sees it: [rows, 576] bf16, boxes of [64 tokens, 64 columns] with the 128B swizzle. The
+// params carry no block count, so the map's row bound is the largest row a block id can address (only blocks named
+// by the block tables are read).
+CUtensorMap mla_cache_map(const MlaDecodeParams& p) {
+    TmaMap2d spec;
+    spec.base = p.cache;
+    spec.dtype = CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+    spec.element_bytes = 2;
+    spec.rows = static_cast<int64_t>(INT_MAX / kMlaPageTokens) * kMlaPageTokens;
+    spec.cols = kMlaEntry;
+    spec.stride_bytes = kMlaEntry * 2;
+    spec.box_rows = kMlaPageTokens;
+    spec.box_cols = 64;
+    spec.swizzle = CU_TENSOR_MAP_SWIZZLE_128B;
+    return make_tma_map_2d(spec, "mla decode");
+}
+
+}  // namespace
 
 void launch_mla_decode(const MlaDecodeParams& p, cudaStream_t stream) {
     if (p.num_seqs == 0) {
@@ -48,7 +88,16 @@ void launch_mla_decode(const MlaDecodeParams& p, cudaStream_t stream) {
     const int num_splits = mla_decode_num_splits(p, num_sms);
     const int max_pages = (p.max_seq_len + kMlaPageTokens - 1) / kMlaPageTokens;
     const int pages_per_split = (max_pages + num_splits - 1) / num_splits;
-    CUDA_CHECK(detail::launch_mla_decode_kernels(p, num_splits, pages_per_split, stream));
+    if (mla_decode_kernel(p) == MlaDecodeKernel::Mma) {
+        CUDA_CHECK(detail::launch_mla_decode_kernels(p, num_splits, pages_per_split, stream));
+        return;
+    }
+    const CUtensorMap cache_map = p.cache != nullptr ? mla_cache_map(p) : CUtensorMap{};
+    int l2_ahead = p.cache != nullptr ? detail::kMlaWgL2AheadBf16 : detail::kMlaWgL2AheadFp8;
+    if (const char* env = std::getenv("K2_MLA_WG_L2_AHEAD"); env != nullptr && *env != '\0') {
+        l2_ahead = std::clamp(std::atoi(env), 0, 16);
+    }
+    CUDA_CHECK(detail::launch_mla_decode_wgmma_kernels(p, cache_map, num_splits, pages_per_split, l2_ahead, stream));
 }
 
 }  // namespace k2::cuda

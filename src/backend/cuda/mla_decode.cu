@@ -29,8 +29,12 @@ cudaError_t launch_mla_decode_kernels(const MlaDecodeParams& p, int num_splits, 
     if (status != cudaSuccess) {
         return status;
     }
-    kernels::mla_decode_combine_kernel<<<static_cast<unsigned>(p.num_seqs * p.num_heads), 128, 0, stream>>>(
-        p, num_splits);
+    return launch_mla_decode_combine_kernel(p, num_splits, stream);
+}
+
+cudaError_t launch_mla_decode_combine_kernel(const MlaDecodeParams& p, int num_splits, cudaStream_t stream) {
+    kernels::mla_decode_combine_kernel<<<static_cast<unsigned>(p.num_seqs * p.num_heads), 128, 0, stream>>>(p,
+                                                                                                            num_splits);
     return cudaGetLastError();
 }
 

@@ -18,6 +18,12 @@ inline constexpr int kMlaEntry = kMlaLatent + kMlaRope;  // 576
 inline constexpr int kMlaPageTokens = 64;
 inline constexpr int kMlaHeadsPerCta = 64;
 
+// Which split kernel runs: the wgmma kernel (kernels/mla_decode_wgmma.cuh, TMA-fed, bandwidth-bound) or the mma.sync
+// one (kernels/mla_decode.cuh). Auto takes the wgmma kernel unless the environment says K2_MLA_DECODE_KERNEL=mma
+// (A/B runs). Both compute the same function with the same workspace (the wgmma kernel leaves it untouched when it
+// combines 1-2 splits inside a thread-block cluster).
+enum class MlaDecodeKernel { Auto, Mma, Wgmma };
+
 struct MlaDecodeParams {
     const uint16_t* q = nullptr;            // [num_seqs, num_heads, 576] bf16 (W_UK^T q_nope | roped q_pe)
     const uint16_t* cache = nullptr;        // [num_blocks, 64, 576] bf16 paged latent cache, or
@@ -33,6 +39,7 @@ struct MlaDecodeParams {
     int max_seq_len = 0;  // host-side bound of seq_lens (chooses the split count)
     float softmax_scale = 1.0f;
     int num_splits = 0;  // 0: chosen by the launcher
+    MlaDecodeKernel kernel = MlaDecodeKernel::Auto;
 };
 
 // CTAs per sequence along the heads: 64 heads each, the last group zero-padded.
@@ -43,6 +50,9 @@ inline int64_t mla_decode_head_groups(int64_t num_heads) {
 // Splits the launcher would use, and the workspace they need (floats).
 int mla_decode_num_splits(const MlaDecodeParams& params, int num_sms);
 int64_t mla_decode_workspace_floats(const MlaDecodeParams& params, int num_splits);
+
+// The kernel launch_mla_decode runs for `params` (Auto resolved).
+MlaDecodeKernel mla_decode_kernel(const MlaDecodeParams& params);
 
 void launch_mla_decode(const MlaDecodeParams& params, cudaStream_t stream);
 

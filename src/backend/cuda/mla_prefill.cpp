@@ -7,6 +7,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/mla_prefill_detail.h"
+#include "backend/cuda/mla_prefill_wgmma_detail.h"
 
 namespace k2::cuda {
 namespace {
@@ -48,9 +49,28 @@ void launch_mla_prefill(const MlaPrefillParams& p, cudaStream_t stream) {
              p.heads * int64_t{kMlaPrefillDv});
     K2_CHECK(p.softmax_scale > 0.0f && std::isfinite(p.softmax_scale), "mla_prefill: bad softmax_scale {}",
              p.softmax_scale);
-    K2_CHECK(p.warps_per_cta == 4 || p.warps_per_cta == 8, "mla_prefill: warps_per_cta {} must be 4 or 8",
-             p.warps_per_cta);
-    CUDA_CHECK(detail::launch_mla_prefill_kernel(p, stream));
+    switch (p.kernel) {
+        case MlaPrefillKernel::kMmaSync:
+            K2_CHECK(p.warps_per_cta == 4 || p.warps_per_cta == 8, "mla_prefill: warps_per_cta {} must be 4 or 8",
+                     p.warps_per_cta);
+            CUDA_CHECK(detail::launch_mla_prefill_kernel(p, stream));
+            return;
+        case MlaPrefillKernel::kAuto:
+        case MlaPrefillKernel::kWgmma:
+            CUDA_CHECK(detail::launch_mla_prefill_wgmma_kernel(p, detail::WgmmaPrefillSchedule::kLockstep, stream));
+            return;
+        case MlaPrefillKernel::kWgmmaPingPong:
+            CUDA_CHECK(detail::launch_mla_prefill_wgmma_kernel(p, detail::WgmmaPrefillSchedule::kPingPong, stream));
+            return;
+        case MlaPrefillKernel::kWgmmaOverlap:
+            CUDA_CHECK(detail::launch_mla_prefill_wgmma_kernel(p, detail::WgmmaPrefillSchedule::kOverlap, stream));
+            return;
+        case MlaPrefillKernel::kWgmmaHeadsInner:
+            CUDA_CHECK(
+                detail::launch_mla_prefill_wgmma_kernel(p, detail::WgmmaPrefillSchedule::kLockstepHeadsInner, stream));
+            return;
+    }
+    K2_FAIL("mla_prefill: unknown kernel {}", static_cast<int>(p.kernel));
 }
 
 static_assert(kMlaPrefillNope == kMlaPrefillDv, "K_nope and V share the kv strides");
@@ -134,6 +154,7 @@ void run_mla_prefill_forward(Bf16GemmRunner& gemm, const MlaPrefillForwardParams
     attn.heads = p.heads;
     attn.max_q_len = p.max_q_len;
     attn.softmax_scale = p.softmax_scale;
+    attn.kernel = p.kernel;
     launch_mla_prefill(attn, stream);
 }
 

@@ -18,6 +18,17 @@ inline constexpr int kMlaPrefillNope = 128;
 inline constexpr int kMlaPrefillRope = 64;
 inline constexpr int kMlaPrefillDv = 128;
 
+// Which flash kernel launch_mla_prefill runs. kAuto: the wgmma kernel (docs/perf/mla-prefill-wgmma.md); every
+// kernel supports every MlaPrefillParams (1-65535 heads, variable lengths, cached prefixes), so there is no fallback.
+enum class MlaPrefillKernel {
+    kAuto,
+    kMmaSync,          // kernels/mla_prefill.cuh: mma.sync m16n8k16, FlashAttention-2's structure (warps_per_cta)
+    kWgmma,            // kernels/mla_prefill_wgmma.cuh: wgmma, both warpgroups in lockstep
+    kWgmmaPingPong,    // the same with the two warpgroups taking turns on the tensor cores (FA3's ping-pong)
+    kWgmmaOverlap,     // lockstep, the softmax's exp2 part overlapping the previous tile's P V
+    kWgmmaHeadsInner,  // kWgmma with the heads as the grid's fastest dimension (the mma.sync kernel's CTA order)
+};
+
 // Sequence s owns query tokens cu_seqlens_q[s] .. cu_seqlens_q[s + 1] and context tokens cu_seqlens_k[s] ..
 // cu_seqlens_k[s + 1] (its whole context: cached prefix + this chunk), q_len <= k_len. The queries sit at the end
 // of the context: query i of sequence s has position k_len - q_len + i and attends to context keys 0..position.
@@ -44,7 +55,8 @@ struct MlaPrefillParams {
     int heads = 0;
     int max_q_len = 0;  // host bound of every q_len (sizes the grid)
     float softmax_scale = 1.0f;
-    int warps_per_cta = 8;  // tuning: 8 (16 rows per warp, Q in registers) or 4 (32 rows per warp)
+    int warps_per_cta = 8;  // kMmaSync tuning: 8 (16 rows per warp, Q in registers) or 4 (32 rows per warp)
+    MlaPrefillKernel kernel = MlaPrefillKernel::kAuto;
 };
 
 void launch_mla_prefill(const MlaPrefillParams& params, cudaStream_t stream);
@@ -89,6 +101,7 @@ struct MlaPrefillForwardParams {
     int lat = 0;
     int max_q_len = 0;
     float softmax_scale = 1.0f;
+    MlaPrefillKernel kernel = MlaPrefillKernel::kAuto;  // the flash kernel of step 4
 };
 
 void run_mla_prefill_forward(Bf16GemmRunner& gemm, const MlaPrefillForwardParams& params, cudaStream_t stream);

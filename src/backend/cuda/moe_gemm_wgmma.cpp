@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/device_buffer.h"
 #include "backend/cuda/moe_gemm_wgmma_detail.h"
 #include "backend/cuda/tma_map.h"
 
@@ -20,17 +21,11 @@ bool aligned16(const void* ptr) {
 }
 
 void check_params(const Fp8GroupedGemmParams& p, const MoeGemmWgmmaOptions& o) {
-    K2_CHECK(p.num_experts >= 1 && p.num_experts <= detail::kMoeWgmmaMaxExperts,
-             "moe wgmma gemm: num_experts {} not in [1, {}]", p.num_experts, detail::kMoeWgmmaMaxExperts);
-    K2_CHECK(p.n > 0 && p.n % 128 == 0, "moe wgmma gemm: n = {} is not a positive multiple of 128", p.n);
-    K2_CHECK(p.k > 0 && p.k % 128 == 0, "moe wgmma gemm: k = {} is not a positive multiple of 128", p.k);
+    check_grouped_gemm_params(p, detail::kMoeWgmmaMaxExperts, "moe wgmma gemm");
     K2_CHECK(p.num_experts * p.n < std::numeric_limits<int32_t>::max(),
              "moe wgmma gemm: num_experts {} x n {} weight rows overflow the tensor map", p.num_experts, p.n);
-    K2_CHECK(p.max_rows_per_expert > 0, "moe wgmma gemm: max_rows_per_expert {} < 0", p.max_rows_per_expert);
-    K2_CHECK(p.x != nullptr && p.x_scale != nullptr && p.w != nullptr && p.w_scale != nullptr && p.y != nullptr &&
-                 p.offsets != nullptr,
-             "moe wgmma gemm: null operand");
-    K2_CHECK(aligned16(p.x) && aligned16(p.w), "moe wgmma gemm: x and w must be 16-byte aligned");
+    K2_CHECK(p.max_rows_per_expert > 0, "moe wgmma gemm: max_rows_per_expert {} is not positive",
+             p.max_rows_per_expert);
     K2_CHECK(o.max_n == 0 || o.max_n == 16 || o.max_n == 32 || o.max_n == 64,
              "moe wgmma gemm: max_n {} is not 16, 32 or 64", o.max_n);
     K2_CHECK(o.grid >= 0, "moe wgmma gemm: grid {} < 0", o.grid);
@@ -77,20 +72,9 @@ CUtensorMap weight_map(const Fp8GroupedGemmParams& p) {
 }  // namespace
 
 bool moe_gemm_wgmma_supported(const Fp8GroupedGemmParams& p) {
-    static const bool sm90 = [] {
-        int device = 0;
-        int major = 0;
-        int minor = 0;
-        if (cudaGetDevice(&device) != cudaSuccess ||
-            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-            return false;
-        }
-        return major == 9 && minor == 0;  // sm_90a code (wgmma, TMA) only
-    }();
-    return sm90 && p.num_experts >= 1 && p.num_experts <= detail::kMoeWgmmaMaxExperts && p.n > 0 && p.n % 128 == 0 &&
-           p.k > 0 && p.k % 128 == 0 && p.num_experts * p.n < std::numeric_limits<int32_t>::max() && aligned16(p.x) &&
-           aligned16(p.w);
+    return current_device_is_sm90a() && p.num_experts >= 1 && p.num_experts <= detail::kMoeWgmmaMaxExperts && p.n > 0 &&
+           p.n % 128 == 0 && p.k > 0 && p.k % 128 == 0 && p.num_experts * p.n < std::numeric_limits<int32_t>::max() &&
+           aligned16(p.x) && aligned16(p.w);
 }
 
 void launch_fp8_grouped_gemm_wgmma(const Fp8GroupedGemmParams& p, cudaStream_t stream,

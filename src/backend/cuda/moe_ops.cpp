@@ -18,19 +18,19 @@ bool aligned16(const void* ptr) {
 
 constexpr int64_t kMaxRows = int64_t{1} << 30;  // rows and pairs are int32 on the device, with headroom
 
-void check_grouped_gemm(const Fp8GroupedGemmParams& p) {
-    K2_CHECK(p.num_experts >= 1 && p.num_experts <= 65535, "fp8 grouped gemm: num_experts {} not in [1, 65535]",
-             p.num_experts);
-    K2_CHECK(p.n > 0 && p.n % 128 == 0, "fp8 grouped gemm: n = {} is not a positive multiple of 128", p.n);
-    K2_CHECK(p.k > 0 && p.k % 128 == 0, "fp8 grouped gemm: k = {} is not a positive multiple of 128", p.k);
-    K2_CHECK(p.max_rows_per_expert >= 0, "fp8 grouped gemm: max_rows_per_expert {} < 0", p.max_rows_per_expert);
+}  // namespace
+
+void check_grouped_gemm_params(const Fp8GroupedGemmParams& p, int max_experts, const char* op) {
+    K2_CHECK(p.num_experts >= 1 && p.num_experts <= max_experts, "{}: num_experts {} not in [1, {}]", op, p.num_experts,
+             max_experts);
+    K2_CHECK(p.n > 0 && p.n % 128 == 0, "{}: n = {} is not a positive multiple of 128", op, p.n);
+    K2_CHECK(p.k > 0 && p.k % 128 == 0, "{}: k = {} is not a positive multiple of 128", op, p.k);
+    K2_CHECK(p.max_rows_per_expert >= 0, "{}: max_rows_per_expert {} < 0", op, p.max_rows_per_expert);
     K2_CHECK(p.x != nullptr && p.x_scale != nullptr && p.w != nullptr && p.w_scale != nullptr && p.y != nullptr &&
                  p.offsets != nullptr,
-             "fp8 grouped gemm: null operand");
-    K2_CHECK(aligned16(p.x) && aligned16(p.w), "fp8 grouped gemm: x and w must be 16-byte aligned");
+             "{}: null operand", op);
+    K2_CHECK(aligned16(p.x) && aligned16(p.w), "{}: x and w must be 16-byte aligned", op);
 }
-
-}  // namespace
 
 void launch_moe_permute(const MoePermuteParams& p, cudaStream_t stream) {
     if (p.num_tokens == 0) {
@@ -67,7 +67,7 @@ void launch_fp8_grouped_gemm_decode(const Fp8GroupedGemmParams& p, cudaStream_t 
     if (p.max_rows_per_expert == 0) {
         return;  // no tokens: every expert is empty
     }
-    check_grouped_gemm(p);
+    check_grouped_gemm_params(p, 65535, "fp8 grouped gemm");
     const int64_t rows = std::min(p.max_rows_per_expert, kDecodeTokensPerPass);
     const int64_t tiles = (rows + 7) / 8;
     const int max_tiles = tiles <= 1 ? 1 : tiles <= 2 ? 2 : tiles <= 4 ? 4 : 8;
@@ -79,7 +79,7 @@ namespace {
 void check_prefill_args(const Fp8GroupedGemmParams& p, const int32_t* host_offsets) {
     K2_CHECK(host_offsets != nullptr, "fp8 grouped gemm prefill: null host_offsets");
     K2_CHECK(p.num_experts >= 1, "fp8 grouped gemm prefill: num_experts {} < 1", p.num_experts);
-    check_grouped_gemm(p);
+    check_grouped_gemm_params(p, 65535, "fp8 grouped gemm");
     K2_CHECK(host_offsets[0] == 0, "fp8 grouped gemm prefill: offsets[0] = {} (expected 0)", host_offsets[0]);
     for (int e = 0; e < p.num_experts; ++e) {
         K2_CHECK(host_offsets[e + 1] >= host_offsets[e],

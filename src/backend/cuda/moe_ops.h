@@ -62,6 +62,10 @@ struct Fp8GroupedGemmParams {
     int64_t max_rows_per_expert = 0;
 };
 
+// The checks every grouped GEMM launch shares, each error naming `op`: 1..max_experts experts, n and k positive
+// multiples of 128, every operand set, x and w 16-byte aligned.
+void check_grouped_gemm_params(const Fp8GroupedGemmParams& params, int max_experts, const char* op);
+
 void launch_moe_permute(const MoePermuteParams& params, cudaStream_t stream);
 void launch_moe_gather(const MoeGatherParams& params, cudaStream_t stream);
 void launch_fp8_grouped_gemm_decode(const Fp8GroupedGemmParams& params, cudaStream_t stream);

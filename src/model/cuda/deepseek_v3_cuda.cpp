@@ -433,10 +433,15 @@ void DeepseekV3CudaModel::submit(const ForwardBatch& batch) {
         m_pending = Tensor::zeros(DType::F32, {num_rows, m_config.vocab_size});
         return;
     }
+    K2_CHECK(batch.device_sampling.empty() ||
+                 (samples_on_device() && batch.device_sampling.size() == static_cast<size_t>(num_rows)),
+             "forward batch: device_sampling has {} rows for {} logits rows (or this model samples on the host)",
+             batch.device_sampling.size(), num_rows);
+    m_sampler.begin_step(batch.device_sampling, m_stream);
     Tensor logits = host_logits(num_rows);  // [rows, vocab]
     if (const int graph_size = graph_size_for(batch); graph_size > 0) {
         run_graph(batch, graph_size);
-        download_logits(0, num_rows, logits);
+        finish_logits(0, num_rows, logits);
     } else {
         upload_batch(batch, *m_batch);
         run_layers(*m_batch);
@@ -444,7 +449,7 @@ void DeepseekV3CudaModel::submit(const ForwardBatch& batch) {
         for (int64_t r0 = 0; r0 < num_rows; r0 += cuda_model::kLogitsRowsPerPass) {
             const int64_t n = std::min(cuda_model::kLogitsRowsPerPass, num_rows - r0);
             logits_pass(*m_batch, r0, n);
-            download_logits(r0, n, logits);
+            finish_logits(r0, n, logits);
         }
     }
     m_pending = m_logits_rank ? std::move(logits) : Tensor::zeros(DType::F32, {0, m_config.vocab_size});
@@ -456,7 +461,24 @@ Tensor DeepseekV3CudaModel::collect() {
     Tensor logits = std::move(*m_pending);  // [rows, vocab]
     m_pending.reset();
     CUDA_CHECK(cudaStreamSynchronize(m_stream));
+    m_sampled = m_sampler.finish_step();
     return logits;
+}
+
+bool DeepseekV3CudaModel::samples_on_device() const {
+    static const bool host_only = std::getenv("K2_HOST_SAMPLING") != nullptr;
+    return (m_options.parallel == nullptr || m_options.parallel->config.is_single()) && !host_only;
+}
+
+// Rows [r0, r0 + n) of ws.logits: the device-sampled ones are sampled there (only their tokens travel), the logits
+// go to the host when any row needs them.
+void DeepseekV3CudaModel::finish_logits(int64_t r0, int64_t n, Tensor& logits) {
+    if (m_sampler.active()) {
+        m_sampler.sample(m_ws->logits.as<float>(), r0, n, m_config.vocab_size, m_stream);
+    }
+    if (m_sampler.any_host(r0, n)) {
+        download_logits(r0, n, logits);
+    }
 }
 
 // An idle DP replica under expert parallelism still holds experts the busy replicas' tokens are routed to: it joins

@@ -15,6 +15,7 @@
 #include "backend/cuda/mla_ops.h"
 #include "io/safetensors.h"
 #include "model/cuda/dcp_attention.h"
+#include "model/cuda/device_sampler.h"
 #include "model/cuda/moe_lanes.h"
 #include "model/cuda/tp_comm.h"
 #include "model/deepseek_v3.h"
@@ -90,6 +91,10 @@ public:
     Tensor forward(const ForwardBatch& batch) override;  // submit + collect
     void submit(const ForwardBatch& batch) override;
     Tensor collect() override;
+    // One GPU without TP / DP / EP (their logits travel as slices or to other processes); K2_HOST_SAMPLING=1 turns
+    // it off (A/B runs).
+    bool samples_on_device() const override;
+    const std::vector<int32_t>& sampled_tokens() const override { return m_sampled; }
 
     // Benchmark probes (k2 bench step). With profiling on, eager steps record an event around every layer.
     void set_layer_profiling(bool on) { m_profile_layers = on; }
@@ -131,6 +136,7 @@ private:
     // logits rows [r0, r0 + n) = lm_head(ws.xb[logits_indices[r0 ..]]) into ws.logits (device), then to `logits`.
     void logits_pass(const cuda_model::StepBatch& b, int64_t r0, int64_t n);
     void download_logits(int64_t r0, int64_t n, Tensor& logits);  // enqueued; collect() waits for it
+    void finish_logits(int64_t r0, int64_t n, Tensor& logits);    // device sampling, then download_logits if needed
     Tensor host_logits(int64_t rows);
     // y [m, w.n] bf16 = xq [m, w.k] e4m3 (scales [w.k / 128, m]) @ w^T.
     void linear(const uint8_t* xq, const float* xs, int64_t m, const cuda_model::DeviceLinear& w, uint16_t* y,
@@ -149,6 +155,8 @@ private:
     int64_t m_vocab_begin = 0;
     int64_t m_vocab_local = 0;
     std::optional<Tensor> m_pending;       // [rows, vocab] logits of the step submit enqueued, until collect
+    cuda_model::DeviceSampler m_sampler;   // the step's device-sampled rows (ForwardBatch::device_sampling)
+    std::vector<int32_t> m_sampled;        // [rows] their tokens after collect, -1 for rows sampled on the host
     bool m_logits_rank = true;             // TP rank 0 (the DP leader): the only rank that copies logits to the host
     std::vector<int32_t> m_local_ids;      // [T] token ids mapped into the rank's embedding rows
     cuda::DeviceBuffer m_logits_gathered;  // [tp, rows, vocab / tp] f32: every rank's lm_head slice

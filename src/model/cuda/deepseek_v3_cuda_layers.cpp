@@ -1,5 +1,7 @@
 // The sublayers of DeepseekV3CudaModel: absorbed MLA attention, dense SwiGLU and the MoE (deepseek_v3_cuda.h).
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "backend/cuda/fp8_quant.h"
 #include "backend/cuda/mla_decode.h"
@@ -7,6 +9,7 @@
 #include "backend/cuda/model_ops.h"
 #include "backend/cuda/moe_layout.h"
 #include "backend/cuda/moe_ops.h"
+#include "backend/cuda/moe_prefill_gemm.h"
 #include "backend/cuda/moe_router.h"
 #include "model/cuda/cuda_workspace.h"
 #include "model/cuda/deepseek_v3_cuda.h"
@@ -19,8 +22,19 @@ namespace {
 // HF builds q_a_layernorm / kv_a_layernorm with the RMSNorm class default, not config.rms_norm_eps.
 constexpr float kLoraNormEps = 1e-6f;
 // Up to this many tokens the experts run as one grouped launch with the row counts on the device (capturable in a
-// CUDA graph); above it the offsets come to the host once per layer and every expert gets a cuBLASLt call.
+// CUDA graph); above it the prefill forms (below).
 constexpr int64_t kGroupedDecodeMaxTokens = 64;
+
+// Prefill: the one-launch wgmma grouped GEMM (moe_prefill_gemm.h; offsets stay on the device) unless
+// K2_MOE_PREFILL_WGMMA=0 or it does not take the shapes: then the offsets come to the host once per layer and every
+// expert gets a cuBLASLt call (on the lanes' streams).
+bool prefill_wgmma_enabled() {
+    static const bool enabled = [] {
+        const char* value = std::getenv("K2_MOE_PREFILL_WGMMA");
+        return value == nullptr || std::string(value) != "0";
+    }();
+    return enabled;
+}
 
 }  // namespace
 
@@ -393,13 +407,8 @@ void DeepseekV3CudaModel::routed_experts(int layer, int64_t t_count, int64_t ep_
     cuda::launch_moe_gather(gp, m_stream);
 
     const bool grouped_launch = t_count <= kGroupedDecodeMaxTokens;
-    if (!grouped_launch) {
-        ws.host_offsets.resize(static_cast<size_t>(local + 1));
-        CUDA_CHECK(cudaMemcpyAsync(ws.host_offsets.data(), ws.offsets.data(), ws.host_offsets.size() * 4,
-                                   cudaMemcpyDeviceToHost, m_stream));
-        CUDA_CHECK(cudaStreamSynchronize(m_stream));
-    }
-    auto grouped = [&](const cuda_model::DeviceLinear& lin, const uint8_t* x, const float* x_scale, uint16_t* y) {
+    auto grouped_params = [&](const cuda_model::DeviceLinear& lin, const uint8_t* x, const float* x_scale,
+                              uint16_t* y) {
         cuda::Fp8GroupedGemmParams g;
         g.x = x;
         g.x_scale = x_scale;
@@ -411,8 +420,28 @@ void DeepseekV3CudaModel::routed_experts(int layer, int64_t t_count, int64_t ep_
         g.n = lin.n;
         g.k = lin.k;
         g.max_rows_per_expert = t_count;
+        return g;
+    };
+    // Prefill: one wgmma launch that reads the offsets on the device (no host copy, no sync per layer) wherever it
+    // takes both GEMMs' shapes; else the per-expert cuBLASLt forms, which need the offsets on the host.
+    const bool prefill_wgmma =
+        !grouped_launch && prefill_wgmma_enabled() &&
+        cuda::moe_prefill_gemm_supported(
+            grouped_params(w.experts.gate_up, ws.xg.as<uint8_t>(), ws.xgs.as<float>(), ws.gug.as<uint16_t>())) &&
+        cuda::moe_prefill_gemm_supported(
+            grouped_params(w.experts.down, ws.actg.as<uint8_t>(), ws.acts_blocked.as<float>(), ws.yg.as<uint16_t>()));
+    if (!grouped_launch && !prefill_wgmma) {
+        ws.host_offsets.resize(static_cast<size_t>(local + 1));
+        CUDA_CHECK(cudaMemcpyAsync(ws.host_offsets.data(), ws.offsets.data(), ws.host_offsets.size() * 4,
+                                   cudaMemcpyDeviceToHost, m_stream));
+        CUDA_CHECK(cudaStreamSynchronize(m_stream));
+    }
+    auto grouped = [&](const cuda_model::DeviceLinear& lin, const uint8_t* x, const float* x_scale, uint16_t* y) {
+        const cuda::Fp8GroupedGemmParams g = grouped_params(lin, x, x_scale, y);
         if (grouped_launch) {
             cuda::launch_fp8_grouped_gemm_decode(g, m_stream);
+        } else if (prefill_wgmma) {
+            cuda::launch_fp8_grouped_gemm_prefill_wgmma(g, m_stream, cuda::moe_prefill_gemm_options(rows, experts));
         } else if (m_moe_lanes != nullptr) {
             m_moe_lanes->run(g, ws.host_offsets.data(), m_stream);
         } else {

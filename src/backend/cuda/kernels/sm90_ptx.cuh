@@ -85,6 +85,27 @@ __device__ __forceinline__ uint64_t smem_desc_sw128(const void* ptr) {
            (static_cast<uint64_t>(1) << 62);
 }
 
+// wgmma descriptor of an MN-major ("transposed") operand in the 128B-swizzle layout: 64 MN-contiguous 16-bit values
+// per 128-byte row, rows along K; 8-row groups 1024 bytes apart along K (SBO), the next 64 MN values `lbo_bytes` on
+// (LBO; CUTLASS's canonical Swizzle<3,4,3> o ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO))).
+__device__ __forceinline__ uint64_t smem_desc_sw128_mn(uint32_t addr, uint32_t lbo_bytes) {
+    return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>((lbo_bytes & 0x3FFFF) >> 4) << 16) |
+           (static_cast<uint64_t>(1024 >> 4) << 32) | (static_cast<uint64_t>(1) << 62);
+}
+
+__device__ __forceinline__ uint64_t smem_desc_sw128_mn(const void* ptr, uint32_t lbo_bytes) {
+    return smem_desc_sw128_mn(smem_addr(ptr), lbo_bytes);
+}
+
+// Named barriers (id 0 is __syncthreads): `threads` of the CTA meet at barrier `id`; arrive does not wait.
+__device__ __forceinline__ void named_bar_sync(int id, int threads) {
+    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
+__device__ __forceinline__ void named_bar_arrive(int id, int threads) {
+    asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
 // Keeps the compiler from moving reads of wgmma accumulators across the asynchronous MMA's fence/wait.
 template <int kCount>
 __device__ __forceinline__ void fence_registers(float (&r)[kCount]) {

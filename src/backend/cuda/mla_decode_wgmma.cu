@@ -1,0 +1,66 @@
+// Raw launches of the wgmma MLA decode kernels (mla_decode_wgmma_detail.h).
+#include "backend/cuda/kernels/mla_decode_wgmma.cuh"
+#include "backend/cuda/launch_detail.h"
+#include "backend/cuda/mla_decode_wgmma_detail.h"
+
+namespace k2::cuda::detail {
+
+namespace {
+
+// Up to 2 splits run as one thread-block cluster per (sequence, head group) and combine in the kernel (no partials,
+// no combine kernel: batch 64 x 4096, 2 splits: 99.4 µs against 101.6). Larger clusters lost: 8 splits at batch 16
+// took 104 µs against 58 µs, as clusters of 8 CTAs with ~225 KB of shared memory each did not all fit at once
+// (docs/perf/mla-decode-wgmma.md).
+constexpr int kMaxClusterSplits = 2;
+
+// Launches `kernel` (one of the split kernels) on [num_splits, num_seqs, head groups]; as clusters of num_splits
+// CTAs along x when kCluster.
+template <bool kCluster, typename Kernel, typename... Args>
+cudaError_t launch_split(Kernel kernel, const MlaDecodeParams& p, int num_splits, cudaStream_t stream, Args... args) {
+    static const cudaError_t attribute_status =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kernels::kMlaWgSmemBytes);
+    if (attribute_status != cudaSuccess) {
+        return attribute_status;
+    }
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(static_cast<unsigned>(num_splits), static_cast<unsigned>(p.num_seqs),
+                          static_cast<unsigned>(mla_decode_head_groups(p.num_heads)));
+    config.blockDim = dim3(kernels::kMlaWgThreads, 1, 1);
+    config.dynamicSmemBytes = kernels::kMlaWgSmemBytes;
+    config.stream = stream;
+    cudaLaunchAttribute attribute = {};
+    if constexpr (kCluster) {
+        attribute.id = cudaLaunchAttributeClusterDimension;
+        attribute.val.clusterDim.x = static_cast<unsigned>(num_splits);
+        attribute.val.clusterDim.y = 1;
+        attribute.val.clusterDim.z = 1;
+        config.attrs = &attribute;
+        config.numAttrs = 1;
+    }
+    return cudaLaunchKernelEx(&config, kernel, args...);
+}
+
+}  // namespace
+
+cudaError_t launch_mla_decode_wgmma_kernels(const MlaDecodeParams& p, const CUtensorMap& cache_map, int num_splits,
+                                            int pages_per_split, int l2_ahead, cudaStream_t stream) {
+    const bool cluster = num_splits <= kMaxClusterSplits;
+    cudaError_t status = cudaSuccess;
+    if (p.cache_fp8 != nullptr) {
+        status = cluster ? launch_split<true>(kernels::mla_decode_wgmma_fp8_kernel<true>, p, num_splits, stream, p,
+                                              num_splits, pages_per_split, l2_ahead)
+                         : launch_split<false>(kernels::mla_decode_wgmma_fp8_kernel<false>, p, num_splits, stream, p,
+                                               num_splits, pages_per_split, l2_ahead);
+    } else {
+        status = cluster ? launch_split<true>(kernels::mla_decode_wgmma_bf16_kernel<true>, p, num_splits, stream,
+                                              cache_map, p, num_splits, pages_per_split, l2_ahead)
+                         : launch_split<false>(kernels::mla_decode_wgmma_bf16_kernel<false>, p, num_splits, stream,
+                                               cache_map, p, num_splits, pages_per_split, l2_ahead);
+    }
+    if (status != cudaSuccess || cluster) {
+        return status;
+    }
+    return launch_mla_decode_combine_kernel(p, num_splits, stream);
+}
+
+}  // namespace k2::cuda::detail

@@ -1,0 +1,74 @@
+// Raw launch of the grouped FP8 GEMM of MoE prefill (kernels/moe_prefill_gemm.cuh); validation and the tensor
+// maps are in moe_prefill_gemm.cpp.
+#include "backend/cuda/kernels/moe_prefill_gemm.cuh"
+#include "backend/cuda/moe_prefill_gemm_detail.h"
+
+namespace k2::cuda::detail {
+namespace {
+
+template <int kBlockM, int kCluster>
+cudaError_t set_smem_limit() {
+    // NOTE: once per process and instantiation (single-device use; the attribute is per function).
+    static const cudaError_t status = cudaFuncSetAttribute(kernels::moe_prefill_gemm_kernel<kBlockM, kCluster>,
+                                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                           kernels::MoePrefillLayout<kBlockM>::kSmemBytes);
+    return status;
+}
+
+template <int kBlockM, int kCluster>
+cudaLaunchConfig_t make_config(int grid, cudaStream_t stream, cudaLaunchAttribute* attribute) {
+    using L = kernels::MoePrefillLayout<kBlockM>;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(static_cast<unsigned>(grid), 1, 1);
+    config.blockDim = dim3(L::kThreads, 1, 1);
+    config.dynamicSmemBytes = L::kSmemBytes;
+    config.stream = stream;
+    attribute->id = cudaLaunchAttributeClusterDimension;
+    attribute->val.clusterDim.x = static_cast<unsigned>(kCluster);
+    attribute->val.clusterDim.y = 1;
+    attribute->val.clusterDim.z = 1;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    return config;
+}
+
+// Calls f.template operator()<kBlockM, kCluster>() for (64, 1), (128, 1) and (128, 2).
+template <typename F>
+cudaError_t dispatch(int block_m, int cluster, F&& f) {
+    if (block_m == 64 && cluster == 1)
+        return f.template operator()<64, 1>();
+    if (block_m == 128 && cluster == 1)
+        return f.template operator()<128, 1>();
+    if (block_m == 128 && cluster == 2)
+        return f.template operator()<128, 2>();
+    return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+cudaError_t launch_moe_prefill_gemm_kernel(const CUtensorMap& tmap_x, const CUtensorMap& tmap_w,
+                                           const Fp8GroupedGemmParams& p, int block_m, int cluster, bool expert_major,
+                                           int grid, cudaStream_t stream) {
+    return dispatch(block_m, cluster, [&]<int kBlockM, int kCluster>() {
+        if (const cudaError_t status = set_smem_limit<kBlockM, kCluster>(); status != cudaSuccess) {
+            return status;
+        }
+        cudaLaunchAttribute attribute = {};
+        const cudaLaunchConfig_t config = make_config<kBlockM, kCluster>(grid, stream, &attribute);
+        return cudaLaunchKernelEx(&config, kernels::moe_prefill_gemm_kernel<kBlockM, kCluster>, tmap_x, tmap_w, p,
+                                  expert_major ? 1 : 0);
+    });
+}
+
+cudaError_t moe_prefill_gemm_max_active_clusters(int block_m, int cluster, int* clusters) {
+    return dispatch(block_m, cluster, [&]<int kBlockM, int kCluster>() {
+        if (const cudaError_t status = set_smem_limit<kBlockM, kCluster>(); status != cudaSuccess) {
+            return status;
+        }
+        cudaLaunchAttribute attribute = {};
+        const cudaLaunchConfig_t config = make_config<kBlockM, kCluster>(kCluster * 132, nullptr, &attribute);
+        return cudaOccupancyMaxActiveClusters(clusters, kernels::moe_prefill_gemm_kernel<kBlockM, kCluster>, &config);
+    });
+}
+
+}  // namespace k2::cuda::detail
