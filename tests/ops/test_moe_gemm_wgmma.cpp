@@ -56,47 +56,12 @@ Problem make_problem(const std::vector<int>& rows_per_expert, int64_t n, int64_t
     return moe_ref::make_problem(rows_per_expert, n, k, rng, kXSlackRows);
 }
 
-// Relative L2 < 1e-2 per expert and overall (as test_moe_ops.cpp's grouped GEMM): bf16 output rounding gives
-// ~2e-3 and fp32 accumulation-order differences are far below, while a wrong scale, row, pass, tile or expert lands
-// near 1 for the expert it hits. Every value of rows < P must be finite (unwritten poison is NaN; so are untouched
-// weights and x's slack rows), and the row past P must still be poisoned. Returns y's bits.
-std::vector<uint16_t> expect_matches(const Problem& g, const std::string& what) {
-    SCOPED_TRACE(what);
-    const int64_t num_rows = g.num_rows();
-    const auto y = to_host<uint16_t>(g.y, static_cast<size_t>((num_rows + 1) * g.n));
-    std::vector<float> y_gpu(g.y_ref.size());
-    int64_t non_finite = 0;
-    for (size_t i = 0; i < y_gpu.size(); ++i) {
-        y_gpu[i] = bf16_to_float(y[i]);
-        non_finite += std::isfinite(y_gpu[i]) ? 0 : 1;
-    }
-    EXPECT_EQ(non_finite, 0) << "NaN/Inf (or unwritten poison) in y";
-    for (int e = 0; e < g.num_experts; ++e) {
-        const int64_t begin = g.offsets[static_cast<size_t>(e)];
-        const int64_t rows = g.offsets[static_cast<size_t>(e + 1)] - begin;
-        if (rows == 0)
-            continue;
-        const size_t at = static_cast<size_t>(begin * g.n);
-        EXPECT_LT(rel_l2(y_gpu.data() + at, g.y_ref.data() + at, static_cast<size_t>(rows * g.n)), 1e-2)
-            << "expert " << e << " (" << rows << " rows)";
-    }
-    if (!y_gpu.empty()) {
-        EXPECT_LT(rel_l2(y_gpu.data(), g.y_ref.data(), y_gpu.size()), 1e-2);
-    }
-    for (size_t i = y_gpu.size(); i < y.size(); ++i) {
-        EXPECT_EQ(y[i], 0xFFFF) << "y written past row P at " << i;
-        if (y[i] != 0xFFFF)
-            break;
-    }
-    return y;
-}
-
 std::vector<uint16_t> run_and_check(Problem& g, int64_t max_rows, const cuda::MoeGemmWgmmaOptions& o,
                                     const std::string& what) {
     g.y.fill_bytes(0xFF);
     cuda::launch_fp8_grouped_gemm_wgmma(params_of(g, max_rows), nullptr, o);
     CUDA_CHECK(cudaDeviceSynchronize());
-    return expect_matches(g, what);
+    return moe_ref::expect_matches(g, what);
 }
 
 // Rows per expert covering every case of a pass: 0, 1, 3, 16, 17, 32, 33, 64, 65 and 130 (3 passes of 64, 9 of 16).
@@ -176,7 +141,7 @@ TEST_F(MoeGemmWgmma, GraphCapture) {
     g.y.fill_bytes(0xFF);
     CUDA_CHECK(cudaGraphLaunch(exec, stream));
     CUDA_CHECK(cudaStreamSynchronize(stream));
-    expect_matches(g, "graph replay");
+    moe_ref::expect_matches(g, "graph replay");
     // Step 2: another routing of the same 8 rows written into the captured buffers.
     auto copy = [](cuda::DeviceBuffer& dst, const cuda::DeviceBuffer& src) {
         CUDA_CHECK(cudaMemcpy(dst.data(), src.data(), src.num_bytes(), cudaMemcpyDeviceToDevice));
@@ -191,7 +156,7 @@ TEST_F(MoeGemmWgmma, GraphCapture) {
     CUDA_CHECK(cudaGraphLaunch(exec, stream));
     CUDA_CHECK(cudaStreamSynchronize(stream));
     copy(h.y, g.y);
-    expect_matches(h, "graph replay with new offsets");
+    moe_ref::expect_matches(h, "graph replay with new offsets");
     CUDA_CHECK(cudaGraphExecDestroy(exec));
     CUDA_CHECK(cudaGraphDestroy(graph));
     CUDA_CHECK(cudaStreamDestroy(stream));
