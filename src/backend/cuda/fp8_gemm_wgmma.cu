@@ -2,18 +2,10 @@
 // fp8_gemm_wgmma.cpp).
 #include "backend/cuda/fp8_gemm_wgmma_detail.h"
 #include "backend/cuda/kernels/fp8_gemm_wgmma.cuh"
+#include "backend/cuda/smem_limit.h"
 
 namespace k2::cuda::detail {
 namespace {
-
-template <int kN, int kConsumers>
-cudaError_t set_smem_limit() {
-    // NOTE: once per process and instantiation (single-device use; the attribute is per function).
-    static const cudaError_t status = cudaFuncSetAttribute(
-        kernels::fp8_gemm_wgmma_kernel<kN, kConsumers>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-        kernels::WgmmaLayout<kN, kConsumers>::kSmemBytes);
-    return status;
-}
 
 template <int kN, int kConsumers>
 cudaLaunchConfig_t make_config(int64_t n, int splits, cudaStream_t stream, cudaLaunchAttribute* attribute) {
@@ -36,26 +28,35 @@ cudaLaunchConfig_t make_config(int64_t n, int splits, cudaStream_t stream, cudaL
 template <typename F>
 cudaError_t dispatch(const WgmmaVariant& v, F&& f) {
     auto by_rows = [&]<int kN>() {
-        if (v.rows == 64) return f.template operator()<kN, 1>();
-        if (v.rows == 128) return f.template operator()<kN, 2>();
+        if (v.rows == 64)
+            return f.template operator()<kN, 1>();
+        if (v.rows == 128)
+            return f.template operator()<kN, 2>();
         return cudaErrorInvalidValue;
     };
     switch (v.tokens_tile) {
-        case 16: return by_rows.template operator()<16>();
-        case 32: return by_rows.template operator()<32>();
-        case 64: return by_rows.template operator()<64>();
-        case 128: return by_rows.template operator()<128>();
-        default: return cudaErrorInvalidValue;
+        case 16:
+            return by_rows.template operator()<16>();
+        case 32:
+            return by_rows.template operator()<32>();
+        case 64:
+            return by_rows.template operator()<64>();
+        case 128:
+            return by_rows.template operator()<128>();
+        default:
+            return cudaErrorInvalidValue;
     }
 }
 
 }  // namespace
 
-cudaError_t launch_fp8_gemm_wgmma_kernel(const CUtensorMap& tmap_w, const CUtensorMap& tmap_x,
-                                         const Fp8GemmParams& p, const WgmmaVariant& variant, int splits,
-                                         int kb_per_split, cudaStream_t stream) {
+cudaError_t launch_fp8_gemm_wgmma_kernel(const CUtensorMap& tmap_w, const CUtensorMap& tmap_x, const Fp8GemmParams& p,
+                                         const WgmmaVariant& variant, int splits, int kb_per_split,
+                                         cudaStream_t stream) {
     return dispatch(variant, [&]<int kN, int kConsumers>() {
-        if (const cudaError_t status = set_smem_limit<kN, kConsumers>(); status != cudaSuccess) {
+        if (const cudaError_t status = allow_dynamic_smem<kernels::fp8_gemm_wgmma_kernel<kN, kConsumers>>(
+                kernels::WgmmaLayout<kN, kConsumers>::kSmemBytes);
+            status != cudaSuccess) {
             return status;
         }
         cudaLaunchAttribute attribute = {};
@@ -67,7 +68,9 @@ cudaError_t launch_fp8_gemm_wgmma_kernel(const CUtensorMap& tmap_w, const CUtens
 
 cudaError_t fp8_gemm_wgmma_max_active_clusters(const WgmmaVariant& variant, int splits, int* num_clusters) {
     return dispatch(variant, [&]<int kN, int kConsumers>() {
-        if (const cudaError_t status = set_smem_limit<kN, kConsumers>(); status != cudaSuccess) {
+        if (const cudaError_t status = allow_dynamic_smem<kernels::fp8_gemm_wgmma_kernel<kN, kConsumers>>(
+                kernels::WgmmaLayout<kN, kConsumers>::kSmemBytes);
+            status != cudaSuccess) {
             return status;
         }
         cudaLaunchAttribute attribute = {};

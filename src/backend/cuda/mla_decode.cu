@@ -1,6 +1,7 @@
 // Raw launches of the MLA decode kernels (validation and the split choice are in mla_decode.cpp).
 #include "backend/cuda/kernels/mla_decode.cuh"
 #include "backend/cuda/launch_detail.h"
+#include "backend/cuda/smem_limit.h"
 
 namespace k2::cuda::detail {
 
@@ -8,8 +9,8 @@ namespace {
 
 template <bool kFp8>
 cudaError_t launch_split(const MlaDecodeParams& p, int num_splits, int pages_per_split, cudaStream_t stream) {
-    static const cudaError_t attribute_status = cudaFuncSetAttribute(
-        kernels::mla_decode_split_kernel<kFp8>, cudaFuncAttributeMaxDynamicSharedMemorySize, kernels::kMlaSmemBytes);
+    const cudaError_t attribute_status =
+        allow_dynamic_smem<kernels::mla_decode_split_kernel<kFp8>>(kernels::kMlaSmemBytes);
     if (attribute_status != cudaSuccess) {
         return attribute_status;
     }

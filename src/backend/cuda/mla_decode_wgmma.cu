@@ -2,6 +2,7 @@
 #include "backend/cuda/kernels/mla_decode_wgmma.cuh"
 #include "backend/cuda/launch_detail.h"
 #include "backend/cuda/mla_decode_wgmma_detail.h"
+#include "backend/cuda/smem_limit.h"
 
 namespace k2::cuda::detail {
 
@@ -13,12 +14,11 @@ namespace {
 // (docs/perf/mla-decode-wgmma.md).
 constexpr int kMaxClusterSplits = 2;
 
-// Launches `kernel` (one of the split kernels) on [num_splits, num_seqs, head groups]; as clusters of num_splits
+// Launches kKernel (one of the split kernels) on [num_splits, num_seqs, head groups]; as clusters of num_splits
 // CTAs along x when kCluster.
-template <bool kCluster, typename Kernel, typename... Args>
-cudaError_t launch_split(Kernel kernel, const MlaDecodeParams& p, int num_splits, cudaStream_t stream, Args... args) {
-    static const cudaError_t attribute_status =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kernels::kMlaWgSmemBytes);
+template <bool kCluster, auto kKernel, typename... Args>
+cudaError_t launch_split(const MlaDecodeParams& p, int num_splits, cudaStream_t stream, Args... args) {
+    const cudaError_t attribute_status = allow_dynamic_smem<kKernel>(kernels::kMlaWgSmemBytes);
     if (attribute_status != cudaSuccess) {
         return attribute_status;
     }
@@ -37,7 +37,7 @@ cudaError_t launch_split(Kernel kernel, const MlaDecodeParams& p, int num_splits
         config.attrs = &attribute;
         config.numAttrs = 1;
     }
-    return cudaLaunchKernelEx(&config, kernel, args...);
+    return cudaLaunchKernelEx(&config, kKernel, args...);
 }
 
 }  // namespace
@@ -47,15 +47,15 @@ cudaError_t launch_mla_decode_wgmma_kernels(const MlaDecodeParams& p, const CUte
     const bool cluster = num_splits <= kMaxClusterSplits;
     cudaError_t status = cudaSuccess;
     if (p.cache_fp8 != nullptr) {
-        status = cluster ? launch_split<true>(kernels::mla_decode_wgmma_fp8_kernel<true>, p, num_splits, stream, p,
-                                              num_splits, pages_per_split, l2_ahead)
-                         : launch_split<false>(kernels::mla_decode_wgmma_fp8_kernel<false>, p, num_splits, stream, p,
-                                               num_splits, pages_per_split, l2_ahead);
+        status = cluster ? launch_split<true, kernels::mla_decode_wgmma_fp8_kernel<true>>(
+                               p, num_splits, stream, p, num_splits, pages_per_split, l2_ahead)
+                         : launch_split<false, kernels::mla_decode_wgmma_fp8_kernel<false>>(
+                               p, num_splits, stream, p, num_splits, pages_per_split, l2_ahead);
     } else {
-        status = cluster ? launch_split<true>(kernels::mla_decode_wgmma_bf16_kernel<true>, p, num_splits, stream,
-                                              cache_map, p, num_splits, pages_per_split, l2_ahead)
-                         : launch_split<false>(kernels::mla_decode_wgmma_bf16_kernel<false>, p, num_splits, stream,
-                                               cache_map, p, num_splits, pages_per_split, l2_ahead);
+        status = cluster ? launch_split<true, kernels::mla_decode_wgmma_bf16_kernel<true>>(
+                               p, num_splits, stream, cache_map, p, num_splits, pages_per_split, l2_ahead)
+                         : launch_split<false, kernels::mla_decode_wgmma_bf16_kernel<false>>(
+                               p, num_splits, stream, cache_map, p, num_splits, pages_per_split, l2_ahead);
     }
     if (status != cudaSuccess || cluster) {
         return status;

@@ -2,18 +2,10 @@
 // maps are in moe_prefill_gemm.cpp.
 #include "backend/cuda/kernels/moe_prefill_gemm.cuh"
 #include "backend/cuda/moe_prefill_gemm_detail.h"
+#include "backend/cuda/smem_limit.h"
 
 namespace k2::cuda::detail {
 namespace {
-
-template <int kBlockM, int kCluster>
-cudaError_t set_smem_limit() {
-    // NOTE: once per process and instantiation (single-device use; the attribute is per function).
-    static const cudaError_t status = cudaFuncSetAttribute(kernels::moe_prefill_gemm_kernel<kBlockM, kCluster>,
-                                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                           kernels::MoePrefillLayout<kBlockM>::kSmemBytes);
-    return status;
-}
 
 template <int kBlockM, int kCluster>
 cudaLaunchConfig_t make_config(int grid, cudaStream_t stream, cudaLaunchAttribute* attribute) {
@@ -50,7 +42,9 @@ cudaError_t launch_moe_prefill_gemm_kernel(const CUtensorMap& tmap_x, const CUte
                                            const Fp8GroupedGemmParams& p, int block_m, int cluster, bool expert_major,
                                            int grid, cudaStream_t stream) {
     return dispatch(block_m, cluster, [&]<int kBlockM, int kCluster>() {
-        if (const cudaError_t status = set_smem_limit<kBlockM, kCluster>(); status != cudaSuccess) {
+        if (const cudaError_t status = allow_dynamic_smem<kernels::moe_prefill_gemm_kernel<kBlockM, kCluster>>(
+                kernels::MoePrefillLayout<kBlockM>::kSmemBytes);
+            status != cudaSuccess) {
             return status;
         }
         cudaLaunchAttribute attribute = {};
@@ -62,7 +56,9 @@ cudaError_t launch_moe_prefill_gemm_kernel(const CUtensorMap& tmap_x, const CUte
 
 cudaError_t moe_prefill_gemm_max_active_clusters(int block_m, int cluster, int* clusters) {
     return dispatch(block_m, cluster, [&]<int kBlockM, int kCluster>() {
-        if (const cudaError_t status = set_smem_limit<kBlockM, kCluster>(); status != cudaSuccess) {
+        if (const cudaError_t status = allow_dynamic_smem<kernels::moe_prefill_gemm_kernel<kBlockM, kCluster>>(
+                kernels::MoePrefillLayout<kBlockM>::kSmemBytes);
+            status != cudaSuccess) {
             return status;
         }
         cudaLaunchAttribute attribute = {};
