@@ -130,11 +130,11 @@ struct WgmmaE4m3<128> {
     }
 };
 
-// Tokens' scales are read in pairs: accumulator columns 8 j + 2 q and 8 j + 2 q + 1 of quad lane q.
+// acc += part * x_scale[token] * w_scale. Tokens' scales are read in pairs: accumulator columns 8 j + 2 q and
+// 8 j + 2 q + 1 of quad lane q. (Also the grouped MoE kernel's, moe_gemm_wgmma.cuh.)
 template <int kN>
-__device__ __forceinline__ void promote(float (&acc)[kN / 2], const float (&part)[kN / 2], const float* scales,
-                                        int quad_lane) {
-    const float w_scale = scales[kN];
+__device__ __forceinline__ void promote_scaled(float (&acc)[kN / 2], const float (&part)[kN / 2], const float* scales,
+                                               float w_scale, int quad_lane) {
 #pragma unroll
     for (int j = 0; j < kN / 8; ++j) {
         const float2 s = *reinterpret_cast<const float2*>(scales + 8 * j + 2 * quad_lane);
@@ -145,6 +145,28 @@ __device__ __forceinline__ void promote(float (&acc)[kN / 2], const float (&part
         acc[4 * j + 2] += part[4 * j + 2] * s0;
         acc[4 * j + 3] += part[4 * j + 3] * s1;
     }
+}
+
+// The same with the stage's weight scale, which follows its kN token scales.
+template <int kN>
+__device__ __forceinline__ void promote(float (&acc)[kN / 2], const float (&part)[kN / 2], const float* scales,
+                                        int quad_lane) {
+    promote_scaled<kN>(acc, part, scales, scales[kN], quad_lane);
+}
+
+// One 128-k block of a warpgroup: part = w_tile (64 weight rows) . x_tile^T (kN tokens) over 4 wgmma k32 steps,
+// overwriting part, waited for (also the grouped MoE kernel's, moe_gemm_wgmma.cuh).
+template <int kN>
+__device__ __forceinline__ void mma_k_block(float (&part)[kN / 2], const uint8_t* w_tile, const uint8_t* x_tile) {
+    fence_registers(part);
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        WgmmaE4m3<kN>::run(part, smem_desc_sw128(w_tile + 32 * j), smem_desc_sw128(x_tile + 32 * j), j);
+    }
+    sm90::wgmma_commit();
+    sm90::wgmma_wait<0>();
+    fence_registers(part);
 }
 
 // The consumer side of one warpgroup: for each k block, 4 wgmma k32 steps into a fresh partial sum, the wait,
@@ -163,15 +185,7 @@ __device__ __forceinline__ void consume(float (&acc)[kN / 2], uint8_t* smem, con
         mbar_wait(&full_bar[s], (i / L::kStages) & 1);
         const uint8_t* w_tile = smem + s * L::kWTileBytes + wg * 64 * 128;  // this warpgroup's 64 rows
         const uint8_t* x_tile = smem + L::kXOffset + s * L::kXTileBytes;
-        fence_registers(part);
-        sm90::wgmma_fence();
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            WgmmaE4m3<kN>::run(part, smem_desc_sw128(w_tile + 32 * j), smem_desc_sw128(x_tile + 32 * j), j);
-        }
-        sm90::wgmma_commit();
-        sm90::wgmma_wait<0>();
-        fence_registers(part);
+        mma_k_block<kN>(part, w_tile, x_tile);
         promote<kN>(acc, part, scale_ring + s * L::kScaleFloats, lane % 4);
         __syncwarp();
         if (lane == 0)

@@ -83,12 +83,9 @@ struct MoeItem {
     int rows;              // rows of this pass (1..kMaxN)
 };
 
-template <int kMaxN>
-__device__ __forceinline__ MoeItem decode_item(const MoeSchedule& sc, int64_t item) {
-    const int unit = static_cast<int>(item / sc.tiles);
-    MoeItem it;
-    it.tile = static_cast<int>(item % sc.tiles);
-    // The largest e with s_unit[e] <= unit: it has passes (an empty expert shares the next one's prefix).
+// The largest expert e with s_unit[e] <= unit (it has passes or tiles: an empty expert shares the
+// next one's prefix); also the prefill kernel's (moe_prefill_gemm.cuh).
+__device__ __forceinline__ int expert_of_unit(const MoeSchedule& sc, int unit) {
     int lo = 0;
     int hi = sc.num_experts - 1;
     while (lo < hi) {
@@ -99,6 +96,15 @@ __device__ __forceinline__ MoeItem decode_item(const MoeSchedule& sc, int64_t it
             hi = mid - 1;
         }
     }
+    return lo;
+}
+
+template <int kMaxN>
+__device__ __forceinline__ MoeItem decode_item(const MoeSchedule& sc, int64_t item) {
+    const int unit = static_cast<int>(item / sc.tiles);
+    MoeItem it;
+    it.tile = static_cast<int>(item % sc.tiles);
+    const int lo = expert_of_unit(sc, unit);
     it.expert = lo;
     it.expert_begin = sc.s_off[lo];
     it.rows_e = sc.s_off[lo + 1] - sc.s_off[lo];
@@ -235,22 +241,6 @@ __device__ __forceinline__ void produce_x(const Fp8GroupedGemmParams& p, const M
     }
 }
 
-// acc += part * x_scale[token] * w_scale (accumulator columns 8 j + 2 q and + 1 of quad lane q).
-template <int kN>
-__device__ __forceinline__ void promote_item(float (&acc)[kN / 2], const float (&part)[kN / 2], const float* scales,
-                                             float w_scale, int quad_lane) {
-#pragma unroll
-    for (int j = 0; j < kN / 8; ++j) {
-        const float2 s = *reinterpret_cast<const float2*>(scales + 8 * j + 2 * quad_lane);
-        const float s0 = s.x * w_scale;
-        const float s1 = s.y * w_scale;
-        acc[4 * j + 0] += part[4 * j + 0] * s0;
-        acc[4 * j + 1] += part[4 * j + 1] * s1;
-        acc[4 * j + 2] += part[4 * j + 2] * s0;
-        acc[4 * j + 3] += part[4 * j + 3] * s1;
-    }
-}
-
 __device__ __forceinline__ void store_bf16_at(uint16_t* ptr, float v) {
     const __nv_bfloat16 b = __float2bfloat16(v);
     *ptr = reinterpret_cast<const uint16_t&>(b);
@@ -276,17 +266,9 @@ __device__ __forceinline__ void consume_item(const Fp8GroupedGemmParams& p, cons
         mbar_wait(&full_bar[s], static_cast<uint32_t>((it / L::kStages) & 1));
         const uint8_t* w_tile = smem + s * L::kWTileBytes;
         const uint8_t* x_tile = smem + L::kXOffset + s * L::kXTileBytes;
-        fence_registers(part);
-        sm90::wgmma_fence();
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            WgmmaE4m3<kN>::run(part, smem_desc_sw128(w_tile + 32 * j), smem_desc_sw128(x_tile + 32 * j), j);
-        }
-        sm90::wgmma_commit();
-        sm90::wgmma_wait<0>();
-        fence_registers(part);
+        mma_k_block<kN>(part, w_tile, x_tile);
         const float* scales = scale_ring + s * L::kScaleFloats;
-        promote_item<kN>(acc, part, scales, scales[kMaxN], lane % 4);
+        promote_scaled<kN>(acc, part, scales, scales[kMaxN], lane % 4);
         __syncwarp();
         if (lane == 0) {
             mbar_arrive(&empty_bar[s]);  // this warp's MMAs and scale reads of stage s are done

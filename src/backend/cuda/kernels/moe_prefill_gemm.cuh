@@ -76,21 +76,6 @@ struct PrefillTile {
     int rows_e;
 };
 
-// The largest expert e with s_unit[e] <= unit (it has tiles: an empty expert shares the next one's prefix).
-__device__ __forceinline__ int expert_of_unit(const MoeSchedule& sc, int unit) {
-    int lo = 0;
-    int hi = sc.num_experts - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (sc.s_unit[mid] <= unit) {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
-    return lo;
-}
-
 // Item -> tile. A unit is kCluster consecutive tiles of one expert (passes of kBlockM * kCluster rows); `rank`
 // picks the CTA's tile inside it. A tile past the expert's rows (the odd last tile of a pair) has an empty range and
 // its box on the expert's last kBlockM rows (read, never used).
