@@ -7,42 +7,37 @@
 #include "model/cuda/cuda_workspace.h"
 
 namespace k2::cuda_model {
-namespace {
-
-template <typename T>
-void upload(cuda::DeviceBuffer& buf, const std::vector<T>& host, cudaStream_t stream) {
-    ensure(buf, host.size() * sizeof(T));
-    // Pageable source: CUDA stages it before returning, so the vector may change afterwards.
-    CUDA_CHECK(cudaMemcpyAsync(buf.data(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice, stream));
-}
-
-}  // namespace
 
 DeviceSampler::DeviceSampler() = default;
 
+// One upload per step: the rows' uniforms, temperatures and modes packed back to back ([rows] f64, then f32, then
+// i32: each part stays aligned) into one device buffer.
 void DeviceSampler::begin_step(std::span<const DeviceSampleRow> rows, cudaStream_t stream) {
     m_modes.clear();
-    m_inv_temperature.clear();
-    m_uniform.clear();
-    for (const DeviceSampleRow& row : rows) {
-        m_modes.push_back(static_cast<int32_t>(row.mode));  // RowSampling and cuda::SampleMode share their values
-        m_inv_temperature.push_back(row.inv_temperature);
-        m_uniform.push_back(row.uniform);
-    }
     if (rows.empty()) {
         return;
     }
-    upload(m_d_modes, m_modes, stream);
-    upload(m_d_inv_temperature, m_inv_temperature, stream);
-    upload(m_d_uniform, m_uniform, stream);
-    ensure(m_d_tokens, rows.size() * 4);
-    if (m_host_capacity < static_cast<int64_t>(rows.size())) {
-        m_host_capacity = std::max<int64_t>(static_cast<int64_t>(rows.size()), 64);
+    const size_t n = rows.size();
+    m_staging.resize(n * (8 + 4 + 4));
+    auto* uniform = reinterpret_cast<double*>(m_staging.data());
+    auto* inv_temperature = reinterpret_cast<float*>(m_staging.data() + n * 8);
+    auto* mode = reinterpret_cast<int32_t*>(m_staging.data() + n * 12);
+    for (size_t r = 0; r < n; ++r) {
+        uniform[r] = rows[r].uniform;
+        inv_temperature[r] = rows[r].inv_temperature;
+        mode[r] = static_cast<int32_t>(rows[r].mode);  // RowSampling and cuda::SampleMode share their values
+        m_modes.push_back(mode[r]);
+    }
+    ensure(m_d_rows, m_staging.size());
+    // Pageable source: CUDA stages it before returning, so the staging vector may change afterwards.
+    CUDA_CHECK(cudaMemcpyAsync(m_d_rows.data(), m_staging.data(), m_staging.size(), cudaMemcpyHostToDevice, stream));
+    ensure(m_d_tokens, n * 4);
+    if (m_host_capacity < static_cast<int64_t>(n)) {
+        m_host_capacity = std::max<int64_t>(static_cast<int64_t>(n), 64);
         int32_t* ptr = nullptr;
         CUDA_CHECK(cudaHostAlloc(&ptr, static_cast<size_t>(m_host_capacity) * 4, cudaHostAllocDefault));
         m_host_tokens = std::shared_ptr<int32_t>(ptr, [](int32_t* p) { cudaFreeHost(p); });
     }
-    std::fill_n(m_host_tokens.get(), rows.size(), -1);
 }
 
 bool DeviceSampler::any_host(int64_t r0, int64_t n) const {
@@ -56,9 +51,10 @@ bool DeviceSampler::any_host(int64_t r0, int64_t n) const {
 void DeviceSampler::sample(const float* logits, int64_t r0, int64_t n, int64_t vocab, cudaStream_t stream) {
     cuda::SampleRowsParams p;
     p.logits = logits;
-    p.mode = m_d_modes.as<int32_t>() + r0;
-    p.inv_temperature = m_d_inv_temperature.as<float>() + r0;
-    p.uniform = m_d_uniform.as<double>() + r0;
+    const auto rows = m_modes.size();
+    p.uniform = m_d_rows.as<double>() + r0;
+    p.inv_temperature = reinterpret_cast<const float*>(m_d_rows.as<uint8_t>() + rows * 8) + r0;
+    p.mode = reinterpret_cast<const int32_t*>(m_d_rows.as<uint8_t>() + rows * 12) + r0;
     p.tokens = m_d_tokens.as<int32_t>() + r0;
     p.rows = n;
     p.vocab = vocab;

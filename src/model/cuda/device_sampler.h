@@ -31,12 +31,9 @@ public:
     std::vector<int32_t> finish_step();
 
 private:
-    std::vector<int32_t> m_modes;          // [rows] cuda::SampleMode
-    std::vector<float> m_inv_temperature;  // [rows]
-    std::vector<double> m_uniform;         // [rows]
-    cuda::DeviceBuffer m_d_modes;
-    cuda::DeviceBuffer m_d_inv_temperature;
-    cuda::DeviceBuffer m_d_uniform;
+    std::vector<int32_t> m_modes;    // [rows] cuda::SampleMode of the step
+    std::vector<uint8_t> m_staging;  // the step's rows packed for one upload (begin_step)
+    cuda::DeviceBuffer m_d_rows;     // [rows] f64 uniforms, [rows] f32 inverse temperatures, [rows] i32 modes
     cuda::DeviceBuffer m_d_tokens;
     std::shared_ptr<int32_t> m_host_tokens;  // [capacity] pinned: the download target
     int64_t m_host_capacity = 0;
