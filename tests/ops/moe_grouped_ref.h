@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <string>
@@ -19,23 +20,14 @@
 #include "backend/cpu/linear.h"
 #include "backend/cpu/ref_fp8_quant.h"
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/fp8_gemm.h"
 #include "backend/cuda/moe_ops.h"
 #include "core/tensor.h"
 #include "ops_common.h"
 
 namespace k2::ops_test::moe_ref {
 
-// ||a - b|| / ||b|| (NaN in a fails every "<" check). Local copy: relative_l2 lives in test_backend_ops.cpp.
-inline double rel_l2(const float* a, const float* b, size_t count) {
-    double num = 0.0;
-    double den = 0.0;
-    for (size_t i = 0; i < count; ++i) {
-        const double d = static_cast<double>(a[i]) - b[i];
-        num += d * d;
-        den += static_cast<double>(b[i]) * b[i];
-    }
-    return std::sqrt(num / std::max(den, 1e-30));
-}
+using ops_test::rel_l2;
 
 inline uint64_t seed64(std::mt19937& rng) {
     return (static_cast<uint64_t>(rng()) << 32) | rng();
@@ -138,14 +130,16 @@ inline Problem make_problem(const std::vector<int>& rows_per_expert, int64_t n, 
     return g;
 }
 
-inline cuda::Fp8GroupedGemmParams params_of(const Problem& g, int64_t max_rows_per_expert) {
+// The launch parameters of any grouped problem with x, x_scale, w, w_scale, y (device buffers), num_experts, n, k.
+template <typename P>
+cuda::Fp8GroupedGemmParams params_of(const P& g, const cuda::DeviceBuffer& offsets, int64_t max_rows_per_expert) {
     cuda::Fp8GroupedGemmParams p;
-    p.x = g.x.as<uint8_t>();
-    p.x_scale = g.x_scale.as<float>();
-    p.w = g.w.as<uint8_t>();
-    p.w_scale = g.w_scale.as<float>();
-    p.y = g.y.as<uint16_t>();
-    p.offsets = g.offsets_d.as<int32_t>();
+    p.x = g.x.template as<uint8_t>();
+    p.x_scale = g.x_scale.template as<float>();
+    p.w = g.w.template as<uint8_t>();
+    p.w_scale = g.w_scale.template as<float>();
+    p.y = g.y.template as<uint16_t>();
+    p.offsets = offsets.as<int32_t>();
     p.num_experts = g.num_experts;
     p.n = g.n;
     p.k = g.k;
@@ -153,11 +147,17 @@ inline cuda::Fp8GroupedGemmParams params_of(const Problem& g, int64_t max_rows_p
     return p;
 }
 
+inline cuda::Fp8GroupedGemmParams params_of(const Problem& g, int64_t max_rows_per_expert) {
+    return params_of(g, g.offsets_d, max_rows_per_expert);
+}
+
 // Relative L2 < 1e-2 per expert and overall (as test_moe_ops.cpp's grouped GEMM): bf16 output rounding gives
 // ~2e-3 and fp32 accumulation-order differences are far below, while a wrong scale, row, pass, tile or expert lands
 // near 1 for the expert it hits. Every value of rows < P must be finite (unwritten poison is NaN; so are untouched
-// weights and x's slack rows), and the row past P must still be poisoned. Returns y's bits.
-inline std::vector<uint16_t> expect_matches(const Problem& g, const std::string& what) {
+// weights and x's slack rows), and the row past P must still be poisoned. Returns y's bits. For any grouped
+// problem with y (device, [P + 1, n]), y_ref [P, n], num_experts, n and num_rows(); offsets [num_experts + 1] host.
+template <typename P>
+std::vector<uint16_t> expect_matches(const P& g, const std::vector<int32_t>& offsets, const std::string& what) {
     SCOPED_TRACE(what);
     const int64_t num_rows = g.num_rows();
     const auto y = to_host<uint16_t>(g.y, static_cast<size_t>((num_rows + 1) * g.n));
@@ -169,8 +169,8 @@ inline std::vector<uint16_t> expect_matches(const Problem& g, const std::string&
     }
     EXPECT_EQ(non_finite, 0) << "NaN/Inf (or unwritten poison) in y";
     for (int e = 0; e < g.num_experts; ++e) {
-        const int64_t begin = g.offsets[static_cast<size_t>(e)];
-        const int64_t rows = g.offsets[static_cast<size_t>(e + 1)] - begin;
+        const int64_t begin = offsets[static_cast<size_t>(e)];
+        const int64_t rows = offsets[static_cast<size_t>(e + 1)] - begin;
         if (rows == 0)
             continue;
         const size_t at = static_cast<size_t>(begin * g.n);
@@ -186,6 +186,10 @@ inline std::vector<uint16_t> expect_matches(const Problem& g, const std::string&
             break;
     }
     return y;
+}
+
+inline std::vector<uint16_t> expect_matches(const Problem& g, const std::string& what) {
+    return expect_matches(g, g.offsets, what);
 }
 
 // Valid parameters over small static host buffers, for the validation tests (which must throw before any CUDA call
@@ -249,5 +253,42 @@ inline cuda::DeviceBuffer repeated_weights(const cuda::DeviceBuffer& pattern_d, 
     }
     return w;
 }
+
+// The lanes of run_fp8_grouped_gemm_prefill_lanes (moe_ops.h: per-expert cuBLASLt calls on num_lanes streams, the
+// model's prefill form before the wgmma grouped GEMM) with their scratch, for experts of up to max_rows rows.
+struct Lanes {
+    std::vector<std::unique_ptr<cuda::Fp8GemmRunner>> runners;
+    std::vector<cuda::Fp8PrefillLane> lanes;
+    cuda::DeviceBuffer scales;
+    cuda::DeviceBuffer y_scratch;
+    cudaEvent_t fork = nullptr;
+
+    Lanes(int num_lanes, int64_t n, int64_t k, int64_t max_rows) {
+        const int64_t scale_floats = std::max(n, k) / 128 * (max_rows + 16);
+        const int64_t scratch = (max_rows + 16) * n;
+        scales = cuda::DeviceBuffer(static_cast<size_t>(num_lanes * scale_floats) * 4);
+        y_scratch = cuda::DeviceBuffer(static_cast<size_t>(num_lanes * scratch) * 2);
+        for (int j = 0; j < num_lanes; ++j) {
+            runners.push_back(std::make_unique<cuda::Fp8GemmRunner>());
+            cuda::Fp8PrefillLane lane;
+            lane.runner = runners.back().get();
+            CUDA_CHECK(cudaStreamCreateWithFlags(&lane.stream, cudaStreamNonBlocking));
+            CUDA_CHECK(cudaEventCreateWithFlags(&lane.done, cudaEventDisableTiming));
+            lane.padded_scales = scales.as<float>() + j * scale_floats;
+            lane.y_scratch = y_scratch.as<uint16_t>() + j * scratch;
+            lanes.push_back(lane);
+        }
+        CUDA_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+    }
+    ~Lanes() {
+        for (const cuda::Fp8PrefillLane& lane : lanes) {
+            cudaStreamDestroy(lane.stream);
+            cudaEventDestroy(lane.done);
+        }
+        cudaEventDestroy(fork);
+    }
+    Lanes(const Lanes&) = delete;
+    Lanes& operator=(const Lanes&) = delete;
+};
 
 }  // namespace k2::ops_test::moe_ref

@@ -3,6 +3,8 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <random>
@@ -63,7 +65,24 @@ std::vector<T> to_host(const cuda::DeviceBuffer& buf, size_t count) {
 }
 
 // ||a - b|| / ||b||; NaN anywhere in a gives NaN (which fails every "<" check).
-double relative_l2(const std::vector<float>& a, const std::vector<float>& b);
+inline double rel_l2(const float* a, const float* b, size_t count) {
+    double num = 0.0;
+    double den = 0.0;
+    for (size_t i = 0; i < count; ++i) {
+        const double d = static_cast<double>(a[i]) - b[i];
+        num += d * d;
+        den += static_cast<double>(b[i]) * b[i];
+    }
+    return std::sqrt(num / std::max(den, 1e-30));
+}
+
+inline double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
+    return rel_l2(a.data(), b.data(), a.size());
+}
+
+inline double relative_l2(const std::vector<float>& a, const std::vector<float>& b) {
+    return rel_l2(a, b);
+}
 
 // Median time in microseconds of one call of `body(iter, stream)`, measured over CUDA-graph replays of
 // kCallsPerGraph consecutive calls (iter counts calls, so the body can rotate input buffers).

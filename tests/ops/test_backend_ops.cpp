@@ -23,17 +23,6 @@
 
 namespace k2::ops_test {
 
-double relative_l2(const std::vector<float>& a, const std::vector<float>& b) {
-    double num = 0.0;
-    double den = 0.0;
-    for (size_t i = 0; i < a.size(); ++i) {
-        const double d = static_cast<double>(a[i]) - b[i];
-        num += d * d;
-        den += static_cast<double>(b[i]) * b[i];
-    }
-    return std::sqrt(num / std::max(den, 1e-30));
-}
-
 namespace {
 
 class CudaOps : public ::testing::Test {

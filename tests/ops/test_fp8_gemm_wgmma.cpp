@@ -32,18 +32,6 @@ protected:
     }
 };
 
-// ||a - b|| / ||b|| (a local copy: relative_l2 lives in test_backend_ops.cpp); NaN in a gives NaN.
-double rel_l2(const float* a, const float* b, size_t count) {
-    double num = 0.0;
-    double den = 0.0;
-    for (size_t i = 0; i < count; ++i) {
-        const double d = static_cast<double>(a[i]) - b[i];
-        num += d * d;
-        den += static_cast<double>(b[i]) * b[i];
-    }
-    return std::sqrt(num / std::max(den, 1e-30));
-}
-
 // e4m3 codes of N(0, 64) samples, fast enough for 132 M weights: a table of 64 Ki normal samples indexed by
 // xorshift bits (the weights only need to be varied, never NaN and never zero-heavy).
 std::vector<uint8_t> fast_normal_fp8(size_t count, std::mt19937& rng) {

@@ -34,17 +34,6 @@ protected:
     }
 };
 
-double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
-    double num = 0.0;
-    double den = 0.0;
-    for (size_t i = 0; i < a.size(); ++i) {
-        const double d = static_cast<double>(a[i]) - b[i];
-        num += d * d;
-        den += static_cast<double>(b[i]) * b[i];
-    }
-    return std::sqrt(num / std::max(den, 1e-30));
-}
-
 // Position of a bf16 / e4m3 code on the number line (sign-magnitude codes are monotonic in their magnitude bits):
 // two codes are one rounding step apart iff their ordinals differ by one.
 int64_t ordinal(uint32_t code, int bits) {

@@ -26,18 +26,6 @@
 namespace k2::ops_test {
 namespace {
 
-// ||a - b|| / ||b|| (NaN in a fails every "<" check). Local copy: relative_l2 lives in test_backend_ops.cpp.
-double rel_l2(const float* a, const float* b, size_t count) {
-    double num = 0.0;
-    double den = 0.0;
-    for (size_t i = 0; i < count; ++i) {
-        const double d = static_cast<double>(a[i]) - b[i];
-        num += d * d;
-        den += static_cast<double>(b[i]) * b[i];
-    }
-    return std::sqrt(num / std::max(den, 1e-30));
-}
-
 constexpr int32_t kIntPoison = 0x7F7F7F7F;  // fill_bytes(0x7F): distinct from every value the permute writes (-1 too)
 
 class CudaMoeOps : public ::testing::Test {
@@ -390,46 +378,12 @@ GroupedProblem make_grouped_problem(int64_t num_tokens, int top_k, int num_exper
 }
 
 cuda::Fp8GroupedGemmParams grouped_params(const GroupedProblem& g, int64_t max_rows_per_expert) {
-    cuda::Fp8GroupedGemmParams p;
-    p.x = g.x.as<uint8_t>();
-    p.x_scale = g.x_scale.as<float>();
-    p.w = g.w.as<uint8_t>();
-    p.w_scale = g.w_scale.as<float>();
-    p.y = g.y.as<uint16_t>();
-    p.offsets = g.offsets.as<int32_t>();
-    p.num_experts = g.num_experts;
-    p.n = g.n;
-    p.k = g.k;
-    p.max_rows_per_expert = max_rows_per_expert;
-    return p;
+    return moe_ref::params_of(g, g.offsets, max_rows_per_expert);
 }
 
-// Relative L2 < 1e-2 per expert and overall: bf16 output rounding gives ~2e-3 and fp32 accumulation-order
-// differences are far below, while a wrong scale, row, pass or expert lands near 1 for the expert it hits.
-// Every value must be finite (untouched weights are NaN) and the row past P must still be poisoned.
+// moe_ref::expect_matches: relative L2 < 1e-2 per expert and overall, finite rows, the row past P still poisoned.
 void expect_grouped_matches(const GroupedProblem& g, const std::string& what) {
-    SCOPED_TRACE(what);
-    const int64_t num_rows = g.num_rows();
-    const auto y = to_host<uint16_t>(g.y, static_cast<size_t>((num_rows + 1) * g.n));
-    std::vector<float> y_gpu(g.y_ref.size());
-    int64_t non_finite = 0;
-    for (size_t i = 0; i < y_gpu.size(); ++i) {
-        y_gpu[i] = bf16_to_float(y[i]);
-        non_finite += std::isfinite(y_gpu[i]) ? 0 : 1;
-    }
-    EXPECT_EQ(non_finite, 0) << "NaN/Inf (or unwritten poison) in y";
-    for (int e = 0; e < g.num_experts; ++e) {
-        const int64_t begin = g.perm.offsets[static_cast<size_t>(e)];
-        const int64_t rows = g.perm.offsets[static_cast<size_t>(e + 1)] - begin;
-        if (rows == 0)
-            continue;
-        const size_t at = static_cast<size_t>(begin * g.n);
-        EXPECT_LT(rel_l2(y_gpu.data() + at, g.y_ref.data() + at, static_cast<size_t>(rows * g.n)), 1e-2)
-            << "expert " << e << " (" << rows << " rows)";
-    }
-    EXPECT_LT(rel_l2(y_gpu.data(), g.y_ref.data(), y_gpu.size()), 1e-2);
-    for (size_t i = y_gpu.size(); i < y.size(); ++i)
-        ASSERT_EQ(y[i], 0xFFFF) << "y written past row P";
+    moe_ref::expect_matches(g, g.perm.offsets, what);
 }
 
 void check_grouped_decode(GroupedProblem& g, int64_t max_rows_per_expert) {
@@ -548,28 +502,11 @@ void check_grouped_lanes(GroupedProblem& g, int num_lanes) {
         max_rows = std::max<int64_t>(
             max_rows, g.perm.offsets[static_cast<size_t>(e + 1)] - g.perm.offsets[static_cast<size_t>(e)]);
     }
-    const int64_t scale_floats = std::max(g.n, g.k) / 128 * (max_rows + 16);
-    const int64_t scratch = (max_rows + 16) * g.n;
-    cuda::DeviceBuffer scales(static_cast<size_t>(num_lanes * scale_floats) * 4);
-    cuda::DeviceBuffer y_scratch(static_cast<size_t>(num_lanes * scratch) * 2);
-    std::vector<std::unique_ptr<cuda::Fp8GemmRunner>> runners;
-    std::vector<cuda::Fp8PrefillLane> lanes;
-    for (int j = 0; j < num_lanes; ++j) {
-        runners.push_back(std::make_unique<cuda::Fp8GemmRunner>());
-        cuda::Fp8PrefillLane lane;
-        lane.runner = runners.back().get();
-        CUDA_CHECK(cudaStreamCreateWithFlags(&lane.stream, cudaStreamNonBlocking));
-        CUDA_CHECK(cudaEventCreateWithFlags(&lane.done, cudaEventDisableTiming));
-        lane.padded_scales = scales.as<float>() + j * scale_floats;
-        lane.y_scratch = y_scratch.as<uint16_t>() + j * scratch;
-        lanes.push_back(lane);
-    }
-    cudaEvent_t fork = nullptr;
-    CUDA_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+    const moe_ref::Lanes lanes(num_lanes, g.n, g.k, max_rows);
     cuda::Fp8GroupedGemmParams p = grouped_params(g, 0);
     p.x = x.as<uint8_t>();
     p.y = y.as<uint16_t>();
-    cuda::run_fp8_grouped_gemm_prefill_lanes(lanes, p, g.perm.offsets.data(), nullptr, fork);
+    cuda::run_fp8_grouped_gemm_prefill_lanes(lanes.lanes, p, g.perm.offsets.data(), nullptr, lanes.fork);
     CUDA_CHECK(cudaDeviceSynchronize());
     const auto out = to_host<uint16_t>(y, static_cast<size_t>(num_rows * g.n));
     std::vector<float> y_gpu(out.size());
@@ -584,11 +521,6 @@ void check_grouped_lanes(GroupedProblem& g, int num_lanes) {
         EXPECT_LT(rel_l2(y_gpu.data() + at, g.y_ref.data() + at, static_cast<size_t>(rows * g.n)), 1e-2)
             << "expert " << e << " (" << rows << " rows)";  // NaN (unwritten or clobbered) fails too
     }
-    for (const cuda::Fp8PrefillLane& lane : lanes) {
-        CUDA_CHECK(cudaStreamDestroy(lane.stream));
-        CUDA_CHECK(cudaEventDestroy(lane.done));
-    }
-    CUDA_CHECK(cudaEventDestroy(fork));
 }
 
 TEST_F(CudaMoeOps, GroupedGemmPrefillLanes) {

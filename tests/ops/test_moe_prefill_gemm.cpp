@@ -284,42 +284,6 @@ TEST(MoePrefillGemmValidation, RejectsBadParams) {
 
 // ---- benchmark ----
 
-// The model's prefill form today: K2_MOE_PREFILL_LANES = 4 lanes of per-expert cuBLASLt calls (moe_ops.h).
-struct Lanes {
-    std::vector<std::unique_ptr<cuda::Fp8GemmRunner>> runners;
-    std::vector<cuda::Fp8PrefillLane> lanes;
-    cuda::DeviceBuffer scales;
-    cuda::DeviceBuffer y_scratch;
-    cudaEvent_t fork = nullptr;
-
-    Lanes(int num_lanes, int64_t n, int64_t k, int64_t max_rows) {
-        const int64_t scale_floats = std::max(n, k) / 128 * (max_rows + 16);
-        const int64_t scratch = (max_rows + 16) * n;
-        scales = cuda::DeviceBuffer(static_cast<size_t>(num_lanes * scale_floats) * 4);
-        y_scratch = cuda::DeviceBuffer(static_cast<size_t>(num_lanes * scratch) * 2);
-        for (int j = 0; j < num_lanes; ++j) {
-            runners.push_back(std::make_unique<cuda::Fp8GemmRunner>());
-            cuda::Fp8PrefillLane lane;
-            lane.runner = runners.back().get();
-            CUDA_CHECK(cudaStreamCreateWithFlags(&lane.stream, cudaStreamNonBlocking));
-            CUDA_CHECK(cudaEventCreateWithFlags(&lane.done, cudaEventDisableTiming));
-            lane.padded_scales = scales.as<float>() + j * scale_floats;
-            lane.y_scratch = y_scratch.as<uint16_t>() + j * scratch;
-            lanes.push_back(lane);
-        }
-        CUDA_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
-    }
-    ~Lanes() {
-        for (const cuda::Fp8PrefillLane& lane : lanes) {
-            cudaStreamDestroy(lane.stream);
-            cudaEventDestroy(lane.done);
-        }
-        cudaEventDestroy(fork);
-    }
-    Lanes(const Lanes&) = delete;
-    Lanes& operator=(const Lanes&) = delete;
-};
-
 // Kimi-K2 expert weights (384 experts; random bytes copied from a 32 MB pattern), random routing of `tokens` x
 // top-8. TFLOP/s counts 2 * P * n * k of the real rows only. Both forms see the same buffers (x and y with the 16
 // rows of slack the lanes' padded cuBLASLt path needs).
@@ -384,7 +348,7 @@ TEST_F(MoePrefillGemm, DISABLED_Perf) {
                         fmt::format(" {}/{}/c{}={:.1f}us({:.0f})", block_m, order, cluster, us, flops / us * 1e-6);
                 }
             }
-            Lanes lanes(4, n, k, max_rows);
+            moe_ref::Lanes lanes(4, n, k, max_rows);
             const double lanes_us = time_us(
                 [&](int, cudaStream_t s) {
                     cuda::run_fp8_grouped_gemm_prefill_lanes(lanes.lanes, p, off.data(), s, lanes.fork);
