@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The TMA + wgmma decode GEMM (src/backend/cuda/fp8_gemm_wgmma.h, docs/perf/kernels.md) on the GPU machine.
 #   bash bench/fp8_wgmma.sh build   (here) builds test_fp8_gemm_wgmma, test_backend_ops and test_cuda_model in
-#                                   build-wgmma/ and packs them, stripped, with the .so files the device image lacks
-#                                   into build-pkg-wgmma/carry.tar.xz
+#                                   build-wgmma/ and packs them with bench/pack_carry.sh into
+#                                   build-pkg-wgmma/carry.tar.xz
 #   bash bench/fp8_wgmma.sh device  (device machine, carry ["build-pkg-wgmma"]): the tests (ours, the runner's FP8
 #                                   GEMM cases, the CUDA model), compute-sanitizer memcheck + racecheck of the edge
 #                                   cases, and the benchmark (cuBLASLt in the same run; K2_WGMMA_SWEEP=1 adds every
@@ -13,36 +13,14 @@ if [[ $mode == build ]]; then
   set -e
   root="$(cd "$(dirname "$0")/.." && pwd)"
   cmake -S "$root" -B "$root/build-wgmma" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  bins="test_fp8_gemm_wgmma test_backend_ops test_cuda_model"
-  cmake --build "$root/build-wgmma" --target $bins -j2
-  pkg="$root/build-pkg-wgmma"
-  rm -rf "$pkg" && mkdir -p "$pkg/wgmma/bin" "$pkg/wgmma/rt"
-  for t in $bins; do
-    exe="$(find "$root/build-wgmma/tests" -name "$t" -type f | head -1)"
-    cp "$exe" "$pkg/wgmma/bin/" && strip "$pkg/wgmma/bin/$t"
-    # The .so files the device image lacks (as bench/pack_carry.sh: all but the C/C++ runtime and CUDA's).
-    ldd "$exe" | awk '/=> \// {print $3}' | while read -r so; do
-      case "$(basename "$so")" in
-        libc.so* | libm.so* | libpthread.so* | libdl.so* | librt.so* | libresolv.so* | libstdc++.so* | libgcc_s.so* | \
-          libcublas* | libcudart* | libnccl* | libcuda.so*) ;;
-        *) cp -n -L "$so" "$pkg/wgmma/rt/" ;;
-      esac
-    done
-  done
-  XZ_OPT=-9e tar -C "$pkg" -cJf "$pkg/carry.tar.xz" wgmma && rm -rf "$pkg/wgmma"
-  ls -la "$pkg"
+  cmake --build "$root/build-wgmma" --target test_fp8_gemm_wgmma test_backend_ops test_cuda_model -j2
+  cd "$root" && PKG=build-pkg-wgmma bash bench/pack_carry.sh build-wgmma tests/ops/test_fp8_gemm_wgmma \
+    tests/ops/test_backend_ops tests/model/test_cuda_model
   exit 0
 fi
-o="${OUT:-out}"
-mkdir -p "$o" /tmp/wgmma
-tar -xJf build-pkg-wgmma/carry.tar.xz -C /tmp/wgmma
-export LD_LIBRARY_PATH="/tmp/wgmma/wgmma/rt:${LD_LIBRARY_PATH:-}"
-f="$(find / -name 'libcublasLt.so.13*' -not -path '/proc/*' 2>/dev/null | head -1 || true)"
-[[ -n "$f" ]] && export LD_LIBRARY_PATH="$(dirname "$f"):$LD_LIBRARY_PATH"
-b=/tmp/wgmma/wgmma/bin
+source bench/lib_device.sh
+PKG=build-pkg-wgmma device_setup
 t=$b/test_fp8_gemm_wgmma
-export K2_SOURCE_DIR="$PWD"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$o/gpu.txt"; date -u | tee -a "$o/gpu.txt"
 timeout "${TEST_S:-150}" $t --gtest_brief=1 >"$o/test.log" 2>&1; echo "test_fp8_gemm_wgmma rc $?"
 grep -E "^\[  (PASSED|FAILED)|Failure|Expected|Which is|rel_l2|m [0-9]+ n" "$o/test.log" | head -30
 gemm='*Fp8Gemm*:*CublasLt*:*GemmHeuristic*:*Validation*'
