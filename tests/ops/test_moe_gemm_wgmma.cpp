@@ -228,7 +228,7 @@ TEST_F(MoeGemmWgmma, DISABLED_Perf) {
     const double copy_gbs = copy_rate_gbs(stream);
     std::printf("copy rate (SM copy kernel, 1 GiB, read+write): %.1f GB/s\n", copy_gbs);
     std::printf("%-8s %6s %7s %8s | %9s %8s %6s | %9s %8s %6s %6s | %4s %s\n", "shape", "tokens", "experts", "MB",
-                "old us", "GB/s", "%copy", "new us", "GB/s", "%copy", "ratio", "maxN", "forced max_n (us)");
+                "old us", "GB/s", "%copy", "new us", "GB/s", "%copy", "ratio", "maxN", "persistent (us / % of copy)");
     std::mt19937 rng(41);
     std::vector<uint8_t> pattern(32u << 20);
     fill_fast_fp8(pattern, seed64(rng));
@@ -239,7 +239,7 @@ TEST_F(MoeGemmWgmma, DISABLED_Perf) {
         const cuda::DeviceBuffer w = moe_ref::repeated_weights(pattern_d, pattern.size(), kExperts, n, k);
         const auto ws =
             to_device(random_uniform(static_cast<size_t>(kExperts * (n / 128) * (k / 128)), rng, 1e-4f, 4e-4f));
-        for (const int64_t tokens : {1, 16, 64, 256}) {
+        for (const int64_t tokens : {1, 4, 8, 16, 64, 256}) {
             const int64_t num_rows = tokens * kTopK;
             std::vector<uint8_t> xh(static_cast<size_t>(num_rows * k));
             fill_fast_fp8(xh, seed64(rng));
@@ -276,12 +276,18 @@ TEST_F(MoeGemmWgmma, DISABLED_Perf) {
             const double old_us = time_us([&](int i, cudaStream_t s) { launch_old(routed(i), s); }, stream);
             const double new_us =
                 time_us([&](int i, cudaStream_t s) { cuda::launch_fp8_grouped_gemm_wgmma(routed(i), s); }, stream);
+            // The decode launch's persistent form (moe_ops.h), at L2 prefetch distances 0 / 4 / 8 / 12 k blocks.
             std::string forced;
-            for (const int max_n : {16, 32, 64}) {
-                const cuda::MoeGemmWgmmaOptions o{max_n, 0};
+            for (const int l2_ahead : {0, 4, 8, 12}) {
                 const double t = time_us(
-                    [&](int i, cudaStream_t s) { cuda::launch_fp8_grouped_gemm_wgmma(routed(i), s, o); }, stream);
-                forced += fmt::format(" n{}={:.1f}", max_n, t);
+                    [&](int i, cudaStream_t s) {
+                        cuda::Fp8GroupedGemmParams q = routed(i);
+                        q.decode_kernel = cuda::GroupedDecodeKernel::Persistent;
+                        q.l2_ahead = l2_ahead;
+                        cuda::launch_fp8_grouped_gemm_decode(q, s);
+                    },
+                    stream);
+                forced += fmt::format(" l2_{}={:.1f}us/{:.1f}%", l2_ahead, t, 100.0 * bytes / t * 1e-3 / copy_gbs);
             }
             const int max_n = tokens <= 16 ? 16 : 32;  // moe_gemm_wgmma.cpp's default
             std::printf("%-8s %6ld %7.1f %8.1f | %9.1f %8.1f %5.1f%% | %9.1f %8.1f %5.1f%% %5.2fx | %4d%s\n", name,

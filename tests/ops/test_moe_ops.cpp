@@ -3,6 +3,7 @@
 // form) vs cpu::linear per expert over the dequantized inputs, combine vs a host fp32 sum. Outputs are poisoned
 // before every launch and the slots past the written range are checked to stay poisoned. Without a GPU the
 // device tests skip with the reason; the validation test runs everywhere (it never reaches CUDA).
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -386,11 +387,34 @@ void expect_grouped_matches(const GroupedProblem& g, const std::string& what) {
     moe_ref::expect_matches(g, g.perm.offsets, what);
 }
 
+// Both forms of the decode launch (and the persistent one with L2 prefetch, which must change nothing) against the
+// reference, and bitwise against each other: a warp-row is the same computation in either form.
 void check_grouped_decode(GroupedProblem& g, int64_t max_rows_per_expert) {
-    g.y.fill_bytes(0xFF);
-    cuda::launch_fp8_grouped_gemm_decode(grouped_params(g, max_rows_per_expert), nullptr);
-    CUDA_CHECK(cudaDeviceSynchronize());
-    expect_grouped_matches(g, "decode, max_rows_per_expert " + std::to_string(max_rows_per_expert));
+    struct Form {
+        cuda::GroupedDecodeKernel kernel;
+        int l2_ahead;
+        const char* name;
+    };
+    const Form forms[] = {{cuda::GroupedDecodeKernel::Blocks, 0, "blocks"},
+                          {cuda::GroupedDecodeKernel::Persistent, 0, "persistent"},
+                          {cuda::GroupedDecodeKernel::Persistent, 8, "persistent, L2 prefetch 8"}};
+    const size_t count = static_cast<size_t>((g.num_rows() + 1) * g.n);  // the row past P must stay poisoned too
+    std::vector<uint16_t> first;
+    for (const Form& form : forms) {
+        g.y.fill_bytes(0xFF);
+        cuda::Fp8GroupedGemmParams p = grouped_params(g, max_rows_per_expert);
+        p.decode_kernel = form.kernel;
+        p.l2_ahead = form.l2_ahead;
+        cuda::launch_fp8_grouped_gemm_decode(p, nullptr);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        expect_grouped_matches(g, fmt::format("decode ({}), max_rows_per_expert {}", form.name, max_rows_per_expert));
+        const auto out = to_host<uint16_t>(g.y, count);
+        if (first.empty()) {
+            first = out;
+        } else {
+            EXPECT_TRUE(out == first) << form.name << " differs bitwise from blocks";
+        }
+    }
 }
 
 void check_grouped_prefill(GroupedProblem& g, cuda::Fp8GemmRunner& runner) {

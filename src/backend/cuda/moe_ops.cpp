@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <string_view>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/moe_ops_detail.h"
@@ -54,7 +56,8 @@ void launch_moe_gather(const MoeGatherParams& p, cudaStream_t stream) {
     }
     K2_CHECK(p.num_rows > 0 && p.num_rows <= kMaxRows, "moe gather: num_rows {} out of range", p.num_rows);
     K2_CHECK(p.k > 0 && p.k % 128 == 0, "moe gather: k = {} is not a positive multiple of 128", p.k);
-    K2_CHECK(p.num_experts >= 1, "moe gather: num_experts {} < 1", p.num_experts);
+    K2_CHECK(p.num_experts >= 1 && p.num_experts <= detail::kMoeMaxExperts, "moe gather: num_experts {} not in [1, {}]",
+             p.num_experts, detail::kMoeMaxExperts);
     K2_CHECK(p.x_scale_stride >= 1, "moe gather: x_scale_stride {} < 1", p.x_scale_stride);
     K2_CHECK(p.x != nullptr && p.x_scale != nullptr && p.row_token != nullptr && p.offsets != nullptr &&
                  p.out != nullptr && p.out_scale != nullptr,
@@ -62,6 +65,19 @@ void launch_moe_gather(const MoeGatherParams& p, cudaStream_t stream) {
     K2_CHECK(aligned16(p.x) && aligned16(p.out), "moe gather: x and out must be 16-byte aligned");
     CUDA_CHECK(detail::launch_moe_gather_kernel(p, stream));
 }
+
+namespace {
+
+// Measured on the H200 (docs/perf/kernels.md, "MoE decode: the persistent grouped GEMM"): with an L2 prefetch 4 k
+// blocks ahead the Kimi-K2 expert GEMMs stream at 98-99% of the copy rate at 16 tokens and 93-94% at 64 (91-94% and
+// 79-82% without it), but lose 3-5% at 1 token (8 experts: a 16-row slice per warp or less) and gate_up loses 10% at
+// 256 tokens. The prefetched lines of all resident warps (16 rows x 12 k blocks x 128 B each, ~39 MB) have to fit in
+// the L2 beside the loads: 16 k blocks ahead thrashes it.
+int default_l2_ahead(const Fp8GroupedGemmParams& p) {
+    return p.max_rows_per_expert >= 4 && p.max_rows_per_expert <= 64 ? 4 : 0;
+}
+
+}  // namespace
 
 void launch_fp8_grouped_gemm_decode(const Fp8GroupedGemmParams& p, cudaStream_t stream) {
     if (p.max_rows_per_expert == 0) {
@@ -71,7 +87,34 @@ void launch_fp8_grouped_gemm_decode(const Fp8GroupedGemmParams& p, cudaStream_t 
     const int64_t rows = std::min(p.max_rows_per_expert, kDecodeTokensPerPass);
     const int64_t tiles = (rows + 7) / 8;
     const int max_tiles = tiles <= 1 ? 1 : tiles <= 2 ? 2 : tiles <= 4 ? 4 : 8;
-    CUDA_CHECK(detail::launch_fp8_grouped_gemm_decode_kernel(p, max_tiles, stream));
+    if (grouped_decode_kernel(p) == GroupedDecodeKernel::Blocks) {
+        CUDA_CHECK(detail::launch_fp8_grouped_gemm_decode_kernel(p, max_tiles, stream));
+        return;
+    }
+    K2_CHECK(p.num_experts <= detail::kMoeMaxExperts,
+             "fp8 grouped gemm: the persistent form takes <= {} experts, got {}", detail::kMoeMaxExperts,
+             p.num_experts);
+    int l2_ahead = p.l2_ahead;
+    if (l2_ahead < 0) {
+        static const int from_env = [] {
+            const char* v = std::getenv("K2_MOE_DECODE_L2_AHEAD");
+            return v != nullptr ? std::max(0, std::atoi(v)) : -1;
+        }();
+        l2_ahead = from_env >= 0 ? from_env : default_l2_ahead(p);
+    }
+    CUDA_CHECK(detail::launch_fp8_grouped_gemm_decode_persistent(p, max_tiles, l2_ahead, stream));
+}
+
+GroupedDecodeKernel grouped_decode_kernel(const Fp8GroupedGemmParams& p) {
+    if (p.decode_kernel != GroupedDecodeKernel::Auto) {
+        return p.decode_kernel;
+    }
+    static const bool blocks = [] {
+        const char* v = std::getenv("K2_MOE_DECODE_KERNEL");
+        return v != nullptr && std::string_view(v) == "blocks";
+    }();
+    const bool fits = p.num_experts <= detail::kMoeMaxExperts;  // the persistent kernel lists experts in shared memory
+    return blocks || !fits ? GroupedDecodeKernel::Blocks : GroupedDecodeKernel::Persistent;
 }
 
 namespace {

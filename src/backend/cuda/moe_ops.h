@@ -45,9 +45,15 @@ struct MoeGatherParams {
     int num_experts = 0;
 };
 
+// The two forms of the decode launch (kernels/fp8_grouped_gemm.cuh), bitwise-equal outputs. Blocks: one block per
+// 64 rows of n per expert, empty experts' blocks exit. Persistent: as many blocks as fit on the GPU at once, the
+// touched experts' 16-row slices dealt in equal contiguous ranges to the warps. Auto = Persistent unless the
+// environment says K2_MOE_DECODE_KERNEL=blocks (A/B runs).
+enum class GroupedDecodeKernel { Auto, Blocks, Persistent };
+
 // y[rows of e] = x[rows of e] @ w[e]^T for every expert, fp32 accumulation, bf16 out; block scales as fp8_gemm.h.
-// The decode form is one launch whose experts without rows cost a CTA exit (CUDA-graph capturable: the row counts
-// stay on the device); max_rows_per_expert (a host bound, e.g. num_tokens) sizes the token tiles.
+// The decode form is one launch that reads the row counts on the device (CUDA-graph capturable);
+// max_rows_per_expert (a host bound, e.g. num_tokens) sizes the token tiles.
 // (It only sizes them: an expert with more rows takes more passes. 0 makes the launch a no-op.)
 struct Fp8GroupedGemmParams {
     const uint8_t* x = nullptr;        // [P, k] e4m3 (row stride k)
@@ -60,6 +66,11 @@ struct Fp8GroupedGemmParams {
     int64_t n = 0;  // multiple of 128
     int64_t k = 0;  // multiple of 128
     int64_t max_rows_per_expert = 0;
+    // Decode form only. l2_ahead: k blocks ahead of the loads at which the persistent form bulk-prefetches each
+    // weight row into L2 (0 = none; -1 = K2_MOE_DECODE_L2_AHEAD, else 4 for 4..64 tokens per expert, as measured),
+    // a tuning knob that changes no result.
+    GroupedDecodeKernel decode_kernel = GroupedDecodeKernel::Auto;
+    int l2_ahead = -1;
 };
 
 // The checks every grouped GEMM launch shares, each error naming `op`: 1..max_experts experts, n and k positive
@@ -69,6 +80,8 @@ void check_grouped_gemm_params(const Fp8GroupedGemmParams& params, int max_exper
 void launch_moe_permute(const MoePermuteParams& params, cudaStream_t stream);
 void launch_moe_gather(const MoeGatherParams& params, cudaStream_t stream);
 void launch_fp8_grouped_gemm_decode(const Fp8GroupedGemmParams& params, cudaStream_t stream);
+// The form launch_fp8_grouped_gemm_decode runs for `params` (Auto resolved).
+GroupedDecodeKernel grouped_decode_kernel(const Fp8GroupedGemmParams& params);
 // Prefill form: one Fp8GemmRunner call per expert with rows; host_offsets [num_experts + 1] are the offsets
 // already copied to the host (the caller synchronizes once per layer for them). Where k / 128 is not a multiple
 // of 4 every expert stays on our decode kernel (cuBLASLt pads the k blocks of 128x128 scales to 4).

@@ -18,7 +18,10 @@ cudaError_t launch_moe_gather_kernel(const MoeGatherParams& params, cudaStream_t
 // grid [n / 64, num_experts]; max_tiles in {1, 2, 4, 8} bounds the 8-token tiles of one pass.
 cudaError_t launch_fp8_grouped_gemm_decode_kernel(const Fp8GroupedGemmParams& params, int max_tiles,
                                                   cudaStream_t stream);
-// grid [num_tokens, ceil(hidden / 2048)].
+// grid: the blocks that fit on the device at once; l2_ahead >= 0.
+cudaError_t launch_fp8_grouped_gemm_decode_persistent(const Fp8GroupedGemmParams& params, int max_tiles, int l2_ahead,
+                                                      cudaStream_t stream);
+// grid [num_tokens, ceil(hidden / 1024)] up to 64 tokens, [num_tokens, ceil(hidden / 2048)] past that.
 cudaError_t launch_moe_combine_kernel(const MoeCombineParams& params, cudaStream_t stream);
 
 }  // namespace k2::cuda::detail

@@ -49,6 +49,8 @@ struct Workspace {
         xb = bf16(t * c.hidden_size);
         xq = cuda::DeviceBuffer(static_cast<size_t>(t * round_up(kmax, 128)));
         xs = f32(round_up(kmax, 128) / 128 * t);
+        aux_xq = cuda::DeviceBuffer(static_cast<size_t>(t * round_up(kmax, 128)));
+        aux_xs = f32(round_up(kmax, 128) / 128 * t);
         qa = bf16(t * std::max<int64_t>(c.q_lora_rank, 1));
         q = bf16(t * heads * c.qk_head_dim());
         kv = bf16(t * entry);
@@ -95,37 +97,38 @@ struct Workspace {
     Workspace& operator=(const Workspace&) = delete;
 
     int64_t capacity;
-    cuda::DeviceBuffer h, y, xb;       // [T, hidden] bf16: residual, sublayer output, normed input
-    cuda::DeviceBuffer xq, xs;         // [T, k] e4m3 and [k / 128, T] f32: a GEMM's quantized input
-    cuda::DeviceBuffer qa;             // [T, q_lora_rank] bf16
-    cuda::DeviceBuffer q;              // [T, heads, qk_head_dim] bf16
-    cuda::DeviceBuffer kv;             // [T, kv_lora_rank + rope] bf16
-    cuda::DeviceBuffer q_abs;          // [T, heads, kv_lora_rank + rope] bf16
-    cuda::DeviceBuffer o_lat;          // [T, heads, kv_lora_rank] bf16
-    cuda::DeviceBuffer o_lat_f32;      // [seqs, heads, kv_lora_rank] f32 (fast decode)
-    cuda::DeviceBuffer mla_split;      // fast decode split partials
-    cuda::DeviceBuffer o;              // [T, heads * v_head_dim] bf16
-    cuda::DeviceBuffer gate_up;        // [T, 2 * inter] bf16
-    cuda::DeviceBuffer router_logits;  // [T, experts] f32
-    cuda::DeviceBuffer topk_ids;       // [T, top_k] i32
-    cuda::DeviceBuffer topk_weights;   // [T, top_k] f32
-    cuda::DeviceBuffer offsets;        // [experts + 1] i32
-    cuda::DeviceBuffer row_token;      // [P] i32
-    cuda::DeviceBuffer pair_row;       // [T, top_k] i32
-    cuda::DeviceBuffer xg, xgs;        // [P, hidden] e4m3, [P * hidden / 128] f32 expert-blocked
-    cuda::DeviceBuffer gug;            // [P, 2 * moe_inter] bf16
-    cuda::DeviceBuffer actg;           // [P, moe_inter] e4m3
-    cuda::DeviceBuffer acts;           // [moe_inter / 128, P] f32
-    cuda::DeviceBuffer acts_blocked;   // [P * moe_inter / 128] f32 expert-blocked
-    cuda::DeviceBuffer yg;             // [P, hidden] bf16
-    cuda::DeviceBuffer shared;         // [T, hidden] bf16
-    cuda::DeviceBuffer padded_scales;  // [hidden / 128, T + 16] f32: one expert's scales re-strided for cuBLASLt
-    cuda::DeviceBuffer last;           // [rows, hidden] bf16: the rows whose logits are wanted, normed
-    int64_t ctx_capacity = 0;          // context tokens of the prefill path's buffers (0: path unavailable)
-    cuda::DeviceBuffer latent_ctx;     // [ctx, kv_lora_rank + rope] bf16: gathered latents of a prefill step
-    cuda::DeviceBuffer k_nope_ctx;     // [ctx, heads, nope] bf16: expanded keys
-    cuda::DeviceBuffer v_ctx;          // [ctx, heads, v_head_dim] bf16: expanded values
-    cuda::DeviceBuffer logits;         // [rows, vocab] f32
+    cuda::DeviceBuffer h, y, xb;        // [T, hidden] bf16: residual, sublayer output, normed input
+    cuda::DeviceBuffer xq, xs;          // [T, k] e4m3 and [k / 128, T] f32: a GEMM's quantized input
+    cuda::DeviceBuffer aux_xq, aux_xs;  // as xq / xs, for GEMM inputs made while another stream still reads xq
+    cuda::DeviceBuffer qa;              // [T, q_lora_rank] bf16
+    cuda::DeviceBuffer q;               // [T, heads, qk_head_dim] bf16
+    cuda::DeviceBuffer kv;              // [T, kv_lora_rank + rope] bf16
+    cuda::DeviceBuffer q_abs;           // [T, heads, kv_lora_rank + rope] bf16
+    cuda::DeviceBuffer o_lat;           // [T, heads, kv_lora_rank] bf16
+    cuda::DeviceBuffer o_lat_f32;       // [seqs, heads, kv_lora_rank] f32 (fast decode)
+    cuda::DeviceBuffer mla_split;       // fast decode split partials
+    cuda::DeviceBuffer o;               // [T, heads * v_head_dim] bf16
+    cuda::DeviceBuffer gate_up;         // [T, 2 * inter] bf16
+    cuda::DeviceBuffer router_logits;   // [T, experts] f32
+    cuda::DeviceBuffer topk_ids;        // [T, top_k] i32
+    cuda::DeviceBuffer topk_weights;    // [T, top_k] f32
+    cuda::DeviceBuffer offsets;         // [experts + 1] i32
+    cuda::DeviceBuffer row_token;       // [P] i32
+    cuda::DeviceBuffer pair_row;        // [T, top_k] i32
+    cuda::DeviceBuffer xg, xgs;         // [P, hidden] e4m3, [P * hidden / 128] f32 expert-blocked
+    cuda::DeviceBuffer gug;             // [P, 2 * moe_inter] bf16
+    cuda::DeviceBuffer actg;            // [P, moe_inter] e4m3
+    cuda::DeviceBuffer acts;            // [moe_inter / 128, P] f32
+    cuda::DeviceBuffer acts_blocked;    // [P * moe_inter / 128] f32 expert-blocked
+    cuda::DeviceBuffer yg;              // [P, hidden] bf16
+    cuda::DeviceBuffer shared;          // [T, hidden] bf16
+    cuda::DeviceBuffer padded_scales;   // [hidden / 128, T + 16] f32: one expert's scales re-strided for cuBLASLt
+    cuda::DeviceBuffer last;            // [rows, hidden] bf16: the rows whose logits are wanted, normed
+    int64_t ctx_capacity = 0;           // context tokens of the prefill path's buffers (0: path unavailable)
+    cuda::DeviceBuffer latent_ctx;      // [ctx, kv_lora_rank + rope] bf16: gathered latents of a prefill step
+    cuda::DeviceBuffer k_nope_ctx;      // [ctx, heads, nope] bf16: expanded keys
+    cuda::DeviceBuffer v_ctx;           // [ctx, heads, v_head_dim] bf16: expanded values
+    cuda::DeviceBuffer logits;          // [rows, vocab] f32
     // [rows, vocab] f32 pinned: forward returns a view of it (a new one when a caller still holds the last result).
     std::shared_ptr<float> logits_host;
     std::vector<int32_t> host_offsets;
@@ -146,15 +149,17 @@ inline void quantize_into(Workspace& ws, const uint16_t* x, int64_t num_tokens, 
     cuda::launch_fp8_quant(q, stream);
 }
 
-// rms_norm(x (+ residual, which is updated)) * weight, quantized into ws.xq / ws.xs as above.
+// rms_norm(x (+ residual, which is updated)) * weight, quantized into ws.xq / ws.xs as above (or into out /
+// out_scale, e.g. ws.aux_xq / ws.aux_xs, laid out the same way).
 inline void norm_quantize_into(Workspace& ws, const uint16_t* x, uint16_t* residual, const uint16_t* weight,
-                               int64_t num_tokens, int64_t width, float eps, cudaStream_t stream) {
+                               int64_t num_tokens, int64_t width, float eps, cudaStream_t stream,
+                               uint8_t* out = nullptr, float* out_scale = nullptr) {
     cuda::RmsNormQuantParams n;
     n.x = x;
     n.residual = residual;
     n.weight = weight;
-    n.out = ws.xq.as<uint8_t>();
-    n.out_scale = ws.xs.as<float>();
+    n.out = out != nullptr ? out : ws.xq.as<uint8_t>();
+    n.out_scale = out_scale != nullptr ? out_scale : ws.xs.as<float>();
     n.num_tokens = num_tokens;
     n.hidden = width;
     n.x_stride = width;

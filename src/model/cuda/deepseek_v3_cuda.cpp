@@ -175,6 +175,9 @@ DeepseekV3CudaModel::DeepseekV3CudaModel(ModelConfig config, Checkpoint checkpoi
         m_weights = cuda_model::upload_weights(host, c);
     }
     CUDA_CHECK(cudaStreamCreateWithFlags(&m_stream, cudaStreamNonBlocking));
+    if (cuda_model::SideStream::enabled_from_env()) {
+        m_side = std::make_unique<cuda_model::SideStream>();
+    }
     int device = 0;
     CUDA_CHECK(cudaGetDevice(&device));
     CUDA_CHECK(cudaDeviceGetAttribute(&m_num_sms, cudaDevAttrMultiProcessorCount, device));
@@ -350,6 +353,11 @@ void DeepseekV3CudaModel::upload_batch(const ForwardBatch& b, StepBatch& d, int 
 
 void DeepseekV3CudaModel::linear(const uint8_t* xq, const float* xs, int64_t m, const cuda_model::DeviceLinear& w,
                                  uint16_t* y, int64_t y_stride) {
+    linear(xq, xs, m, w, y, y_stride, *m_fp8, m_stream);
+}
+
+void DeepseekV3CudaModel::linear(const uint8_t* xq, const float* xs, int64_t m, const cuda_model::DeviceLinear& w,
+                                 uint16_t* y, int64_t y_stride, cuda::Fp8GemmRunner& fp8, cudaStream_t stream) {
     cuda::Fp8GemmParams p;
     p.x = xq;
     p.x_scale = xs;
@@ -363,7 +371,7 @@ void DeepseekV3CudaModel::linear(const uint8_t* xq, const float* xs, int64_t m, 
     p.x_scale_stride = cuda::round_up_16(m);
     p.padded_rows = true;  // every activation buffer has 16 rows of slack (Workspace)
     p.y_stride = y_stride;
-    m_fp8->run(p, m_stream);
+    fp8.run(p, stream);
 }
 
 bool DeepseekV3CudaModel::use_fast_decode(const ForwardBatch& b) const {
@@ -547,7 +555,8 @@ void DeepseekV3CudaModel::run_layers(const StepBatch& b) {
         } else {
             cuda_model::norm_quantize_into(ws, ws.y.as<uint16_t>(), ws.h.as<uint16_t>(), w.post_norm.as<uint16_t>(),
                                            t_count, hidden, eps, m_stream);
-            dense_mlp(w.gate_up, w.down, t_count, ws.y.as<uint16_t>());
+            dense_mlp(w.gate_up, w.down, t_count, ws.y.as<uint16_t>(), ws.xq.as<uint8_t>(), ws.xs.as<float>(), *m_fp8,
+                      m_stream);
         }
         comm_mark(2 * l + 1);
         tp_all_reduce(ws.y.as<uint16_t>(), t_count * hidden);

@@ -17,6 +17,7 @@
 #include "model/cuda/dcp_attention.h"
 #include "model/cuda/device_sampler.h"
 #include "model/cuda/moe_lanes.h"
+#include "model/cuda/side_stream.h"
 #include "model/cuda/tp_comm.h"
 #include "model/deepseek_v3.h"
 #include "model/model.h"
@@ -121,8 +122,13 @@ private:
     // Sublayers read the quantized normed input from the workspace (xq/xs, and xb for the router) and write y.
     void attention(int layer, int64_t num_tokens, const cuda_model::StepBatch& batch);
     void attend(int layer, int64_t num_tokens, const cuda_model::StepBatch& batch);
+    // out [T, hidden] = down(silu(gate) * up) of ws.xq / ws.xs, the activation quantized into act_q / act_s, with
+    // `fp8` on `stream` (the main stream and runner, or the side stream's).
     void dense_mlp(const cuda_model::DeviceLinear& gate_up, const cuda_model::DeviceLinear& down, int64_t num_tokens,
-                   uint16_t* out);
+                   uint16_t* out, uint8_t* act_q, float* act_s, cuda::Fp8GemmRunner& fp8, cudaStream_t stream);
+    // The latent KV path of attention (kv_a -> norm + rope -> paged cache) on `stream` with `fp8`.
+    void store_latents(int layer, int64_t num_tokens, const cuda_model::StepBatch& batch, cuda::Fp8GemmRunner& fp8,
+                       cudaStream_t stream);
     void moe(int layer, int64_t num_tokens);
     // Router -> permute -> gather -> grouped expert GEMMs of ws.xb / ws.xq (num_tokens rows): ws.yg and the pair
     // rows / weights the combine reads. ep_slice_rows > 0: the rows are moe_over_dp's gathered slices of that size.
@@ -141,6 +147,8 @@ private:
     // y [m, w.n] bf16 = xq [m, w.k] e4m3 (scales [w.k / 128, m]) @ w^T.
     void linear(const uint8_t* xq, const float* xs, int64_t m, const cuda_model::DeviceLinear& w, uint16_t* y,
                 int64_t y_stride);
+    void linear(const uint8_t* xq, const float* xs, int64_t m, const cuda_model::DeviceLinear& w, uint16_t* y,
+                int64_t y_stride, cuda::Fp8GemmRunner& fp8, cudaStream_t stream);
     bool use_fast_decode(const ForwardBatch& batch) const;
     void setup_tensor_parallel(const ModelOptions& options);  // before weights load: device, comm, local shapes
     void tp_all_reduce(uint16_t* buf, int64_t count);         // buf [count] bf16, no-op on one rank
@@ -181,6 +189,7 @@ private:
     ModelOptions m_options;
     cuda_model::DeviceWeights m_weights;
     cudaStream_t m_stream = nullptr;
+    std::unique_ptr<cuda_model::SideStream> m_side;  // null with K2_SIDE_STREAM=0: everything on m_stream
     std::unique_ptr<cuda::Fp8GemmRunner> m_fp8;
     std::unique_ptr<cuda::Bf16GemmRunner> m_bf16;
     std::unique_ptr<cuda_model::Workspace> m_ws;

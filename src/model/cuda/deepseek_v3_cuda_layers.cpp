@@ -52,31 +52,30 @@ void DeepseekV3CudaModel::attention(int layer, int64_t t_count, const cuda_model
     const uint8_t* xq = ws.xq.as<uint8_t>();  // [T, hidden] input_layernorm(h), quantized
     const float* xs = ws.xs.as<float>();
 
-    // Latent KV: kv_a -> (kv_a_layernorm, rope) -> paged cache.
-    linear(xq, xs, t_count, w.kv_a, ws.kv.as<uint16_t>(), entry);
+    // The latent KV path on the side stream (when there is one) beside the query path: both only read ws.xq, and the
+    // q_a-normed queries go to ws.aux_xq so that nothing overwrites ws.xq before the join.
+    if (m_side != nullptr) {
+        m_side->fork(m_stream);
+        store_latents(layer, t_count, b, m_side->fp8(), m_side->stream());
+    } else {
+        store_latents(layer, t_count, b, *m_fp8, m_stream);
+    }
     // Queries: q_a -> q_a_layernorm + quant -> q_b (or q_proj straight from the input).
+    const uint8_t* q_in = xq;
+    const float* q_in_scale = xs;
     if (c.q_lora_rank > 0) {
         linear(xq, xs, t_count, w.q_a, ws.qa.as<uint16_t>(), c.q_lora_rank);
         cuda_model::norm_quantize_into(ws, ws.qa.as<uint16_t>(), nullptr, w.q_a_norm.as<uint16_t>(), t_count,
-                                       c.q_lora_rank, kLoraNormEps, m_stream);
+                                       c.q_lora_rank, kLoraNormEps, m_stream, ws.aux_xq.as<uint8_t>(),
+                                       ws.aux_xs.as<float>());
+        q_in = ws.aux_xq.as<uint8_t>();
+        q_in_scale = ws.aux_xs.as<float>();
     }
-    linear(xq, xs, t_count, w.q_b, ws.q.as<uint16_t>(), heads * qk);
-
+    linear(q_in, q_in_scale, t_count, w.q_b, ws.q.as<uint16_t>(), heads * qk);
+    if (m_side != nullptr) {
+        m_side->join(m_stream);  // the cache holds this step's latents before anything attends to it
+    }
     const cuda::LatentCacheRef cache = cache_ref(layer);
-    cuda::LatentStoreParams st;
-    st.kv = ws.kv.as<uint16_t>();
-    st.norm_weight = w.kv_a_norm.as<uint16_t>();
-    st.positions = b.positions.as<int32_t>();
-    st.slot_mapping = b.slot_mapping.as<int64_t>();
-    st.inv_freq = m_inv_freq.as<float>();
-    st.rope_scale = m_rope_scale;
-    st.eps = kLoraNormEps;
-    st.cache = cache;
-    st.num_tokens = t_count;
-    st.kv_stride = entry;
-    st.lat = lat;
-    st.rope = rope;
-    cuda::launch_latent_store(st, m_stream);
 
     if (b.mla_prefill) {  // long prefill chunks: kv_b-expanded flash attention straight into ws.o
         cuda_model::run_mla_prefill_attention(*m_bf16, ws, b, w, c, cache, m_inv_freq.as<float>(), m_rope_scale,
@@ -134,6 +133,29 @@ void DeepseekV3CudaModel::attention(int layer, int64_t t_count, const cuda_model
     }
     cuda_model::quantize_into(ws, ws.o.as<uint16_t>(), t_count, static_cast<int64_t>(heads) * v, m_stream);
     linear(ws.xq.as<uint8_t>(), ws.xs.as<float>(), t_count, w.o_proj, ws.y.as<uint16_t>(), c.hidden_size);
+}
+
+void DeepseekV3CudaModel::store_latents(int layer, int64_t t_count, const cuda_model::StepBatch& b,
+                                        cuda::Fp8GemmRunner& fp8, cudaStream_t stream) {
+    const ModelConfig& c = m_config;
+    const cuda_model::DeviceLayer& w = m_weights.layers[static_cast<size_t>(layer)];
+    cuda_model::Workspace& ws = *m_ws;
+    const int64_t entry = c.kv_lora_rank + c.qk_rope_head_dim;
+    linear(ws.xq.as<uint8_t>(), ws.xs.as<float>(), t_count, w.kv_a, ws.kv.as<uint16_t>(), entry, fp8, stream);
+    cuda::LatentStoreParams st;
+    st.kv = ws.kv.as<uint16_t>();  // [T, kv_lora_rank + rope]
+    st.norm_weight = w.kv_a_norm.as<uint16_t>();
+    st.positions = b.positions.as<int32_t>();
+    st.slot_mapping = b.slot_mapping.as<int64_t>();
+    st.inv_freq = m_inv_freq.as<float>();
+    st.rope_scale = m_rope_scale;
+    st.eps = kLoraNormEps;
+    st.cache = cache_ref(layer);
+    st.num_tokens = t_count;
+    st.kv_stride = entry;
+    st.lat = static_cast<int>(c.kv_lora_rank);
+    st.rope = static_cast<int>(c.qk_rope_head_dim);
+    cuda::launch_latent_store(st, stream);
 }
 
 cuda::LatentCacheRef DeepseekV3CudaModel::cache_ref(int layer) const {
@@ -217,15 +239,15 @@ void DeepseekV3CudaModel::attend(int layer, int64_t t_count, const cuda_model::S
     cuda::launch_mla_attention(at, m_stream);
 }
 
-// out [T, hidden] = down(silu(gate) * up) of the quantized input xq [T, k] (scales in ws.xs).
 void DeepseekV3CudaModel::dense_mlp(const cuda_model::DeviceLinear& gate_up, const cuda_model::DeviceLinear& down,
-                                    int64_t t_count, uint16_t* out) {
+                                    int64_t t_count, uint16_t* out, uint8_t* act_q, float* act_s,
+                                    cuda::Fp8GemmRunner& fp8, cudaStream_t stream) {
     cuda_model::Workspace& ws = *m_ws;
     const int64_t inter = gate_up.n / 2;
-    linear(ws.xq.as<uint8_t>(), ws.xs.as<float>(), t_count, gate_up, ws.gate_up.as<uint16_t>(), gate_up.n);
-    cuda_model::silu_mul_quantize(ws.gate_up.as<uint16_t>(), gate_up.n, t_count, inter, ws.xq.as<uint8_t>(),
-                                  ws.xs.as<float>(), cuda::round_up_16(t_count), m_stream);
-    linear(ws.xq.as<uint8_t>(), ws.xs.as<float>(), t_count, down, out, down.n);
+    linear(ws.xq.as<uint8_t>(), ws.xs.as<float>(), t_count, gate_up, ws.gate_up.as<uint16_t>(), gate_up.n, fp8, stream);
+    cuda_model::silu_mul_quantize(ws.gate_up.as<uint16_t>(), gate_up.n, t_count, inter, act_q, act_s,
+                                  cuda::round_up_16(t_count), stream);
+    linear(act_q, act_s, t_count, down, out, down.n, fp8, stream);
 }
 
 // Routed experts + shared experts of the normed input ws.xb (bf16) / ws.xq (its quantization) into ws.y.
@@ -236,10 +258,24 @@ void DeepseekV3CudaModel::moe(int layer, int64_t t_count) {
     }
     const cuda_model::DeviceLayer& w = m_weights.layers[static_cast<size_t>(layer)];
     cuda_model::Workspace& ws = *m_ws;
-    routed_experts(layer, t_count);
+    // The shared expert (a bandwidth-bound ~44 MB of Kimi-K2 weights) on the side stream beside the router, permute
+    // and gather (latency-bound) and the routed GEMMs; its activation goes to ws.aux_xq, not ws.xq, which the gather
+    // reads. ws.gate_up is the dense MLP's buffer, unused by the routed path.
     const bool has_shared = w.gate_up.n > 0;
-    if (has_shared) {  // overwrites ws.xq: after the gather
-        dense_mlp(w.gate_up, w.down, t_count, ws.shared.as<uint16_t>());
+    if (has_shared) {
+        uint8_t* act_q = ws.aux_xq.as<uint8_t>();
+        float* act_s = ws.aux_xs.as<float>();
+        if (m_side != nullptr) {
+            m_side->fork(m_stream);
+            dense_mlp(w.gate_up, w.down, t_count, ws.shared.as<uint16_t>(), act_q, act_s, m_side->fp8(),
+                      m_side->stream());
+        } else {
+            dense_mlp(w.gate_up, w.down, t_count, ws.shared.as<uint16_t>(), act_q, act_s, *m_fp8, m_stream);
+        }
+    }
+    routed_experts(layer, t_count);
+    if (has_shared && m_side != nullptr) {
+        m_side->join(m_stream);
     }
     cuda::MoeCombineParams cp;
     cp.y = ws.yg.as<uint16_t>();
@@ -273,7 +309,8 @@ void DeepseekV3CudaModel::moe_over_dp(int layer, int64_t t_count) {
     const int64_t mine = t_count * (m_tp_rank + 1) / m_tp_size - begin;
     const bool has_shared = w.gate_up.n > 0;
     if (has_shared && t_count > 0) {  // on the replica's own tokens, before ws.xq takes the gathered ones
-        dense_mlp(w.gate_up, w.down, t_count, ws.shared.as<uint16_t>());
+        dense_mlp(w.gate_up, w.down, t_count, ws.shared.as<uint16_t>(), ws.xq.as<uint8_t>(), ws.xs.as<float>(), *m_fp8,
+                  m_stream);
     }
     uint16_t* slice = ws.y.as<uint16_t>();  // [slice_rows, hidden]: the rank's tokens, then zero rows
     if (mine > 0) {

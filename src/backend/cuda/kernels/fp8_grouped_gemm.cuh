@@ -18,7 +18,9 @@
 #include <cuda_bf16.h>
 
 #include "backend/cuda/kernels/fp8_gemm_decode.cuh"
+#include "backend/cuda/kernels/sm90_ptx.cuh"
 #include "backend/cuda/moe_ops.h"
+#include "backend/cuda/moe_ops_detail.h"
 
 namespace k2::cuda::kernels {
 
@@ -29,9 +31,11 @@ __device__ __forceinline__ void store_bf16(uint16_t* ptr, float v) {
 
 // One warp: 16 rows of n starting at warp_row (inside one 128-row scale block) x g.num_tokens <= 8 * kTiles tokens,
 // all of k; g is one expert's pass as a plain GEMM (x_stride k, x_scale_stride n_e, y_stride n). Same k loop and
-// per-k-block scale promotion as fp8_gemm_decode_kernel.
+// per-k-block scale promotion as fp8_gemm_decode_kernel. l2_ahead > 0: every 8 k blocks, each of the 16 weight rows
+// gets a bulk L2 prefetch of its next 1 KB starting l2_ahead k blocks past the loads (a contiguous run per row, where
+// the loads themselves take one 128-byte line per row and step); it changes no result.
 template <int kTiles>
-__device__ __forceinline__ void grouped_warp_pass(const Fp8GemmParams& g, int64_t warp_row, int lane) {
+__device__ __forceinline__ void grouped_warp_pass(const Fp8GemmParams& g, int64_t warp_row, int lane, int l2_ahead) {
     constexpr int kStages = kTiles >= 8 ? 2 : 4;
     const int group = lane >> 2;
     const int quad_lane = lane & 3;
@@ -55,6 +59,11 @@ __device__ __forceinline__ void grouped_warp_pass(const Fp8GemmParams& g, int64_
         }
     }
     for (int kb0 = 0; kb0 < num_kb; kb0 += kStages) {
+        const int ahead = kb0 + l2_ahead;
+        if (l2_ahead > 0 && kb0 % 8 == 0 && ahead < num_kb && lane < 16) {  // lane: weight row warp_row + lane
+            const uint8_t* row = g.w + (warp_row + lane) * g.k;
+            sm90::prefetch_l2_bulk(row + ahead * 128, static_cast<uint32_t>(min(8, num_kb - ahead) * 128));
+        }
 #pragma unroll
         for (int s = 0; s < kStages; ++s) {
             const int kb = kb0 + s;
@@ -95,21 +104,13 @@ __device__ __forceinline__ void grouped_warp_pass(const Fp8GemmParams& g, int64_
     }
 }
 
-// kMaxTiles in {1, 2, 4, 8}: ceil(min(max_rows_per_expert, 64) / 8) rounded up to a power of two; it only bounds
-// the pass size (an expert with more rows takes more passes), so correctness never depends on the host bound.
+// One warp's 16 rows (warp_row..) of one expert with rows [row_begin, row_begin + num_rows), all of k, in passes of
+// up to 8 * kMaxTiles rows; each pass picks its token-tile count from its own row count. kMaxTiles in {1, 2, 4, 8}:
+// ceil(min(max_rows_per_expert, 64) / 8) rounded up to a power of two; it only bounds the pass size (an expert with
+// more rows takes more passes), so correctness never depends on the host bound.
 template <int kMaxTiles>
-__global__ void __launch_bounds__(kDecodeThreads)
-    fp8_grouped_gemm_decode_kernel(const __grid_constant__ Fp8GroupedGemmParams p) {
-    const int expert = static_cast<int>(blockIdx.y);
-    const int64_t row_begin = p.offsets[expert];
-    const int num_rows = p.offsets[expert + 1] - p.offsets[expert];
-    if (num_rows <= 0) {
-        return;
-    }
-    const int warp = static_cast<int>(threadIdx.x) / 32;
-    const int lane = static_cast<int>(threadIdx.x) % 32;
-    // n % 128 == 0: every warp's 16 rows are valid and a block's 64 rows share one scale block.
-    const int64_t warp_row = static_cast<int64_t>(blockIdx.x) * kDecodeRowsPerBlock + warp * kDecodeRowsPerWarp;
+__device__ __forceinline__ void expert_warp_row(const Fp8GroupedGemmParams& p, int expert, int64_t row_begin,
+                                                int num_rows, int64_t warp_row, int lane, int l2_ahead) {
     const int64_t num_kb = p.k / 128;
     Fp8GemmParams g;  // this expert as a plain GEMM over its rows
     g.x = p.x + row_begin * p.k;
@@ -132,23 +133,107 @@ __global__ void __launch_bounds__(kDecodeThreads)
         const int tiles = static_cast<int>((pass.num_tokens + 7) / 8);
         if constexpr (kMaxTiles >= 8) {
             if (tiles > 4) {
-                grouped_warp_pass<8>(pass, warp_row, lane);
+                grouped_warp_pass<8>(pass, warp_row, lane, l2_ahead);
                 continue;
             }
         }
         if constexpr (kMaxTiles >= 4) {
             if (tiles > 2) {
-                grouped_warp_pass<4>(pass, warp_row, lane);
+                grouped_warp_pass<4>(pass, warp_row, lane, l2_ahead);
                 continue;
             }
         }
         if constexpr (kMaxTiles >= 2) {
             if (tiles > 1) {
-                grouped_warp_pass<2>(pass, warp_row, lane);
+                grouped_warp_pass<2>(pass, warp_row, lane, l2_ahead);
                 continue;
             }
         }
-        grouped_warp_pass<1>(pass, warp_row, lane);
+        grouped_warp_pass<1>(pass, warp_row, lane, l2_ahead);
+    }
+}
+
+// grid [n / 64, num_experts]: one block per 64 rows of n per expert; blocks of experts without rows exit at once.
+template <int kMaxTiles>
+__global__ void __launch_bounds__(kDecodeThreads)
+    fp8_grouped_gemm_decode_kernel(const __grid_constant__ Fp8GroupedGemmParams p) {
+    const int expert = static_cast<int>(blockIdx.y);
+    const int64_t row_begin = p.offsets[expert];
+    const int num_rows = p.offsets[expert + 1] - p.offsets[expert];
+    if (num_rows <= 0) {
+        return;
+    }
+    const int warp = static_cast<int>(threadIdx.x) / 32;
+    const int lane = static_cast<int>(threadIdx.x) % 32;
+    // n % 128 == 0: every warp's 16 rows are valid and a block's 64 rows share one scale block.
+    const int64_t warp_row = static_cast<int64_t>(blockIdx.x) * kDecodeRowsPerBlock + warp * kDecodeRowsPerWarp;
+    expert_warp_row<kMaxTiles>(p, expert, row_begin, num_rows, warp_row, lane, 0);
+}
+
+// The experts with rows, in expert order, into touched[0, return): every thread of the block scans 4 of them, a
+// block-wide exclusive scan of the counts places them. Needs blockDim.x == kDecodeThreads (4 x 128 = 512 experts).
+__device__ __forceinline__ int list_touched_experts(const int32_t* offsets, int num_experts, int* touched,
+                                                    int* warp_counts) {
+    static_assert(kDecodeThreads * 4 == detail::kMoeMaxExperts);
+    const int tid = static_cast<int>(threadIdx.x);
+    const int lane = tid % 32;
+    const int warp = tid / 32;
+    int mine[4];
+    int count = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int e = tid * 4 + i;
+        mine[i] = e < num_experts && offsets[e + 1] > offsets[e] ? 1 : 0;
+        count += mine[i];
+    }
+    int prefix = count;  // inclusive scan inside the warp
+#pragma unroll
+    for (int d = 1; d < 32; d *= 2) {
+        const int other = __shfl_up_sync(0xFFFFFFFFu, prefix, d);
+        prefix += lane >= d ? other : 0;
+    }
+    if (lane == 31) {
+        warp_counts[warp] = prefix;
+    }
+    __syncthreads();
+    int at = prefix - count;
+    for (int w = 0; w < warp; ++w) {
+        at += warp_counts[w];
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        if (mine[i] != 0) {
+            touched[at++] = tid * 4 + i;
+        }
+    }
+    const int total = warp_counts[0] + warp_counts[1] + warp_counts[2] + warp_counts[3];
+    __syncthreads();
+    return total;
+}
+
+// Persistent form: grid = the blocks that fit on the GPU at once. The (expert with rows, 16-row slice of n) pairs,
+// touched experts in order, are dealt to the warps in equal contiguous ranges, so every warp streams about the same
+// bytes (a contiguous run of weight rows) and all finish together: no block per empty expert and no tail of long
+// blocks started late. A warp-row's result is computed exactly as by fp8_grouped_gemm_decode_kernel (same passes,
+// same order of k): the outputs are bitwise equal.
+template <int kMaxTiles>
+__global__ void __launch_bounds__(kDecodeThreads)
+    fp8_grouped_gemm_decode_persistent_kernel(const __grid_constant__ Fp8GroupedGemmParams p, int l2_ahead) {
+    __shared__ int touched[detail::kMoeMaxExperts];
+    __shared__ int warp_counts[kDecodeWarps];
+    const int num_touched = list_touched_experts(p.offsets, p.num_experts, touched, warp_counts);
+    const int64_t slices = p.n / kDecodeRowsPerWarp;  // per expert
+    const int64_t total = num_touched * slices;
+    const int64_t warps = static_cast<int64_t>(gridDim.x) * kDecodeWarps;
+    const int64_t w = static_cast<int64_t>(blockIdx.x) * kDecodeWarps + threadIdx.x / 32;
+    const int lane = static_cast<int>(threadIdx.x) % 32;
+    const int64_t end = (w + 1) * total / warps;
+    for (int64_t item = w * total / warps; item < end; ++item) {
+        const int expert = touched[item / slices];
+        const int64_t row_begin = p.offsets[expert];
+        const int num_rows = p.offsets[expert + 1] - p.offsets[expert];
+        expert_warp_row<kMaxTiles>(p, expert, row_begin, num_rows, (item % slices) * kDecodeRowsPerWarp, lane,
+                                   l2_ahead);
     }
 }
 

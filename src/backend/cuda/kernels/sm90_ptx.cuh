@@ -62,6 +62,12 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 // Makes generic-proxy writes to shared memory (plain stores, cp.async) visible to the async proxy (wgmma, TMA).
+// Bulk prefetch of `bytes` (a multiple of 16, src 16-byte aligned) into L2; nothing waits for it.
+__device__ __forceinline__ void prefetch_l2_bulk(const void* src, uint32_t bytes) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(reinterpret_cast<uint64_t>(src)), "r"(bytes)
+                 : "memory");
+}
+
 __device__ __forceinline__ void fence_proxy_async() {
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 }
