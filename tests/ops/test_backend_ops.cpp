@@ -377,10 +377,11 @@ TEST_F(CudaOps, MoeRouter) {
 
 // One decode batch: a paged BF16 (Code = uint16_t) or FP8 e4m3 (Code = uint8_t, codes of value / kv_scale) cache
 // with shuffled block ids, unused pages NaN-poisoned and block tables padded with -1; the GPU result is compared
-// with cpu::mla_attention_absorbed on the same stored numbers, for the split kernel `kernel`.
+// with cpu::mla_attention_absorbed on the same stored numbers, for the split kernel `kernel`. bf16_out: the result goes
+// to MlaDecodeParams::out_bf16 instead of the f32 `out`.
 template <typename Code>
 void check_mla_decode(cuda::MlaDecodeKernel kernel, const std::vector<int32_t>& seq_lens, int num_heads,
-                      std::mt19937& rng, float kv_scale = 1.0f) {
+                      std::mt19937& rng, float kv_scale = 1.0f, bool bf16_out = false) {
     constexpr bool kFp8 = std::is_same_v<Code, uint8_t>;
     const auto num_seqs = static_cast<int64_t>(seq_lens.size());
     SCOPED_TRACE("seqs " + std::to_string(num_seqs) + " heads " + std::to_string(num_heads) + " first len " +
@@ -454,8 +455,9 @@ void check_mla_decode(cuda::MlaDecodeKernel kernel, const std::vector<int32_t>& 
     const auto cache_dev = to_device(cache);
     const auto tables_dev = to_device(tables);
     const auto lens_dev = to_device(seq_lens);
-    cuda::DeviceBuffer out_dev((out_ref.size() + 4) * 4);
-    out_dev.fill_bytes(0xFF);
+    const size_t out_elem_bytes = bf16_out ? 2 : 4;
+    cuda::DeviceBuffer out_dev((out_ref.size() + 4) * out_elem_bytes);
+    out_dev.fill_bytes(0xFF);  // NaN in f32 and in bf16
     cuda::MlaDecodeParams p;
     p.q = q_dev.as<uint16_t>();
     if constexpr (kFp8) {
@@ -466,7 +468,11 @@ void check_mla_decode(cuda::MlaDecodeKernel kernel, const std::vector<int32_t>& 
     }
     p.block_tables = tables_dev.as<int32_t>();
     p.seq_lens = lens_dev.as<int32_t>();
-    p.out = out_dev.as<float>();
+    if (bf16_out) {
+        p.out_bf16 = out_dev.as<uint16_t>();
+    } else {
+        p.out = out_dev.as<float>();
+    }
     p.num_seqs = num_seqs;
     p.num_heads = num_heads;
     p.max_blocks_per_seq = max_blocks;
@@ -481,9 +487,12 @@ void check_mla_decode(cuda::MlaDecodeKernel kernel, const std::vector<int32_t>& 
     p.workspace = ws.as<float>();
     cuda::launch_mla_decode(p, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
-    const auto out = to_host<float>(out_dev, out_ref.size() + 4);
+    const auto out = bf16_out ? bf16_to_floats(to_host<uint16_t>(out_dev, out_ref.size() + 4))
+                              : to_host<float>(out_dev, out_ref.size() + 4);
     const std::vector<float> out_gpu(out.begin(), out.begin() + static_cast<int64_t>(out_ref.size()));
-    EXPECT_LT(relative_l2(out_gpu, out_ref), 5e-3);  // P is rounded to bf16 for the P.V product
+    // P is rounded to bf16 for the P.V product; a bf16 output adds its own rounding (relative error <= 2^-9 per
+    // element, ~1.1e-3 RMS), hence the looser bound there.
+    EXPECT_LT(relative_l2(out_gpu, out_ref), bf16_out ? 6e-3 : 5e-3);
     for (size_t i = out_ref.size(); i < out.size(); ++i) {
         const float v = out[i];
         EXPECT_TRUE(std::isnan(v)) << "wrote past the output";
@@ -526,6 +535,37 @@ TEST_P(CudaMlaDecode, MlaDecodeFp8Cache) {
     check_mla_decode<uint8_t>(k, {64, 1000}, 128, rng);
     check_mla_decode<uint8_t>(k, {4097, 3, 129}, 64, rng, 2.0f);           // odd page counts: the prefetch's tail
     check_mla_decode<uint8_t>(k, mla_many_lens(40, rng), 128, rng, 0.5f);  // 1 split: a cluster of one CTA
+}
+
+// The wgmma kernel writing bf16 (MlaDecodeParams::out_bf16, so the runner needs no f32 -> bf16 pass) on every
+// combine path: the combine kernel (many splits), the thread-block cluster (1-2 splits), a partial head group and
+// the FP8 cache; the mma.sync kernel refuses it.
+TEST_F(CudaOps, MlaDecodeBf16Out) {
+    std::mt19937 rng(21);
+    const cuda::MlaDecodeKernel k = cuda::MlaDecodeKernel::Wgmma;
+    check_mla_decode<uint16_t>(k, {}, 64, rng, 1.0f, true);
+    check_mla_decode<uint16_t>(k, {1, 65, 200}, 64, rng, 1.0f, true);
+    check_mla_decode<uint16_t>(k, {64, 1000}, 8, rng, 1.0f, true);
+    check_mla_decode<uint16_t>(k, mla_many_lens(50, rng), 64, rng, 1.0f, true);
+    check_mla_decode<uint8_t>(k, {4097, 3, 129}, 64, rng, 2.0f, true);
+    check_mla_decode<uint8_t>(k, mla_many_lens(40, rng), 128, rng, 0.5f, true);
+
+    cuda::DeviceBuffer dummy(1024);
+    cuda::MlaDecodeParams p;
+    p.q = dummy.as<uint16_t>();
+    p.cache = dummy.as<uint16_t>();
+    p.block_tables = dummy.as<int32_t>();
+    p.seq_lens = dummy.as<int32_t>();
+    p.workspace = dummy.as<float>();
+    p.out_bf16 = dummy.as<uint16_t>();
+    p.num_seqs = 1;
+    p.max_blocks_per_seq = 1;
+    p.max_seq_len = 1;
+    p.kernel = cuda::MlaDecodeKernel::Mma;
+    EXPECT_THROW(cuda::launch_mla_decode(p, nullptr), Error);  // out_bf16 is the wgmma kernel's
+    p.kernel = cuda::MlaDecodeKernel::Wgmma;
+    p.out = dummy.as<float>();
+    EXPECT_THROW(cuda::launch_mla_decode(p, nullptr), Error);  // both outputs set
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, CudaMlaDecode,

@@ -1,7 +1,7 @@
 // The wgmma MLA decode kernel (src/backend/cuda/kernels/mla_decode_wgmma.cuh) beyond the CPU-reference cases that
 // test_backend_ops runs for both split kernels (CudaMlaDecode.*): CUDA-graph capture with seq_lens changed on the
 // device between replays (the model's decode steps run inside graphs), and bitwise determinism.
-// Benchmark (old mma.sync kernel, new wgmma kernel, BF16 and FP8 cache, and the copy rate in the same run):
+// Benchmark (mma.sync kernel, wgmma kernel of session 6 and 7, BF16 and FP8 cache, and the copy rate in the same run):
 //   test_mla_decode_wgmma --gtest_also_run_disabled_tests --gtest_filter='*Perf*'
 #include <gtest/gtest.h>
 
@@ -177,53 +177,97 @@ TEST_F(MlaDecodeWgmma, GraphCaptureFollowsDeviceSeqLens) {
     check_graph_replay(many, {std::vector<int32_t>(48, 300), short_lens});
 }
 
+// The FP8 page conversion is exact (session 6's cvt path and session 7's integer bit move + one bf16 multiply by
+// 2^120 of the staged kernel, including the e4m3 subnormals and both signs of zero): with every non-NaN e4m3 code in
+// the cache, kv_scale 1 and a BF16 cache holding the codes' exact values (fp8_e4m3_to_float, exact in bf16), the FP8
+// kernel does the same arithmetic as the BF16 one, so the outputs must agree to f32 rounding noise (a flushed subnormal
+// or a wrong exponent would show as ~1e-3 or more). Both combine paths (8 splits through the workspace, 2 splits in a
+// cluster).
+TEST_F(MlaDecodeWgmma, Fp8ConversionIsExact) {
+    std::mt19937 rng(9);
+    for (const auto& [seqs, context] : {std::pair<int64_t, int>{16, 1000}, std::pair<int64_t, int>{48, 200}}) {
+        Batch batch(seqs, 64, context, rng);
+        const size_t elems = static_cast<size_t>(batch.num_seqs * batch.max_blocks) * 64 * 576;
+        std::vector<uint8_t> codes(elems);
+        std::vector<uint16_t> values(elems);
+        std::uniform_int_distribution<int> code(0, 253);
+        for (size_t i = 0; i < elems; ++i) {
+            const int c = code(rng);
+            codes[i] = static_cast<uint8_t>(c < 127 ? c : c + 1);  // skips 0x7f; 0xff is past the range
+            values[i] = float_to_bf16(fp8_e4m3_to_float(codes[i]));
+            ASSERT_EQ(bf16_to_float(values[i]), fp8_e4m3_to_float(codes[i]));
+        }
+        batch.cache8 = to_device(codes);
+        batch.cache = to_device(values);
+        const std::vector<float> from_bf16 = batch.run(batch.params(false, cuda::MlaDecodeKernel::Wgmma));
+        for (const char* fp8_kernel : {"v6", "staged"}) {  // cvt conversion, integer conversion
+            setenv("K2_MLA_WG_FP8", fp8_kernel, 1);
+            const std::vector<float> from_fp8 = batch.run(batch.params(true, cuda::MlaDecodeKernel::Wgmma));
+            unsetenv("K2_MLA_WG_FP8");
+            double err = 0.0;
+            double ref = 0.0;
+            for (size_t i = 0; i < from_bf16.size(); ++i) {
+                ASSERT_FALSE(std::isnan(from_fp8[i])) << "output " << i << " not written";
+                const double d = static_cast<double>(from_fp8[i]) - from_bf16[i];
+                err += d * d;
+                ref += static_cast<double>(from_bf16[i]) * from_bf16[i];
+            }
+            EXPECT_LT(std::sqrt(err / ref), 1e-6) << "batch " << seqs << " x " << context << ", " << fp8_kernel;
+        }
+    }
+}
+
 // ---- benchmark ----
 
+// Times launch_mla_decode for p with the wgmma variant chosen by the environment: K2_MLA_WG_COMBINE ("v6": the
+// mma.sync kernel's combine, as session 6; "": session 7's combine kernel launched as a programmatic dependent) and
+// K2_MLA_WG_FP8 ("": the register-fed FP8 kernel, "staged": bulk copies into staging slots).
+double time_variant(const cuda::MlaDecodeParams& p, const char* combine, const char* fp8, cudaStream_t stream) {
+    setenv("K2_MLA_WG_COMBINE", combine, 1);
+    setenv("K2_MLA_WG_FP8", fp8, 1);
+    const double us = time_us([&](int, cudaStream_t s) { cuda::launch_mla_decode(p, s); }, stream);
+    unsetenv("K2_MLA_WG_COMBINE");
+    unsetenv("K2_MLA_WG_FP8");
+    return us;
+}
+
 // Kimi-K2 decode attention, 64 heads: batch 16 x 8,192 and 64 x 4,096 (151 and 302 MB of BF16 latent cache, 3-6x the
-// L2), old (mma.sync) and new (wgmma) split kernels, BF16 and FP8 cache. GB/s counts the latent cache read once.
+// L2) and the model's batch 16 x 2,048; the mma.sync kernel, the wgmma kernel as session 6 left it (v6) and with
+// session 7's defaults (v7: f32 and bf16 output; FP8 also with the staged kernel), BF16 and FP8 cache, all in one
+// run with the copy rate. GB/s counts the latent cache read once.
 TEST_F(MlaDecodeWgmma, DISABLED_Perf) {
     cudaStream_t stream = nullptr;
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     const double copy_gbs = copy_rate_gbs(stream);
     std::printf("copy rate (SM copy kernel, 1 GiB, read+write): %.1f GB/s\n", copy_gbs);
-    std::printf("%-22s %-5s | %9s %8s %6s | %9s %8s %6s | %7s | %s\n", "shape", "cache", "mma us", "GB/s", "%copy",
-                "wgmma us", "GB/s", "%copy", "speedup", "wgmma bf16 us / this");
+    std::printf("%-26s %-5s | %8s | %8s | %8s %6s | %9s | %7s | %6s | %s\n", "shape", "cache", "mma us", "v6 us",
+                "v7 us", "%copy", "v7 bf16o", "v6/v7", "bf16/x", "staged us");
     std::mt19937 rng(11);
-    const std::pair<int64_t, int> shapes[] = {{16, 8192}, {64, 4096}};
+    const std::pair<int64_t, int> shapes[] = {{16, 8192}, {64, 4096}, {16, 2048}};
     for (const auto& [seqs, context] : shapes) {
         Batch batch(seqs, 64, context, rng);
-        double wgmma_bf16_us = 0.0;
+        double bf16_cache_us = 0.0;
         for (const bool fp8 : {false, true}) {
             const double bytes = static_cast<double>(seqs) * context * 576 * (fp8 ? 1 : 2);
-            double us[2] = {0.0, 0.0};
-            const cuda::MlaDecodeKernel kernels[2] = {cuda::MlaDecodeKernel::Mma, cuda::MlaDecodeKernel::Wgmma};
-            for (int k = 0; k < 2; ++k) {
-                const cuda::MlaDecodeParams p = batch.params(fp8, kernels[k]);
-                us[k] = time_us([&](int, cudaStream_t s) { cuda::launch_mla_decode(p, s); }, stream);
-            }
-            if (!fp8) {
-                wgmma_bf16_us = us[1];
-            }
-            const int splits = cuda::mla_decode_num_splits(batch.params(fp8, kernels[1]), 132);
-            std::printf(
-                "b=%-3lld ctx=%-5d splits=%-3d %-5s | %9.2f %8.1f %5.1f%% | %9.2f %8.1f %5.1f%% | %6.2fx | %.2fx\n",
-                static_cast<long long>(seqs), context, splits, fp8 ? "fp8" : "bf16", us[0], bytes / us[0] * 1e-3,
-                100.0 * bytes / us[0] * 1e-3 / copy_gbs, us[1], bytes / us[1] * 1e-3,
-                100.0 * bytes / us[1] * 1e-3 / copy_gbs, us[0] / us[1], wgmma_bf16_us / us[1]);
-        }
-    }
-    // L2 prefetch distance of the wgmma kernel (K2_MLA_WG_L2_AHEAD, pages beyond the two tiles), batch 16 x 8192.
-    Batch batch(16, 64, 8192, rng);
-    for (const bool fp8 : {false, true}) {
-        std::printf("wgmma %s, l2 ahead:", fp8 ? "fp8 " : "bf16");
-        for (const char* ahead : {"0", "2", "4", "8"}) {
-            setenv("K2_MLA_WG_L2_AHEAD", ahead, 1);
+            const cuda::MlaDecodeParams mma = batch.params(fp8, cuda::MlaDecodeKernel::Mma);
+            const double mma_us = time_us([&](int, cudaStream_t s) { cuda::launch_mla_decode(mma, s); }, stream);
             const cuda::MlaDecodeParams p = batch.params(fp8, cuda::MlaDecodeKernel::Wgmma);
-            std::printf("  %s: %.2f us", ahead,
-                        time_us([&](int, cudaStream_t s) { cuda::launch_mla_decode(p, s); }, stream));
+            const double v6_us = time_variant(p, "v6", "", stream);
+            const double v7_us = time_variant(p, "", "", stream);
+            const double staged_us = fp8 ? time_variant(p, "", "staged", stream) : 0.0;
+            cuda::MlaDecodeParams p_bf16 = p;
+            p_bf16.out = nullptr;
+            p_bf16.out_bf16 = batch.out.as<uint16_t>();  // [num_seqs, 64, 512] bf16 fits the f32 buffer
+            const double bf16_out_us = time_variant(p_bf16, "", "", stream);
+            if (!fp8) {
+                bf16_cache_us = v7_us;
+            }
+            std::printf(
+                "b=%-3lld ctx=%-5d splits=%-3d %-5s | %8.2f | %8.2f | %8.2f %5.1f%% | %9.2f | %6.2fx | %5.2fx | "
+                "%8.2f\n",
+                static_cast<long long>(seqs), context, p.num_splits, fp8 ? "fp8" : "bf16", mma_us, v6_us, v7_us,
+                100.0 * bytes / v7_us * 1e-3 / copy_gbs, bf16_out_us, v6_us / v7_us, bf16_cache_us / v7_us, staged_us);
         }
-        unsetenv("K2_MLA_WG_L2_AHEAD");
-        std::printf("\n");
     }
     CUDA_CHECK(cudaStreamDestroy(stream));
 }

@@ -60,6 +60,26 @@ CUtensorMap mla_cache_map(const MlaDecodeParams& p) {
     return make_tma_map_2d(spec, "mla decode");
 }
 
+// The wgmma kernel's variant: the defaults, or the environment's (read on every launch, for A/B runs in one process).
+detail::MlaWgOptions mla_wg_options(bool bf16_cache) {
+    detail::MlaWgOptions options;
+    options.l2_ahead = bf16_cache ? detail::kMlaWgL2AheadBf16 : detail::kMlaWgL2AheadFp8;
+    if (const char* env = std::getenv("K2_MLA_WG_L2_AHEAD"); env != nullptr && *env != '\0') {
+        options.l2_ahead = std::clamp(std::atoi(env), 0, 16);
+    }
+    // name=value: the variant named; unset or empty: the default.
+    const auto pick = [](const char* name, const char* alternative, bool fallback) {
+        const char* env = std::getenv(name);
+        const std::string value = env != nullptr ? env : "";
+        K2_CHECK(value.empty() || value == "v6" || value == alternative, "{}={} is not one of v6, {}", name, value,
+                 alternative);
+        return value.empty() ? fallback : value == alternative;
+    };
+    options.fp8_staged = pick("K2_MLA_WG_FP8", "staged", false);
+    options.fast_combine = pick("K2_MLA_WG_COMBINE", "v7", true);
+    return options;
+}
+
 }  // namespace
 
 void launch_mla_decode(const MlaDecodeParams& p, cudaStream_t stream) {
@@ -72,15 +92,16 @@ void launch_mla_decode(const MlaDecodeParams& p, cudaStream_t stream) {
              "mla decode: max_seq_len {} does not fit {} blocks of {} tokens", p.max_seq_len, p.max_blocks_per_seq,
              kMlaPageTokens);
     K2_CHECK((p.cache != nullptr) != (p.cache_fp8 != nullptr), "mla decode: set exactly one of cache and cache_fp8");
-    K2_CHECK(p.q != nullptr && p.block_tables != nullptr && p.seq_lens != nullptr && p.out != nullptr &&
-                 p.workspace != nullptr,
+    K2_CHECK(p.q != nullptr && p.block_tables != nullptr && p.seq_lens != nullptr && p.workspace != nullptr,
              "mla decode: null pointer");
+    K2_CHECK((p.out != nullptr) != (p.out_bf16 != nullptr), "mla decode: set exactly one of out and out_bf16");
     K2_CHECK(p.cache_fp8 == nullptr || (std::isfinite(p.kv_scale) && p.kv_scale > 0.0f),
              "mla decode: kv_scale {} must be a positive finite number", p.kv_scale);
     const void* cache = p.cache != nullptr ? static_cast<const void*>(p.cache) : p.cache_fp8;
     K2_CHECK(reinterpret_cast<uintptr_t>(p.q) % 16 == 0 && reinterpret_cast<uintptr_t>(cache) % 16 == 0 &&
-                 reinterpret_cast<uintptr_t>(p.out) % 16 == 0 && reinterpret_cast<uintptr_t>(p.workspace) % 16 == 0,
-             "mla decode: q, cache, out and workspace must be 16-byte aligned");
+                 reinterpret_cast<uintptr_t>(p.out) % 16 == 0 && reinterpret_cast<uintptr_t>(p.out_bf16) % 8 == 0 &&
+                 reinterpret_cast<uintptr_t>(p.workspace) % 16 == 0,
+             "mla decode: q, cache, out and workspace must be 16-byte aligned (out_bf16: 8-byte)");
     int device = 0;
     int num_sms = 0;
     CUDA_CHECK(cudaGetDevice(&device));
@@ -89,15 +110,13 @@ void launch_mla_decode(const MlaDecodeParams& p, cudaStream_t stream) {
     const int max_pages = (p.max_seq_len + kMlaPageTokens - 1) / kMlaPageTokens;
     const int pages_per_split = (max_pages + num_splits - 1) / num_splits;
     if (mla_decode_kernel(p) == MlaDecodeKernel::Mma) {
+        K2_CHECK(p.out_bf16 == nullptr, "mla decode: out_bf16 needs the wgmma kernel (K2_MLA_DECODE_KERNEL=mma)");
         CUDA_CHECK(detail::launch_mla_decode_kernels(p, num_splits, pages_per_split, stream));
         return;
     }
     const CUtensorMap cache_map = p.cache != nullptr ? mla_cache_map(p) : CUtensorMap{};
-    int l2_ahead = p.cache != nullptr ? detail::kMlaWgL2AheadBf16 : detail::kMlaWgL2AheadFp8;
-    if (const char* env = std::getenv("K2_MLA_WG_L2_AHEAD"); env != nullptr && *env != '\0') {
-        l2_ahead = std::clamp(std::atoi(env), 0, 16);
-    }
-    CUDA_CHECK(detail::launch_mla_decode_wgmma_kernels(p, cache_map, num_splits, pages_per_split, l2_ahead, stream));
+    CUDA_CHECK(detail::launch_mla_decode_wgmma_kernels(p, cache_map, num_splits, pages_per_split,
+                                                       mla_wg_options(p.cache != nullptr), stream));
 }
 
 }  // namespace k2::cuda

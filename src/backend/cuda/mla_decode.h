@@ -31,7 +31,8 @@ struct MlaDecodeParams {
     float kv_scale = 1.0f;                  // cache_fp8 only
     const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq] block ids
     const int32_t* seq_lens = nullptr;      // [num_seqs] cached tokens per sequence (>= 1)
-    float* out = nullptr;                   // [num_seqs, num_heads, 512] f32
+    float* out = nullptr;                   // [num_seqs, num_heads, 512] f32, or
+    uint16_t* out_bf16 = nullptr;           // [num_seqs, num_heads, 512] bf16 (set one of the two; wgmma kernel only)
     float* workspace = nullptr;             // mla_decode_workspace_floats(...) f32: split partials
     int64_t num_seqs = 0;
     int num_heads = 64;  // a multiple of 64, or fewer (a TP rank's heads: zero-padded to 64)

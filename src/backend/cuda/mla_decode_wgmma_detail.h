@@ -15,8 +15,18 @@ namespace k2::cuda::detail {
 inline constexpr int kMlaWgL2AheadBf16 = 0;
 inline constexpr int kMlaWgL2AheadFp8 = 0;
 
+// Variants of the wgmma kernel, for A/B runs (session 7 against session 6, docs/perf/mla-decode-wgmma.md); the
+// environment variables are read on every launch (mla_decode.cpp).
+struct MlaWgOptions {
+    int l2_ahead = 0;          // pages bulk-prefetched into L2 beyond the two tiles
+    bool fp8_staged = false;   // FP8 cache: mla_decode_wgmma_fp8_staged_kernel (env K2_MLA_WG_FP8=staged; measured
+                               // slower) instead of the register-fed mla_decode_wgmma_fp8_kernel
+    bool fast_combine = true;  // > 2 splits: mla_decode_wgmma_combine_kernel, launched as a programmatic dependent
+                               // (env K2_MLA_WG_COMBINE=v6: mla_decode.cuh's combine kernel, f32 out only)
+};
+
 // cache_map: the BF16 cache as [rows, 576] bf16 with box [64, 64] and the 128B swizzle (unused for the FP8 cache).
 cudaError_t launch_mla_decode_wgmma_kernels(const MlaDecodeParams& p, const CUtensorMap& cache_map, int num_splits,
-                                            int pages_per_split, int l2_ahead, cudaStream_t stream);
+                                            int pages_per_split, const MlaWgOptions& options, cudaStream_t stream);
 
 }  // namespace k2::cuda::detail

@@ -211,8 +211,13 @@ void DeepseekV3CudaModel::attend(int layer, int64_t t_count, const cuda_model::S
                          ws.o_lat_f32.num_bytes(),
                  "mla decode: {} sequences outside the preallocated attention workspace", b.num_seqs);
         md.workspace = ws.mla_split.as<float>();
-        md.out = ws.o_lat_f32.as<float>();
         md.num_splits = splits;
+        if (cuda::mla_decode_kernel(md) == cuda::MlaDecodeKernel::Wgmma) {  // its combine writes bf16 itself
+            md.out_bf16 = ws.o_lat.as<uint16_t>();
+            cuda::launch_mla_decode(md, m_stream);
+            return;
+        }
+        md.out = ws.o_lat_f32.as<float>();
         cuda::launch_mla_decode(md, m_stream);
         cuda::F32ToBf16Params cv;
         cv.x = ws.o_lat_f32.as<float>();

@@ -14,9 +14,11 @@
 //   page's first 512 columns as an MN-major ("transposed") B operand, 128 f32 accumulators per thread).
 // - Rows past seq_len in a sequence's last page are zeros in shared memory (the cache may hold NaN there) and masked
 //   to -inf in S. FP8: kv_scale multiplies the scores and the output.
-// - Combine: unnormalized O and (max, sum) per split into the workspace and mla_decode_wgmma_combine_kernel, or
-//   (kCluster, num_splits <= 2) the splits of a sequence form one thread-block cluster and combine through
-//   distributed shared memory straight into `out` (mla_wg_cluster_combine).
+// - Combine: unnormalized O and (max, sum) per split into the workspace and mla_decode_wgmma_combine_kernel
+//   (launched as a programmatic dependent of the split kernel), or (kCluster, num_splits <= 2) the splits of a
+//   sequence form one thread-block cluster and combine through distributed shared memory straight into the output
+//   (mla_wg_cluster_combine). The output is f32 (`out`) or bf16 (`out_bf16`).
+// - mla_decode_wgmma_fp8_staged.cuh holds an FP8 variant fed by bulk copies (K2_MLA_WG_FP8=staged, slower).
 // Design notes, prediction and measurements: docs/perf/mla-decode-wgmma.md.
 #pragma once
 
@@ -307,6 +309,22 @@ __device__ __forceinline__ void mla_wg_store_partials(const MlaDecodeParams& p, 
     }
 }
 
+// Four outputs at element `at` of out [num_seqs, num_heads, 512]: f32 into p.out, or bf16 (round to nearest even)
+// into p.out_bf16 when that is set.
+__device__ __forceinline__ void mla_wg_store_out(const MlaDecodeParams& p, int64_t at, float4 v) {
+    if (p.out_bf16 != nullptr) {
+        *reinterpret_cast<uint2*>(p.out_bf16 + at) = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
+    } else {
+        *reinterpret_cast<float4*>(p.out + at) = v;
+    }
+}
+
+// Lets the combine kernel (launched with programmatic stream serialization) start its launch now; it still waits
+// for this whole grid (griddepcontrol.wait) before reading the partials. A no-op without such a dependent.
+__device__ __forceinline__ void mla_wg_launch_dependents() {
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
 // The splits of one (sequence, head group) as one thread-block cluster (grid x = cluster x = num_splits <= 8):
 // instead of partials in the workspace and a combine kernel (33 MB of traffic at batch 16 x 8 splits), the CTAs
 // agree on each row's max and sum through distributed shared memory, each writes O * weight into its own shared
@@ -378,7 +396,7 @@ __device__ __forceinline__ void mla_wg_cluster_combine(const MlaDecodeParams& p,
             acc.w += v.w;
         }
         if (head0 + row < p.num_heads) {  // padding rows of a partial head group stay unwritten
-            *reinterpret_cast<float4*>(p.out + (seq * p.num_heads + head0 + row) * kMlaLatent + col) = acc;
+            mla_wg_store_out(p, (seq * p.num_heads + head0 + row) * kMlaLatent + col, acc);
         }
     }
     cluster.sync();  // nobody leaves while a peer still reads its shared memory
@@ -438,6 +456,9 @@ __global__ void __launch_bounds__(kMlaWgThreads, 1)
     const int64_t seq = blockIdx.y;
     const int head0 = blockIdx.z * kMlaHeadsPerCta;
     const MlaWgWork w = mla_wg_work(p, seq, blockIdx.x, num_splits, pages_per_split);
+    if constexpr (!kCluster) {
+        mla_wg_launch_dependents();
+    }
 
     // No producer warp: a third (partial) warpgroup would cap every thread at 168 registers (ptxas counts whole
     // warpgroups), and the 128 + 16 accumulators then serialize the wgmmas. Thread 0 issues the loads instead.
@@ -522,8 +543,27 @@ __device__ __forceinline__ void mla_wg_fp8_load(uint4 (&raw)[kMlaWgFp8Units], co
     }
 }
 
-// The codes of mla_wg_fp8_load as bf16 into a tile: unit u of a 576-byte row (16 codes, columns 16 u..) becomes
-// chunks 2 (u % 4) and 2 (u % 4) + 1 of box u / 4.
+// Four e4m3 codes (low byte first) as four bf16 (two words, low code first), exactly and on the integer/half pipes:
+// each code's sign and 7 exponent/mantissa bits are moved into bf16 position, which makes a bf16 of value
+// code * 2^-120 (e4m3 subnormals become bf16 subnormals, exactly), and one bf16x2 multiply by 2^120 (a power of
+// two: exact, every result normal) restores the value. The cvt path (e4m3x2 -> f16x2 -> 2 f32 -> bf16x2) needs two
+// conversions per two codes on the quarter-rate conversion unit. The NaN codes (0x7f, 0xff) would come out as
+// +-480: the kernel never reads them (rows past seq_len are zeros before conversion).
+__device__ __forceinline__ uint2 mla_wg_fp8x4_to_bf16(uint32_t codes) {
+    constexpr uint32_t kTwoPow120 = 0x7b807b80u;                        // bf16x2 {2^120, 2^120}
+    const uint32_t lo = __byte_perm(codes, 0u, 0x1404);                 // [c1 00 c0 00]: codes in the lanes' high bytes
+    const uint32_t hi = __byte_perm(codes, 0u, 0x3424);                 // [c3 00 c2 00]
+    uint32_t lo_bits = ((lo >> 4) & 0x07f007f0u) | (lo & 0x80008000u);  // sign at 15, e4m3 bits 6..0 at 10..4
+    uint32_t hi_bits = ((hi >> 4) & 0x07f007f0u) | (hi & 0x80008000u);
+    asm("mul.rn.bf16x2 %0, %0, %1;" : "+r"(lo_bits) : "r"(kTwoPow120));
+    asm("mul.rn.bf16x2 %0, %0, %1;" : "+r"(hi_bits) : "r"(kTwoPow120));
+    return make_uint2(lo_bits, hi_bits);
+}
+
+// A thread's 9 units of e4m3 codes (unit k = 16 codes of unit threadIdx.x + 256 k of the page) as bf16 into a tile:
+// unit u of a 576-byte row (columns 16 u..) becomes chunks 2 (u % 4) and 2 (u % 4) + 1 of box u / 4. kFastCvt:
+// mla_wg_fp8x4_to_bf16, otherwise fp8x8_to_unit (the cvt path of session 6).
+template <bool kFastCvt>
 __device__ __forceinline__ void mla_wg_fp8_store(uint8_t* tile, const uint4 (&raw)[kMlaWgFp8Units]) {
 #pragma unroll
     for (int k = 0; k < kMlaWgFp8Units; ++k) {
@@ -532,12 +572,27 @@ __device__ __forceinline__ void mla_wg_fp8_store(uint8_t* tile, const uint4 (&ra
         const int u = unit % (kMlaEntry / 16);
         uint32_t lo[4];
         uint32_t hi[4];
-        fp8x8_to_unit(make_uint2(raw[k].x, raw[k].y), lo);
-        fp8x8_to_unit(make_uint2(raw[k].z, raw[k].w), hi);
+        if constexpr (kFastCvt) {
+            const uint2 a = mla_wg_fp8x4_to_bf16(raw[k].x);
+            const uint2 b = mla_wg_fp8x4_to_bf16(raw[k].y);
+            const uint2 c = mla_wg_fp8x4_to_bf16(raw[k].z);
+            const uint2 d = mla_wg_fp8x4_to_bf16(raw[k].w);
+            lo[0] = a.x, lo[1] = a.y, lo[2] = b.x, lo[3] = b.y;
+            hi[0] = c.x, hi[1] = c.y, hi[2] = d.x, hi[3] = d.y;
+        } else {
+            fp8x8_to_unit(make_uint2(raw[k].x, raw[k].y), lo);
+            fp8x8_to_unit(make_uint2(raw[k].z, raw[k].w), hi);
+        }
         uint8_t* box_row = tile + (u / 4) * kMlaWgBoxBytes + row * 128;
         const int chunk = (u % 4) * 2;
-        *reinterpret_cast<uint4*>(box_row + ((chunk ^ (row & 7)) << 4)) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
-        *reinterpret_cast<uint4*>(box_row + (((chunk + 1) ^ (row & 7)) << 4)) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+        if constexpr (kFastCvt) {  // st.shared (the generic stores below resolve the address space at run time)
+            st_shared_v4(sm90::smem_addr(box_row + ((chunk ^ (row & 7)) << 4)), lo);
+            st_shared_v4(sm90::smem_addr(box_row + (((chunk + 1) ^ (row & 7)) << 4)), hi);
+        } else {
+            *reinterpret_cast<uint4*>(box_row + ((chunk ^ (row & 7)) << 4)) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+            *reinterpret_cast<uint4*>(box_row + (((chunk + 1) ^ (row & 7)) << 4)) =
+                make_uint4(hi[0], hi[1], hi[2], hi[3]);
+        }
     }
 }
 
@@ -548,6 +603,38 @@ __device__ __forceinline__ void mla_wg_fp8_prefetch(const MlaDecodeParams& p, co
     }
 }
 
+// One page of the register-fed FP8 kernel (session 6): S, softmax, P.V on `tile`; under P.V, page i + 1 (its codes
+// in raw) is converted into `next` and page i + 2's codes are loaded into raw.
+__device__ __forceinline__ void mla_wg_fp8_page(const MlaDecodeParams& p, const MlaWgWork& w, const MlaWgLane& l, int i,
+                                                float scale_log2, int l2_ahead, const uint8_t* q_tile,
+                                                const uint8_t* tile, uint8_t* next, uint8_t* p_tile, float* red,
+                                                uint4 (&raw)[kMlaWgFp8Units], float (&o)[128], float (&row_max)[2],
+                                                float (&row_sum)[2]) {
+    const int valid = w.seq_len - (w.page_begin + i) * kMlaPageTokens;
+    float s[16];
+    mla_wg_scores(s, q_tile, tile + l.wg * 32 * 128);
+    mla_wg_softmax(s, o, row_max, row_sum, l, valid, scale_log2, red, p_tile);
+    mla_wg_pv_issue(o, p_tile, tile, l.wg);
+    // `next` was last read by page i - 1's P.V, which every thread waited for before the last barrier.
+    if (i + 1 < w.num_local) {
+        mla_wg_fp8_store<false>(next, raw);
+        sm90::fence_proxy_async();  // these plain stores -> the next page's wgmma reads
+    }
+    if (i + 2 < w.num_local) {
+        mla_wg_fp8_load(raw, p, w, i + 2);
+        if (l2_ahead > 0) {
+            mla_wg_fp8_prefetch(p, w, i + 2 + l2_ahead);
+        }
+    }
+    sm90::wgmma_wait<0>();
+    sm90::fence_registers(o);
+    if (i + 1 < w.num_local) {
+        mla_wg_sync();  // page i + 1's tile is complete before anyone's S reads it
+    }
+}
+
+// The FP8 kernel (session 6's, the default; K2_MLA_WG_FP8=staged runs mla_decode_wgmma_fp8_staged_kernel instead):
+// pages through registers, converted under P.V into two tiles.
 // grid, block, shared memory and kCluster as mla_decode_wgmma_bf16_kernel (the mbarriers unused).
 template <bool kCluster>
 __global__ void __launch_bounds__(kMlaWgThreads, 1)
@@ -562,6 +649,9 @@ __global__ void __launch_bounds__(kMlaWgThreads, 1)
     const int64_t seq = blockIdx.y;
     const int head0 = blockIdx.z * kMlaHeadsPerCta;
     const MlaWgWork w = mla_wg_work(p, seq, blockIdx.x, num_splits, pages_per_split);
+    if constexpr (!kCluster) {
+        mla_wg_launch_dependents();
+    }
     for (int ahead = 2; ahead < 2 + l2_ahead; ++ahead) {
         mla_wg_fp8_prefetch(p, w, ahead);
     }
@@ -572,7 +662,7 @@ __global__ void __launch_bounds__(kMlaWgThreads, 1)
     const MlaWgLane l = mla_wg_lane();
     mla_wg_load_q(q_tile, p.q + (seq * p.num_heads + head0) * kMlaEntry, min(kMlaHeadsPerCta, p.num_heads - head0));
     if (w.num_local > 0) {
-        mla_wg_fp8_store(ring, raw);
+        mla_wg_fp8_store<false>(ring, raw);
     }
     if (w.num_local > 1) {
         mla_wg_fp8_load(raw, p, w, 1);
@@ -590,35 +680,66 @@ __global__ void __launch_bounds__(kMlaWgThreads, 1)
     float row_max[2] = {-INFINITY, -INFINITY};
     float row_sum[2] = {0.0f, 0.0f};
     for (int i = 0; i < w.num_local; ++i) {
-        const uint8_t* tile = ring + (i & 1) * kMlaWgTileBytes;
-        const int valid = w.seq_len - (w.page_begin + i) * kMlaPageTokens;
-        float s[16];
-        mla_wg_scores(s, q_tile, tile + l.wg * 32 * 128);
-        mla_wg_softmax(s, o, row_max, row_sum, l, valid, scale_log2, red, p_tile);
-        mla_wg_pv_issue(o, p_tile, tile, l.wg);
-        // While P.V runs: page i + 1 into the other tile (both warpgroups' last reads of it, page i - 1's P.V,
-        // completed before the first barrier of this page), then page i + 2's codes into the registers.
-        if (i + 1 < w.num_local) {
-            mla_wg_fp8_store(ring + ((i + 1) & 1) * kMlaWgTileBytes, raw);
-            sm90::fence_proxy_async();
-        }
-        if (i + 2 < w.num_local) {
-            mla_wg_fp8_load(raw, p, w, i + 2);
-            if (l2_ahead > 0) {
-                mla_wg_fp8_prefetch(p, w, i + 2 + l2_ahead);
-            }
-        }
-        sm90::wgmma_wait<0>();
-        sm90::fence_registers(o);
-        if (i + 1 < w.num_local) {
-            mla_wg_sync();  // page i + 1's tile is complete before anyone's S reads it
-        }
+        mla_wg_fp8_page(p, w, l, i, scale_log2, l2_ahead, q_tile, ring + (i & 1) * kMlaWgTileBytes,
+                        ring + ((i + 1) & 1) * kMlaWgTileBytes, p_tile, red, raw, o, row_max, row_sum);
     }
     if constexpr (kCluster) {
         mla_wg_cluster_combine(p, o, row_max, row_sum, l, red, reinterpret_cast<float*>(ring), seq, head0, p.kv_scale);
     } else {
         mla_wg_store_partials(p, o, row_max, row_sum, l, red, seq, head0, blockIdx.x, num_splits);
     }
+}
+
+// ---- combine of the splits' partials (more than kMaxClusterSplits splits) ----
+
+// grid: [num_seqs * num_heads], block: 128 (4 of the row's 512 outputs per thread). The same function as
+// mla_decode.cuh's mla_decode_combine_kernel, rebuilt for latency: the row's (max, sum) pairs and partials are
+// loaded 8 splits at a time with all loads of a batch in flight and merged by an online rescale (one round trip to L2
+// for up to 8 splits; the old loop waited on one split after the other), the output may be bf16 (p.out_bf16), and it
+// is launched with programmatic stream serialization, so its launch overlaps the split kernel's tail;
+// griddepcontrol.wait then waits for that whole grid and its writes.
+__global__ void __launch_bounds__(128)
+    mla_decode_wgmma_combine_kernel(const __grid_constant__ MlaDecodeParams p, int num_splits) {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    constexpr int kBatch = 8;
+    const int64_t row = blockIdx.x;  // seq * num_heads + head
+    const int64_t rows = p.num_seqs * p.num_heads;
+    const float2* ml = reinterpret_cast<const float2*>(p.workspace + rows * num_splits * kMlaLatent) + row * num_splits;
+    const float4* part = reinterpret_cast<const float4*>(p.workspace + row * num_splits * kMlaLatent) + threadIdx.x;
+    float run_max = -INFINITY;  // finite after the first batch: split 0 always has a page (seq_len >= 1)
+    float denom = 0.0f;
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int s0 = 0; s0 < num_splits; s0 += kBatch) {
+        float2 m[kBatch];  // (max, sum) of split s0 + k; max = -inf for a split without pages
+        float4 v[kBatch];
+#pragma unroll
+        for (int k = 0; k < kBatch; ++k) {
+            const bool live = s0 + k < num_splits;
+            m[k] = live ? __ldg(&ml[s0 + k]) : make_float2(-INFINITY, 0.0f);
+            v[k] = live ? __ldg(&part[(s0 + k) * (kMlaLatent / 4)]) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+        float new_max = run_max;
+#pragma unroll
+        for (int k = 0; k < kBatch; ++k) {
+            new_max = fmaxf(new_max, m[k].x);
+        }
+        const float rescale = exp2f(run_max - new_max);  // 0 on the first batch (run_max = -inf)
+        run_max = new_max;
+        denom *= rescale;
+        acc = make_float4(acc.x * rescale, acc.y * rescale, acc.z * rescale, acc.w * rescale);
+#pragma unroll
+        for (int k = 0; k < kBatch; ++k) {
+            const float w = exp2f(m[k].x - new_max);  // 0 for splits without pages
+            denom += w * m[k].y;
+            acc.x += w * v[k].x;
+            acc.y += w * v[k].y;
+            acc.z += w * v[k].z;
+            acc.w += w * v[k].w;
+        }
+    }
+    const float inv = (p.cache_fp8 != nullptr ? p.kv_scale : 1.0f) / denom;
+    mla_wg_store_out(p, row * kMlaLatent + threadIdx.x * 4,
+                     make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv));
 }
 
 }  // namespace k2::cuda::kernels
