@@ -47,8 +47,8 @@ struct MoeGatherParams {
 
 // The two forms of the decode launch (kernels/fp8_grouped_gemm.cuh), bitwise-equal outputs. Blocks: one block per
 // 64 rows of n per expert, empty experts' blocks exit. Persistent: as many blocks as fit on the GPU at once, the
-// touched experts' 16-row slices dealt in equal contiguous ranges to the warps. Auto = Persistent unless the
-// environment says K2_MOE_DECODE_KERNEL=blocks (A/B runs).
+// touched experts' 16-row slices dealt in equal contiguous ranges to the warps. Auto = Persistent up to 512 experts
+// and 64 rows per expert (max_rows_per_expert) unless the environment says K2_MOE_DECODE_KERNEL=blocks (A/B runs).
 enum class GroupedDecodeKernel { Auto, Blocks, Persistent };
 
 // y[rows of e] = x[rows of e] @ w[e]^T for every expert, fp32 accumulation, bf16 out; block scales as fp8_gemm.h.
