@@ -9,6 +9,8 @@ namespace {
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
+constexpr int64_t kMaxNormHidden = 65536;  // kernels::kNormMaxHidden (row_norm.cuh)
+
 void check_quant_output(const uint8_t* out, const float* out_scale, int64_t num_tokens, int64_t width,
                         int64_t out_stride, int64_t scale_stride) {
     K2_CHECK(width > 0 && width % kQuantGroup == 0, "quantized width {} is not a multiple of {}", width, kQuantGroup);
@@ -28,7 +30,15 @@ void launch_rms_norm_quant(const RmsNormQuantParams& p, cudaStream_t stream) {
     K2_CHECK(aligned16(p.x) && aligned16(p.weight) && p.x_stride % 8 == 0 && p.x_stride >= p.hidden,
              "rms_norm_quant: x/weight must be 16-byte aligned rows (x_stride {})", p.x_stride);
     K2_CHECK(p.residual == nullptr || aligned16(p.residual), "rms_norm_quant: residual must be 16-byte aligned");
-    K2_CHECK(p.hidden <= 8192, "rms_norm_quant: hidden {} > 8192 (one row lives in one block's registers)", p.hidden);
+    K2_CHECK(p.hidden <= kMaxNormHidden, "rms_norm_quant: hidden {} > {} (one row lives in one block's registers)",
+             p.hidden, kMaxNormHidden);
+    if (p.out_bf16 != nullptr) {
+        K2_CHECK(aligned16(p.out_bf16) && p.out_bf16_stride % 8 == 0 && p.out_bf16_stride >= p.hidden,
+                 "rms_norm_quant: out_bf16 must be 16-byte aligned rows (out_bf16_stride {})", p.out_bf16_stride);
+        K2_CHECK(p.out_bf16 != p.x || p.out_bf16_stride == p.x_stride,
+                 "rms_norm_quant: in place needs out_bf16_stride {} == x_stride {}", p.out_bf16_stride, p.x_stride);
+        K2_CHECK(p.out_bf16 != p.residual, "rms_norm_quant: out_bf16 must not alias residual");
+    }
     CUDA_CHECK(detail::launch_rms_norm_quant_kernel(p, stream));
 }
 

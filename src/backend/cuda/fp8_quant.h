@@ -24,6 +24,12 @@ struct RmsNormQuantParams {
     int64_t out_stride = 0;
     int64_t scale_stride = 0;
     float eps = 1e-6f;
+    // Optional second output, for the MoE layer whose router reads the normed rows in bf16 while the experts read
+    // them in FP8: when set, the rows of launch_rms_norm (bf16, rounded once) are written here too, and the codes are
+    // the quantization of those bf16 values, so the pair equals launch_rms_norm then launch_fp8_quant bit for bit
+    // (one kernel instead of two). May be x itself (same stride); must not alias residual.
+    uint16_t* out_bf16 = nullptr;  // [num_tokens, hidden] bf16 or null, row stride out_bf16_stride
+    int64_t out_bf16_stride = 0;
 };
 
 struct SiluMulQuantParams {

@@ -14,6 +14,8 @@ bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 =
 
 // One block per row: the grid's x dimension bounds the row count.
 constexpr int64_t kMaxRows = std::numeric_limits<int32_t>::max();
+// One row lives in one block's registers (kernels::kNormMaxHidden in row_norm.cuh).
+constexpr int64_t kMaxNormHidden = 65536;
 
 }  // namespace
 
@@ -34,7 +36,8 @@ void launch_rms_norm(const RmsNormParams& p, cudaStream_t stream) {
     if (p.num_tokens == 0) {
         return;
     }
-    K2_CHECK(p.hidden > 0, "rms_norm: hidden = {} must be positive", p.hidden);
+    K2_CHECK(p.hidden > 0 && p.hidden <= kMaxNormHidden, "rms_norm: hidden = {} not in [1, {}]", p.hidden,
+             kMaxNormHidden);
     K2_CHECK(p.x_stride >= p.hidden, "rms_norm: x_stride {} < hidden {}", p.x_stride, p.hidden);
     K2_CHECK(p.out_stride >= p.hidden, "rms_norm: out_stride {} < hidden {}", p.out_stride, p.hidden);
     K2_CHECK(p.x != nullptr && p.weight != nullptr && p.out != nullptr, "rms_norm: null x, weight or out");

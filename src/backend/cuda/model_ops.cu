@@ -2,9 +2,12 @@
 #include <algorithm>
 
 #include "backend/cuda/kernels/model_ops.cuh"
+#include "backend/cuda/kernels/row_norm.cuh"
 #include "backend/cuda/model_ops_detail.h"
 
 namespace k2::cuda::detail {
+
+static_assert(kernels::kNormMaxHidden == 65536, "the hidden bound that the launchers check");
 
 cudaError_t launch_embedding_kernel(const EmbeddingParams& p, bool vec8, cudaStream_t stream) {
     kernels::copy_rows_kernel<<<static_cast<unsigned>(p.num_tokens), kernels::kRowCopyThreads, 0, stream>>>(
@@ -19,8 +22,17 @@ cudaError_t launch_gather_rows_kernel(const GatherRowsParams& p, bool vec8, cuda
 }
 
 cudaError_t launch_rms_norm_kernel(const RmsNormParams& p, bool vec8, cudaStream_t stream) {
-    kernels::rms_norm_kernel<<<static_cast<unsigned>(p.num_tokens), kernels::kNormThreads, 0, stream>>>(p, vec8);
-    return cudaGetLastError();
+    kernels::RowNormArgs a;
+    a.x = p.x;
+    a.residual = p.residual;
+    a.weight = p.weight;
+    a.out_bf16 = p.out;
+    a.hidden = p.hidden;
+    a.x_stride = p.x_stride;
+    a.out_bf16_stride = p.out_stride;
+    a.eps = p.eps;
+    a.vec8 = vec8;
+    return kernels::launch_row_norm<false>(a, p.num_tokens, stream);
 }
 
 cudaError_t launch_f32_to_bf16_kernel(const F32ToBf16Params& p, cudaStream_t stream) {

@@ -20,8 +20,9 @@ struct EmbeddingParams {
 
 // out = rms_norm(x) * weight in fp32, rounded once to bf16. With residual: residual += x first (rounded to bf16,
 // as the fused fp8 kernel does) and the sum is normalized. x and out may alias (in place: out == x with
-// out_stride == x_stride); residual must alias neither. Any hidden > 0 (16-byte vectors when hidden % 8 == 0 and
-// all rows are 16-byte aligned, element-wise otherwise). Summation order and formula are rms_norm_quant's.
+// out_stride == x_stride); residual must alias neither. Any hidden in [1, 65536] (16-byte vectors when
+// hidden % 8 == 0 and all rows are 16-byte aligned, element-wise otherwise). Summation order and formula are
+// rms_norm_quant's (kernels/row_norm.cuh): fixed by hidden, the same for any batch size.
 struct RmsNormParams {
     const uint16_t* x = nullptr;       // [num_tokens, hidden] bf16, row stride x_stride
     uint16_t* residual = nullptr;      // [num_tokens, hidden] bf16 or null, row stride hidden

@@ -15,6 +15,12 @@ __device__ __forceinline__ bool router_better(float v, int id, float best_v, int
     return v > best_v || (v == best_v && id < best_id);
 }
 
+// An unsigned key with the order of the float values (-0.0 first made +0.0: the comparisons treat them as equal).
+__device__ __forceinline__ unsigned router_order_key(float v) {
+    const unsigned u = __float_as_uint(v + 0.0f);
+    return (u & 0x80000000u) != 0u ? ~u : (u | 0x80000000u);
+}
+
 // grid: ceil(num_tokens / kRouterWarps), block: 32 * kRouterWarps.
 __global__ void __launch_bounds__(32 * kRouterWarps) moe_router_kernel(const __grid_constant__ MoeRouterParams p) {
     const int lane = threadIdx.x % 32;
@@ -88,39 +94,47 @@ __global__ void __launch_bounds__(32 * kRouterWarps) moe_router_kernel(const __g
             }
         }
     }
-    // top_k rounds of a warp argmax; the winner's slot is retired with -inf.
+    // top_k rounds of a warp argmax; the winner's slot is retired with -inf. Each round takes the lane's best slot
+    // as a tree (depth 4, not a chain of 16 dependent compares), the warp's best with two redux.sync (not 5 rounds
+    // of 3 shuffles), and the winner's score from its lane afterwards. (value desc, id asc) is a total order and the
+    // winner is always finite, so all of these pick the winner of the old chain.
     float weight_sum = 0.0f;
     float my_weight = 0.0f;  // lane r holds the r-th selection
     int my_id = 0;
     for (int r = 0; r < p.top_k; ++r) {
-        float best_v = -INFINITY;
-        int best_id = 1 << 30;
-        float best_s = 0.0f;
+        float tv[kRouterSlots];
+        int ti[kRouterSlots];
 #pragma unroll
         for (int i = 0; i < kRouterSlots; ++i) {
-            if (valid(i) && router_better(choice[i], lane + 32 * i, best_v, best_id)) {
-                best_v = choice[i];
-                best_id = lane + 32 * i;
-                best_s = score[i];
-            }
+            // Slots past num_experts hold -inf like retired ones: never the winner, since at least
+            // num_experts - top_k + 1 finite choices remain in every round (top_k <= num_experts).
+            tv[i] = choice[i];
+            ti[i] = lane + 32 * i;
         }
 #pragma unroll
-        for (int offset = 16; offset > 0; offset >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, best_v, offset);
-            const int oid = __shfl_xor_sync(0xffffffffu, best_id, offset);
-            const float os = __shfl_xor_sync(0xffffffffu, best_s, offset);
-            if (router_better(ov, oid, best_v, best_id)) {
-                best_v = ov;
-                best_id = oid;
-                best_s = os;
+        for (int step = 1; step < kRouterSlots; step *= 2) {
+#pragma unroll
+            for (int i = 0; i + step < kRouterSlots; i += 2 * step) {
+                if (router_better(tv[i + step], ti[i + step], tv[i], ti[i])) {
+                    tv[i] = tv[i + step];
+                    ti[i] = ti[i + step];
+                }
             }
         }
+        // The warp's winner in two redux.sync steps: the largest value, then the lowest id among the lanes holding
+        // it (each lane's best already has the lowest id of its own ties).
+        const unsigned key = router_order_key(tv[0]);
+        const unsigned best_key = __reduce_max_sync(0xffffffffu, key);
+        const int best_id = __reduce_min_sync(0xffffffffu, key == best_key ? ti[0] : 1 << 30);
+        float my_s = 0.0f;  // the winner's lane: its un-biased score
 #pragma unroll
         for (int i = 0; i < kRouterSlots; ++i) {
             if (lane + 32 * i == best_id) {
                 choice[i] = -INFINITY;
+                my_s = score[i];
             }
         }
+        const float best_s = __shfl_sync(0xffffffffu, my_s, best_id % 32);
         weight_sum += best_s;
         if (lane == r) {
             my_weight = best_s;
