@@ -35,11 +35,7 @@ for mode in ${MODES:-check e2e ops}; do
       step tp1_eager --enforce-eager --profile-layers --decode-steps 10
       ;;
     ops)
-      for t in test_backend_ops test_fp8_gemm_wgmma test_moe_gemm_wgmma test_moe_ops test_mla_ops test_mla_prefill \
-        test_mla_dcp test_mla_decode_wgmma test_model_ops test_moe_prefill_gemm; do
-        [[ -x $b/$t ]] && run_test $t '*'
-      done
-      $b/test_backend_ops --perf --only quant | tee "$o/perf_quant.log"
+      run_op_tests
       ;;
     mla_ab)
       synth

@@ -15,6 +15,9 @@
 #   moe_perf: the grouped decode GEMM benchmark alone
 #   l2:       the 3- and 2-layer graph steps with the decode GEMM's default L2 prefetch and without
 #             (K2_MOE_DECODE_L2_AHEAD=0), twice, same run
+#   final:    the model tests (one GPU; the parallel ones that fit on one), the op tests that changed, then the
+#             3- and 2-layer graph steps with the session's defaults and with session 6's MoE path (blocks GEMM, no
+#             side stream) in the same run, the seed's serve workloads, and 3 layers eager with per-layer events
 #   e2e:      the 3-layer Kimi-K2 synth: `k2 bench step` on 3 and 2 layers with CUDA graphs, then the seed's serve
 #             workloads, then 3 layers eager with per-layer events
 # Logs come back as $OUT/logs.tar.gz (one file: a device call returns only a few files).
@@ -42,11 +45,7 @@ for mode in ${MODES:-check ops}; do
       run_test test_cuda_model '*'
       ;;
     ops)
-      for t in test_backend_ops test_fp8_gemm_wgmma test_moe_gemm_wgmma test_moe_ops test_mla_ops test_mla_prefill \
-        test_mla_dcp test_mla_decode_wgmma test_model_ops test_moe_prefill_gemm; do
-        [[ -x $b/$t ]] && run_test $t '*'
-      done
-      $b/test_backend_ops --perf --only quant | tee "$o/perf_quant.log"
+      run_op_tests
       ;;
     kernels)
       synth
@@ -84,6 +83,19 @@ for mode in ${MODES:-check ops}; do
       K2_MOE_DECODE_KERNEL=blocks K2_SIDE_STREAM=0 step tp1_s6 --decode-steps 20
       K2_MOE_DECODE_KERNEL=blocks K2_SIDE_STREAM=0 step tp1_l2_s6 --layers 2 --decode-steps 20
       K2_MOE_DECODE_L2_AHEAD=16 step tp1_l2ahead16 --decode-steps 20
+      ;;
+    final)
+      for t in test_cuda_model test_cuda_model_parallel test_moe_ops test_backend_ops test_mla_decode_wgmma \
+        test_mla_dcp test_model_ops test_small_ops; do
+        [[ -x $b/$t ]] && run_test $t '*'
+      done
+      synth
+      step tp1 --decode-steps 20
+      step tp1_l2 --layers 2 --decode-steps 20
+      K2_MOE_DECODE_KERNEL=blocks K2_SIDE_STREAM=0 step tp1_s6 --decode-steps 20
+      K2_MOE_DECODE_KERNEL=blocks K2_SIDE_STREAM=0 step tp1_l2_s6 --layers 2 --decode-steps 20
+      serve_and_bench tp1 $m
+      step tp1_eager --enforce-eager --profile-layers --decode-steps 10
       ;;
     e2e)
       synth

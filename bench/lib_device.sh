@@ -60,3 +60,14 @@ step() {  # name, flags...: `k2 bench step` at batch 16 x 8k on $m; the summary 
     tr -d ' \n'
   echo
 }
+
+# Every op test driver that was packed (CUDA vs the CPU references), then the fused-op benchmark rows (the copy rate
+# in the same run). Needs $b and $o.
+run_op_tests() {
+  local t
+  for t in test_backend_ops test_fp8_gemm_wgmma test_moe_gemm_wgmma test_moe_ops test_mla_ops test_mla_prefill \
+    test_mla_dcp test_mla_decode_wgmma test_model_ops test_moe_prefill_gemm test_sampling test_small_ops; do
+    [[ -x $b/$t ]] && run_test $t '*'
+  done
+  $b/test_backend_ops --perf --only quant | tee "$o/perf_quant.log"
+}
