@@ -4,7 +4,7 @@
 #   bash bench/small_ops.sh build   (here) builds the op tests in build-small-ops/ and packs them with
 #                                   bench/pack_carry.sh into build-pkg-small/carry.tar.xz
 #   bash bench/small_ops.sh device  (device machine, carry ["build-pkg-small"]): the three op test binaries and
-#                                   test_small_ops, the before/after benchmark (the old kernels in the same run),
+#                                   test_small_ops, its benchmark (before/after the rewrite at git 3c92f03),
 #                                   then compute-sanitizer memcheck + racecheck of the new cases; logs in $OUT
 set -u
 mode=${1:-device}

@@ -629,7 +629,7 @@ void check_combine(int64_t num_tokens, int top_k, int64_t hidden, const std::vec
 
 TEST_F(CudaMoeOps, Combine) {
     std::mt19937 rng(16);
-    const int64_t token_counts[] = {1, 3, 16, 64};
+    const int64_t token_counts[] = {1, 3, 16, 64, 100};  // up to 64 the batched kernel, above the serial one
     for (const int64_t t : token_counts) {
         const HostPermute perm = host_permute(random_topk_ids(t, 8, 384, rng), 8, 384);
         const auto num_rows = static_cast<int64_t>(perm.row_token.size());
