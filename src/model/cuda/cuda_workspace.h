@@ -150,10 +150,11 @@ inline void quantize_into(Workspace& ws, const uint16_t* x, int64_t num_tokens, 
 }
 
 // rms_norm(x (+ residual, which is updated)) * weight, quantized into ws.xq / ws.xs as above (or into out /
-// out_scale, e.g. ws.aux_xq / ws.aux_xs, laid out the same way).
+// out_scale, e.g. ws.aux_xq / ws.aux_xs, laid out the same way); with out_bf16 ([num_tokens, width] bf16) also the
+// normed rows themselves, bit for bit what the quantization saw.
 inline void norm_quantize_into(Workspace& ws, const uint16_t* x, uint16_t* residual, const uint16_t* weight,
                                int64_t num_tokens, int64_t width, float eps, cudaStream_t stream,
-                               uint8_t* out = nullptr, float* out_scale = nullptr) {
+                               uint8_t* out = nullptr, float* out_scale = nullptr, uint16_t* out_bf16 = nullptr) {
     cuda::RmsNormQuantParams n;
     n.x = x;
     n.residual = residual;
@@ -166,6 +167,8 @@ inline void norm_quantize_into(Workspace& ws, const uint16_t* x, uint16_t* resid
     n.out_stride = width;
     n.scale_stride = cuda::round_up_16(num_tokens);
     n.eps = eps;
+    n.out_bf16 = out_bf16;
+    n.out_bf16_stride = out_bf16 != nullptr ? width : 0;
     cuda::launch_rms_norm_quant(n, stream);
 }
 

@@ -549,8 +549,9 @@ void DeepseekV3CudaModel::run_layers(const StepBatch& b) {
             CUDA_CHECK(cudaEventRecord(m_layer_events[static_cast<size_t>(2 * l + 1)], m_stream));
         }
         if (w.is_moe) {
-            norm_residual(w.post_norm.as<uint16_t>(), t_count);
-            cuda_model::quantize_into(ws, ws.xb.as<uint16_t>(), t_count, hidden, m_stream);
+            // h += y; ws.xb = rms_norm(h) (bf16, for the router) and its quantization (the experts' input), one launch.
+            cuda_model::norm_quantize_into(ws, ws.y.as<uint16_t>(), ws.h.as<uint16_t>(), w.post_norm.as<uint16_t>(),
+                                           t_count, hidden, eps, m_stream, nullptr, nullptr, ws.xb.as<uint16_t>());
             moe(l, t_count);
         } else {
             cuda_model::norm_quantize_into(ws, ws.y.as<uint16_t>(), ws.h.as<uint16_t>(), w.post_norm.as<uint16_t>(),
