@@ -126,6 +126,7 @@ private:
     // `fp8` on `stream` (the main stream and runner, or the side stream's).
     void dense_mlp(const cuda_model::DeviceLinear& gate_up, const cuda_model::DeviceLinear& down, int64_t num_tokens,
                    uint16_t* out, uint8_t* act_q, float* act_s, cuda::Fp8GemmRunner& fp8, cudaStream_t stream);
+    bool use_side_stream(int64_t num_tokens) const;  // decode-sized steps with a side stream
     // The latent KV path of attention (kv_a -> norm + rope -> paged cache) on `stream` with `fp8`.
     void store_latents(int layer, int64_t num_tokens, const cuda_model::StepBatch& batch, cuda::Fp8GemmRunner& fp8,
                        cudaStream_t stream);

@@ -52,9 +52,10 @@ void DeepseekV3CudaModel::attention(int layer, int64_t t_count, const cuda_model
     const uint8_t* xq = ws.xq.as<uint8_t>();  // [T, hidden] input_layernorm(h), quantized
     const float* xs = ws.xs.as<float>();
 
-    // The latent KV path on the side stream (when there is one) beside the query path: both only read ws.xq, and the
-    // q_a-normed queries go to ws.aux_xq so that nothing overwrites ws.xq before the join.
-    if (m_side != nullptr) {
+    // Decode-sized steps: the latent KV path on the side stream beside the query path (both only read ws.xq; the
+    // q_a-normed queries go to ws.aux_xq so that nothing overwrites ws.xq before the join).
+    const bool side = use_side_stream(t_count);
+    if (side) {
         m_side->fork(m_stream);
         store_latents(layer, t_count, b, m_side->fp8(), m_side->stream());
     } else {
@@ -72,7 +73,7 @@ void DeepseekV3CudaModel::attention(int layer, int64_t t_count, const cuda_model
         q_in_scale = ws.aux_xs.as<float>();
     }
     linear(q_in, q_in_scale, t_count, w.q_b, ws.q.as<uint16_t>(), heads * qk);
-    if (m_side != nullptr) {
+    if (side) {
         m_side->join(m_stream);  // the cache holds this step's latents before anything attends to it
     }
     const cuda::LatentCacheRef cache = cache_ref(layer);
@@ -156,6 +157,13 @@ void DeepseekV3CudaModel::store_latents(int layer, int64_t t_count, const cuda_m
     st.lat = static_cast<int>(c.kv_lora_rank);
     st.rope = static_cast<int>(c.qk_rope_head_dim);
     cuda::launch_latent_store(st, stream);
+}
+
+// NOTE: prefill chunks stay on one stream: their GEMMs fill the GPU on their own (a 3-layer 8k prefill measured
+// 2.5-3% slower with the side stream in session 7, likely the persistent MoE prefill kernel, one CTA per SM, waiting
+// for SMs the other stream holds).
+bool DeepseekV3CudaModel::use_side_stream(int64_t t_count) const {
+    return m_side != nullptr && t_count <= kGroupedDecodeMaxTokens;
 }
 
 cuda::LatentCacheRef DeepseekV3CudaModel::cache_ref(int layer) const {
@@ -263,14 +271,15 @@ void DeepseekV3CudaModel::moe(int layer, int64_t t_count) {
     }
     const cuda_model::DeviceLayer& w = m_weights.layers[static_cast<size_t>(layer)];
     cuda_model::Workspace& ws = *m_ws;
-    // The shared expert (a bandwidth-bound ~44 MB of Kimi-K2 weights) on the side stream beside the router, permute
-    // and gather (latency-bound) and the routed GEMMs; its activation goes to ws.aux_xq, not ws.xq, which the gather
-    // reads. ws.gate_up is the dense MLP's buffer, unused by the routed path.
+    // Decode-sized steps: the shared expert (a bandwidth-bound ~44 MB of Kimi-K2 weights) on the side stream beside
+    // the router, permute and gather (latency-bound) and the routed GEMMs; its activation goes to ws.aux_xq, not
+    // ws.xq, which the gather reads. ws.gate_up is the dense MLP's buffer, unused by the routed path.
     const bool has_shared = w.gate_up.n > 0;
+    const bool side = has_shared && use_side_stream(t_count);
     if (has_shared) {
         uint8_t* act_q = ws.aux_xq.as<uint8_t>();
         float* act_s = ws.aux_xs.as<float>();
-        if (m_side != nullptr) {
+        if (side) {
             m_side->fork(m_stream);
             dense_mlp(w.gate_up, w.down, t_count, ws.shared.as<uint16_t>(), act_q, act_s, m_side->fp8(),
                       m_side->stream());
@@ -279,7 +288,7 @@ void DeepseekV3CudaModel::moe(int layer, int64_t t_count) {
         }
     }
     routed_experts(layer, t_count);
-    if (has_shared && m_side != nullptr) {
+    if (side) {
         m_side->join(m_stream);
     }
     cuda::MoeCombineParams cp;
