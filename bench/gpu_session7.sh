@@ -18,6 +18,7 @@
 #   final:    the model tests (one GPU; the parallel ones that fit on one), the op tests that changed, then the
 #             3- and 2-layer graph steps with the session's defaults and with session 6's MoE path (blocks GEMM, no
 #             side stream) in the same run, 3 layers eager with per-layer events, and the seed's serve workloads
+#   sanitize_moe: compute-sanitizer memcheck and racecheck of the grouped GEMM tests (both decode forms)
 #   confirm:  the model tests, then final's four graph steps (this session's defaults and session 6's MoE path)
 #   e2e:      the 3-layer Kimi-K2 synth: `k2 bench step` on 3 and 2 layers with CUDA graphs, then the seed's serve
 #             workloads, then 3 layers eager with per-layer events
@@ -97,6 +98,15 @@ for mode in ${MODES:-check ops}; do
       K2_MOE_DECODE_KERNEL=blocks K2_SIDE_STREAM=0 step tp1_l2_s6 --layers 2 --decode-steps 20
       step tp1_eager --enforce-eager --profile-layers --decode-steps 10
       serve_and_bench tp1 $m
+      ;;
+    sanitize_moe)
+      for tool in memcheck racecheck; do
+        timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 $b/test_moe_ops --gtest_brief=1 \
+          --gtest_filter='*GroupedGemmTiny*:*GroupedGemmPasses*:*GroupedGemmNoTokens*' \
+          >"$o/sanitize_${tool}_test_moe_ops.log" 2>&1
+        echo "compute-sanitizer $tool test_moe_ops (grouped GEMM, both decode forms): rc=$? $(grep -E \
+          'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' "$o/sanitize_${tool}_test_moe_ops.log" | tr '\n' ' ')"
+      done
       ;;
     confirm)
       run_test test_cuda_model '*'
