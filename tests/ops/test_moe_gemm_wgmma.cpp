@@ -276,18 +276,24 @@ TEST_F(MoeGemmWgmma, DISABLED_Perf) {
             const double old_us = time_us([&](int i, cudaStream_t s) { launch_old(routed(i), s); }, stream);
             const double new_us =
                 time_us([&](int i, cudaStream_t s) { cuda::launch_fp8_grouped_gemm_wgmma(routed(i), s); }, stream);
-            // The decode launch's persistent form (moe_ops.h), at L2 prefetch distances 0 / 4 / 8 / 12 k blocks.
+            // The decode launch's persistent form (moe_ops.h): L2 prefetch 0 / 4 / 8 k blocks with whole slices per
+            // warp (s1), and up to 16 tokens 0 / 4 with each slice's k split over a block's warps (s4).
             std::string forced;
-            for (const int l2_ahead : {0, 4, 8, 12}) {
+            for (const auto& [l2_ahead, k_split] : {std::pair{0, 1}, {4, 1}, {8, 1}, {0, 4}, {4, 4}}) {
+                if (k_split == 4 && tokens > 16) {
+                    continue;
+                }
                 const double t = time_us(
                     [&](int i, cudaStream_t s) {
                         cuda::Fp8GroupedGemmParams q = routed(i);
                         q.decode_kernel = cuda::GroupedDecodeKernel::Persistent;
                         q.l2_ahead = l2_ahead;
+                        q.decode_k_split = k_split;
                         cuda::launch_fp8_grouped_gemm_decode(q, s);
                     },
                     stream);
-                forced += fmt::format(" l2_{}={:.1f}us/{:.1f}%", l2_ahead, t, 100.0 * bytes / t * 1e-3 / copy_gbs);
+                forced += fmt::format(" l2_{}/s{}={:.1f}us/{:.1f}%", l2_ahead, k_split, t,
+                                      100.0 * bytes / t * 1e-3 / copy_gbs);
             }
             const int max_n = tokens <= 16 ? 16 : 32;  // moe_gemm_wgmma.cpp's default
             std::printf("%-8s %6ld %7.1f %8.1f | %9.1f %8.1f %5.1f%% | %9.1f %8.1f %5.1f%% %5.2fx | %4d%s\n", name,

@@ -387,32 +387,42 @@ void expect_grouped_matches(const GroupedProblem& g, const std::string& what) {
     moe_ref::expect_matches(g, g.perm.offsets, what);
 }
 
-// Both forms of the decode launch (and the persistent one with L2 prefetch, which must change nothing) against the
-// reference, and bitwise against each other: a warp-row is the same computation in either form.
+// The decode launch's forms against the reference: the blocks, the persistent form (with and without L2 prefetch,
+// which must change nothing: bitwise equal to the blocks, a slice is the same computation) and, up to 16 rows per
+// expert, the k split over a block's warps (its own rounding: the reference, and bitwise equal on a repeat).
 void check_grouped_decode(GroupedProblem& g, int64_t max_rows_per_expert) {
     struct Form {
         cuda::GroupedDecodeKernel kernel;
         int l2_ahead;
+        int k_split;
         const char* name;
     };
-    const Form forms[] = {{cuda::GroupedDecodeKernel::Blocks, 0, "blocks"},
-                          {cuda::GroupedDecodeKernel::Persistent, 0, "persistent"},
-                          {cuda::GroupedDecodeKernel::Persistent, 8, "persistent, L2 prefetch 8"}};
+    std::vector<Form> forms = {{cuda::GroupedDecodeKernel::Blocks, 0, 1, "blocks"},
+                               {cuda::GroupedDecodeKernel::Persistent, 0, 1, "persistent"},
+                               {cuda::GroupedDecodeKernel::Persistent, 8, 1, "persistent, L2 prefetch 8"}};
+    if (max_rows_per_expert <= 16) {
+        forms.push_back({cuda::GroupedDecodeKernel::Persistent, 4, 4, "k split"});
+        forms.push_back({cuda::GroupedDecodeKernel::Persistent, 4, 4, "k split (repeat)"});
+    }
     const size_t count = static_cast<size_t>((g.num_rows() + 1) * g.n);  // the row past P must stay poisoned too
-    std::vector<uint16_t> first;
+    std::vector<uint16_t> blocks;
+    std::vector<uint16_t> split;
     for (const Form& form : forms) {
         g.y.fill_bytes(0xFF);
         cuda::Fp8GroupedGemmParams p = grouped_params(g, max_rows_per_expert);
         p.decode_kernel = form.kernel;
         p.l2_ahead = form.l2_ahead;
+        p.decode_k_split = form.k_split;
         cuda::launch_fp8_grouped_gemm_decode(p, nullptr);
         CUDA_CHECK(cudaDeviceSynchronize());
         expect_grouped_matches(g, fmt::format("decode ({}), max_rows_per_expert {}", form.name, max_rows_per_expert));
         const auto out = to_host<uint16_t>(g.y, count);
+        std::vector<uint16_t>& first = form.k_split == 4 ? split : blocks;
         if (first.empty()) {
             first = out;
         } else {
-            EXPECT_TRUE(out == first) << form.name << " differs bitwise from blocks";
+            EXPECT_TRUE(out == first) << form.name << " differs bitwise from "
+                                      << (form.k_split == 4 ? "the first k split" : "blocks");
         }
     }
 }

@@ -94,6 +94,12 @@ void launch_fp8_grouped_gemm_decode(const Fp8GroupedGemmParams& p, cudaStream_t 
     K2_CHECK(p.num_experts <= detail::kMoeMaxExperts,
              "fp8 grouped gemm: the persistent form takes <= {} experts, got {}", detail::kMoeMaxExperts,
              p.num_experts);
+    K2_CHECK(p.decode_k_split == 0 || p.decode_k_split == 1 || p.decode_k_split == 4,
+             "fp8 grouped gemm: decode_k_split {} is not 0 (auto), 1 or 4", p.decode_k_split);
+    K2_CHECK(p.decode_k_split != 4 || max_tiles <= 2,
+             "fp8 grouped gemm: the k split takes up to 16 rows per expert, max_rows_per_expert is {}",
+             p.max_rows_per_expert);
+    K2_CHECK(p.max_touched_experts >= 0, "fp8 grouped gemm: max_touched_experts {} < 0", p.max_touched_experts);
     int l2_ahead = p.l2_ahead;
     if (l2_ahead < 0) {
         static const int from_env = [] {

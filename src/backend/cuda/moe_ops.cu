@@ -75,10 +75,27 @@ cudaError_t launch_fp8_grouped_gemm_decode_kernel(const Fp8GroupedGemmParams& p,
 cudaError_t launch_fp8_grouped_gemm_decode_persistent(const Fp8GroupedGemmParams& p, int max_tiles, int l2_ahead,
                                                       cudaStream_t stream) {
     return dispatch_max_tiles(max_tiles, [&](auto tiles) {
-        constexpr auto kKernel = kernels::fp8_grouped_gemm_decode_persistent_kernel<decltype(tiles)::value>;
+        constexpr int kTiles = decltype(tiles)::value;
+        constexpr auto kKernel = kernels::fp8_grouped_gemm_decode_persistent_kernel<kTiles>;
         int blocks = 0;
         if (const cudaError_t status = resident_blocks<kKernel>(blocks); status != cudaSuccess) {
             return status;
+        }
+        if constexpr (kTiles <= 2) {
+            const int64_t touched =
+                p.max_touched_experts > 0 ? std::min<int64_t>(p.max_touched_experts, p.num_experts) : p.num_experts;
+            const int64_t slices = touched * (p.n / kernels::kDecodeRowsPerWarp);
+            // Auto (kernels.md "Session 7"): up to 8 rows per expert the split measured 1.0-1.26x faster on both
+            // Kimi-K2 expert GEMMs; at 9-16 rows only where the slices are few.
+            const bool few_slices = slices < 4 * kernels::kDecodeWarps * blocks;
+            if (p.decode_k_split == 4 || (p.decode_k_split == 0 && (kTiles == 1 || few_slices))) {
+                constexpr auto kSplit = kernels::fp8_grouped_gemm_decode_split_kernel<kTiles>;
+                if (const cudaError_t status = resident_blocks<kSplit>(blocks); status != cudaSuccess) {
+                    return status;
+                }
+                kSplit<<<static_cast<unsigned>(blocks), kernels::kDecodeThreads, 0, stream>>>(p, l2_ahead);
+                return cudaGetLastError();
+            }
         }
         kKernel<<<static_cast<unsigned>(blocks), kernels::kDecodeThreads, 0, stream>>>(p, l2_ahead);
         return cudaGetLastError();

@@ -71,6 +71,12 @@ struct Fp8GroupedGemmParams {
     // a tuning knob that changes no result.
     GroupedDecodeKernel decode_kernel = GroupedDecodeKernel::Auto;
     int l2_ahead = -1;
+    // Persistent form, up to 16 rows per expert: decode_k_split 4 = each 16-row slice's k split over a block's 4
+    // warps (deterministic, rounded differently from one warp's sum), 1 = never, 0 = up to 8 rows per expert, or
+    // where even max_touched_experts (a host bound on the experts with rows, e.g. min(num_experts, tokens x top_k);
+    // 0 = num_experts) would leave fewer than 4 slices per warp (an expert-parallel rank's share of a few).
+    int decode_k_split = 0;
+    int64_t max_touched_experts = 0;
 };
 
 // The checks every grouped GEMM launch shares, each error naming `op`: 1..max_experts experts, n and k positive

@@ -471,6 +471,7 @@ void DeepseekV3CudaModel::routed_experts(int layer, int64_t t_count, int64_t ep_
         g.n = lin.n;
         g.k = lin.k;
         g.max_rows_per_expert = t_count;
+        g.max_touched_experts = std::min<int64_t>(local, rows);
         return g;
     };
     // Prefill: one wgmma launch that reads the offsets on the device (no host copy, no sync per layer) wherever it

@@ -17,6 +17,8 @@
 
 #include <cuda_bf16.h>
 
+#include <type_traits>
+
 #include "backend/cuda/kernels/fp8_gemm_decode.cuh"
 #include "backend/cuda/kernels/sm90_ptx.cuh"
 #include "backend/cuda/moe_ops.h"
@@ -30,12 +32,14 @@ __device__ __forceinline__ void store_bf16(uint16_t* ptr, float v) {
 }
 
 // One warp: 16 rows of n starting at warp_row (inside one 128-row scale block) x g.num_tokens <= 8 * kTiles tokens,
-// all of k; g is one expert's pass as a plain GEMM (x_stride k, x_scale_stride n_e, y_stride n). Same k loop and
-// per-k-block scale promotion as fp8_gemm_decode_kernel. l2_ahead > 0: every 8 k blocks, each of the 16 weight rows
-// gets a bulk L2 prefetch of its next 1 KB starting l2_ahead k blocks past the loads (a contiguous run per row, where
-// the loads themselves take one 128-byte line per row and step); it changes no result.
+// the k blocks [kb_begin, kb_end) summed into acc; g is one expert's pass as a plain GEMM (x_stride k, x_scale_stride
+// n_e, y_stride n). Same k loop and per-k-block scale promotion as fp8_gemm_decode_kernel. l2_ahead > 0: every 8 k
+// blocks, each of the 16 weight rows gets a bulk L2 prefetch of its next 1 KB starting l2_ahead k blocks past the
+// loads (a contiguous run per row, where the loads themselves take one 128-byte line per row and step); it changes
+// no result.
 template <int kTiles>
-__device__ __forceinline__ void grouped_warp_pass(const Fp8GemmParams& g, int64_t warp_row, int lane, int l2_ahead) {
+__device__ __forceinline__ void warp_k_range(const Fp8GemmParams& g, int64_t warp_row, int lane, int kb_begin,
+                                             int kb_end, int l2_ahead, float (&acc)[kTiles][4]) {
     constexpr int kStages = kTiles >= 8 ? 2 : 4;
     const int group = lane >> 2;
     const int quad_lane = lane & 3;
@@ -43,7 +47,6 @@ __device__ __forceinline__ void grouped_warp_pass(const Fp8GemmParams& g, int64_
     const uint8_t* w_row = g.w + (warp_row + group) * g.k + quad_lane * 16;
     const int64_t row8 = 8 * g.k;
     const float* w_scale = g.w_scale + (warp_row / 128) * num_kb;
-    float acc[kTiles][4] = {};
     uint4 wbuf[kStages][4];
     auto load_w = [&](uint4(&dst)[4], int kb) {
         const uint8_t* ptr = w_row + kb * 128;
@@ -54,23 +57,23 @@ __device__ __forceinline__ void grouped_warp_pass(const Fp8GemmParams& g, int64_
     };
 #pragma unroll
     for (int s = 0; s < kStages; ++s) {
-        if (s < num_kb) {
-            load_w(wbuf[s], s);
+        if (kb_begin + s < kb_end) {
+            load_w(wbuf[s], kb_begin + s);
         }
     }
-    for (int kb0 = 0; kb0 < num_kb; kb0 += kStages) {
+    for (int kb0 = kb_begin; kb0 < kb_end; kb0 += kStages) {
         const int ahead = kb0 + l2_ahead;
-        if (l2_ahead > 0 && kb0 % 8 == 0 && ahead < num_kb && lane < 16) {  // lane: weight row warp_row + lane
+        if (l2_ahead > 0 && (kb0 - kb_begin) % 8 == 0 && ahead < kb_end && lane < 16) {  // lane: row warp_row + lane
             const uint8_t* row = g.w + (warp_row + lane) * g.k;
-            sm90::prefetch_l2_bulk(row + ahead * 128, static_cast<uint32_t>(min(8, num_kb - ahead) * 128));
+            sm90::prefetch_l2_bulk(row + ahead * 128, static_cast<uint32_t>(min(8, kb_end - ahead) * 128));
         }
 #pragma unroll
         for (int s = 0; s < kStages; ++s) {
             const int kb = kb0 + s;
-            if (kb < num_kb) {
+            if (kb < kb_end) {
                 float part[kTiles][4] = {};
                 mma_k_block<kTiles>(wbuf[s], g, kb, lane, part);
-                if (kb + kStages < num_kb) {
+                if (kb + kStages < kb_end) {
                     load_w(wbuf[s], kb + kStages);
                 }
                 const float ws = w_scale[kb];
@@ -88,11 +91,17 @@ __device__ __forceinline__ void grouped_warp_pass(const Fp8GemmParams& g, int64_
             }
         }
     }
+}
+
+// The warp's 16 rows x g.num_tokens of acc as bf16 into g.y.
+template <int kTiles>
+__device__ __forceinline__ void store_warp_rows(const Fp8GemmParams& g, int64_t warp_row, int lane,
+                                                const float (&acc)[kTiles][4]) {
     // mma C fragment: [0]/[1] = row group, tokens 2q and 2q + 1; [2]/[3] = row group + 8.
-    const int64_t row = warp_row + group;
+    const int64_t row = warp_row + (lane >> 2);
 #pragma unroll
     for (int t = 0; t < kTiles; ++t) {
-        const int token = t * 8 + quad_lane * 2;
+        const int token = t * 8 + (lane & 3) * 2;
         if (token < g.num_tokens) {
             store_bf16(g.y + token * g.y_stride + row, acc[t][0]);
             store_bf16(g.y + token * g.y_stride + row + 8, acc[t][2]);
@@ -104,15 +113,16 @@ __device__ __forceinline__ void grouped_warp_pass(const Fp8GemmParams& g, int64_
     }
 }
 
-// One warp's 16 rows (warp_row..) of one expert with rows [row_begin, row_begin + num_rows), all of k, in passes of
-// up to 8 * kMaxTiles rows; each pass picks its token-tile count from its own row count. kMaxTiles in {1, 2, 4, 8}:
-// ceil(min(max_rows_per_expert, 64) / 8) rounded up to a power of two; it only bounds the pass size (an expert with
-// more rows takes more passes), so correctness never depends on the host bound.
-template <int kMaxTiles>
-__device__ __forceinline__ void expert_warp_row(const Fp8GroupedGemmParams& p, int expert, int64_t row_begin,
-                                                int num_rows, int64_t warp_row, int lane, int l2_ahead) {
+// Expert `expert` (rows [row_begin, row_begin + num_rows)) as a plain GEMM, in passes of up to 8 * kMaxTiles rows;
+// fn(tiles, pass) runs each pass with the token-tile count picked from the pass's own row count (an
+// std::integral_constant). kMaxTiles in {1, 2, 4, 8}: ceil(min(max_rows_per_expert, 64) / 8) rounded up to a power of
+// two; it only bounds the pass size (an expert with more rows takes more passes), so correctness never depends on
+// the host bound.
+template <int kMaxTiles, class PassFn>
+__device__ __forceinline__ void for_each_pass(const Fp8GroupedGemmParams& p, int expert, int64_t row_begin,
+                                              int num_rows, PassFn&& fn) {
     const int64_t num_kb = p.k / 128;
-    Fp8GemmParams g;  // this expert as a plain GEMM over its rows
+    Fp8GemmParams g;
     g.x = p.x + row_begin * p.k;
     g.x_scale = p.x_scale + row_begin * num_kb;
     g.w = p.w + static_cast<int64_t>(expert) * p.n * p.k;
@@ -133,24 +143,78 @@ __device__ __forceinline__ void expert_warp_row(const Fp8GroupedGemmParams& p, i
         const int tiles = static_cast<int>((pass.num_tokens + 7) / 8);
         if constexpr (kMaxTiles >= 8) {
             if (tiles > 4) {
-                grouped_warp_pass<8>(pass, warp_row, lane, l2_ahead);
+                fn(std::integral_constant<int, 8>{}, pass);
                 continue;
             }
         }
         if constexpr (kMaxTiles >= 4) {
             if (tiles > 2) {
-                grouped_warp_pass<4>(pass, warp_row, lane, l2_ahead);
+                fn(std::integral_constant<int, 4>{}, pass);
                 continue;
             }
         }
         if constexpr (kMaxTiles >= 2) {
             if (tiles > 1) {
-                grouped_warp_pass<2>(pass, warp_row, lane, l2_ahead);
+                fn(std::integral_constant<int, 2>{}, pass);
                 continue;
             }
         }
-        grouped_warp_pass<1>(pass, warp_row, lane, l2_ahead);
+        fn(std::integral_constant<int, 1>{}, pass);
     }
+}
+
+// One warp's 16 rows (warp_row..) of one expert with rows [row_begin, row_begin + num_rows), all of k.
+template <int kMaxTiles>
+__device__ __forceinline__ void expert_warp_row(const Fp8GroupedGemmParams& p, int expert, int64_t row_begin,
+                                                int num_rows, int64_t warp_row, int lane, int l2_ahead) {
+    for_each_pass<kMaxTiles>(p, expert, row_begin, num_rows, [&](auto tiles, const Fp8GemmParams& pass) {
+        constexpr int kTiles = decltype(tiles)::value;
+        float acc[kTiles][4] = {};
+        warp_k_range<kTiles>(pass, warp_row, lane, 0, static_cast<int>(p.k / 128), l2_ahead, acc);
+        store_warp_rows<kTiles>(pass, warp_row, lane, acc);
+    });
+}
+
+// The same 16 rows with k split over the block's 4 warps (warp w: the w-th quarter of the k blocks): the partial
+// sums meet in red ([4 warps][32 lanes][kMaxTiles * 4] f32) and warp 0 adds them in warp order, so the result is
+// deterministic (but rounded differently from expert_warp_row's single sum). Every warp of the block calls it.
+template <int kMaxTiles>
+__device__ __forceinline__ void expert_block_row(const Fp8GroupedGemmParams& p, int expert, int64_t row_begin,
+                                                 int num_rows, int64_t warp_row, int warp, int lane, int l2_ahead,
+                                                 float* red) {
+    const int num_kb = static_cast<int>(p.k / 128);
+    const int kb_begin = warp * num_kb / kDecodeWarps;
+    const int kb_end = (warp + 1) * num_kb / kDecodeWarps;
+    for_each_pass<kMaxTiles>(p, expert, row_begin, num_rows, [&](auto tiles, const Fp8GemmParams& pass) {
+        constexpr int kTiles = decltype(tiles)::value;
+        float acc[kTiles][4] = {};
+        warp_k_range<kTiles>(pass, warp_row, lane, kb_begin, kb_end, l2_ahead, acc);
+        float* mine = red + (warp * 32 + lane) * (kTiles * 4);
+#pragma unroll
+        for (int t = 0; t < kTiles; ++t) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                mine[t * 4 + j] = acc[t][j];
+            }
+        }
+        __syncthreads();
+        if (warp == 0) {
+#pragma unroll
+            for (int t = 0; t < kTiles; ++t) {
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    float sum = 0.0f;
+#pragma unroll
+                    for (int w = 0; w < kDecodeWarps; ++w) {
+                        sum += red[(w * 32 + lane) * (kTiles * 4) + t * 4 + j];
+                    }
+                    acc[t][j] = sum;
+                }
+            }
+            store_warp_rows<kTiles>(pass, warp_row, lane, acc);
+        }
+        __syncthreads();  // red is rewritten by the next pass
+    });
 }
 
 // grid [n / 64, num_experts]: one block per 64 rows of n per expert; blocks of experts without rows exit at once.
@@ -234,6 +298,32 @@ __global__ void __launch_bounds__(kDecodeThreads)
         const int num_rows = p.offsets[expert + 1] - p.offsets[expert];
         expert_warp_row<kMaxTiles>(p, expert, row_begin, num_rows, (item % slices) * kDecodeRowsPerWarp, lane,
                                    l2_ahead);
+    }
+}
+
+// The k-split form, for few touched experts (e.g. one token's 8, or an EP rank's share: then dealing whole slices
+// leaves most warps idle or one slice short of the busiest): the slices are dealt to blocks, and a block's 4 warps
+// each stream a quarter of every slice's k (expert_block_row). kMaxTiles <= 2 (the launcher picks it for small
+// batches only).
+template <int kMaxTiles>
+__global__ void __launch_bounds__(kDecodeThreads)
+    fp8_grouped_gemm_decode_split_kernel(const __grid_constant__ Fp8GroupedGemmParams p, int l2_ahead) {
+    static_assert(kMaxTiles <= 2, "the split form serves small batches");
+    __shared__ int touched[detail::kMoeMaxExperts];
+    __shared__ int warp_counts[kDecodeWarps];
+    __shared__ float red[kDecodeWarps * 32 * kMaxTiles * 4];
+    const int num_touched = list_touched_experts(p.offsets, p.num_experts, touched, warp_counts);
+    const int64_t slices = p.n / kDecodeRowsPerWarp;  // per expert
+    const int64_t total = num_touched * slices;
+    const int warp = static_cast<int>(threadIdx.x) / 32;
+    const int lane = static_cast<int>(threadIdx.x) % 32;
+    const int64_t end = (blockIdx.x + 1) * total / gridDim.x;
+    for (int64_t item = blockIdx.x * total / gridDim.x; item < end; ++item) {
+        const int expert = touched[item / slices];
+        const int64_t row_begin = p.offsets[expert];
+        const int num_rows = p.offsets[expert + 1] - p.offsets[expert];
+        expert_block_row<kMaxTiles>(p, expert, row_begin, num_rows, (item % slices) * kDecodeRowsPerWarp, warp, lane,
+                                    l2_ahead, red);
     }
 }
 
