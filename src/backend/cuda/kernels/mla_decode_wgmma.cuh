@@ -271,13 +271,8 @@ __device__ __forceinline__ void mla_wg_pv_issue(float (&o)[128], const uint8_t* 
     sm90::wgmma_commit();
 }
 
-// Unnormalized partials of this split: o_part [num_seqs, num_heads, num_splits, 512], ml [.., num_splits, 2]. The
-// row sums of warpgroup 1's tokens reach warpgroup 0 through `red` (its maxima were all read before the last P
-// barrier).
-__device__ __forceinline__ void mla_wg_store_partials(const MlaDecodeParams& p, const float (&o)[128],
-                                                      const float (&row_max)[2], float (&row_sum)[2],
-                                                      const MlaWgLane& l, float* red, int64_t seq, int head0, int split,
-                                                      int num_splits) {
+// Warpgroup 0's row sums += warpgroup 1's (its tokens' half), through red[64..127]; a full CTA barrier inside.
+__device__ __forceinline__ void mla_wg_merge_row_sums(float (&row_sum)[2], const MlaWgLane& l, float* red) {
     if (l.wg == 1 && l.quad == 0) {
         red[64 + l.wrow + l.g] = row_sum[0];
         red[64 + l.wrow + l.g + 8] = row_sum[1];
@@ -287,6 +282,16 @@ __device__ __forceinline__ void mla_wg_store_partials(const MlaDecodeParams& p, 
         row_sum[0] += red[64 + l.wrow + l.g];
         row_sum[1] += red[64 + l.wrow + l.g + 8];
     }
+}
+
+// Unnormalized partials of this split: o_part [num_seqs, num_heads, num_splits, 512], ml [.., num_splits, 2]. The
+// row sums of warpgroup 1's tokens reach warpgroup 0 through `red` (its maxima were all read before the last P
+// barrier).
+__device__ __forceinline__ void mla_wg_store_partials(const MlaDecodeParams& p, const float (&o)[128],
+                                                      const float (&row_max)[2], float (&row_sum)[2],
+                                                      const MlaWgLane& l, float* red, int64_t seq, int head0, int split,
+                                                      int num_splits) {
+    mla_wg_merge_row_sums(row_sum, l, red);
     const int64_t rows = p.num_seqs * p.num_heads;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -337,15 +342,7 @@ __device__ __forceinline__ void mla_wg_cluster_combine(const MlaDecodeParams& p,
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
     const int n = static_cast<int>(cluster.num_blocks());
-    if (l.wg == 1 && l.quad == 0) {
-        red[64 + l.wrow + l.g] = row_sum[0];
-        red[64 + l.wrow + l.g + 8] = row_sum[1];
-    }
-    mla_wg_sync();
-    if (l.wg == 0) {
-        row_sum[0] += red[64 + l.wrow + l.g];
-        row_sum[1] += red[64 + l.wrow + l.g + 8];
-    }
+    mla_wg_merge_row_sums(row_sum, l, red);
     mla_wg_sync();
     if (l.wg == 0 && l.quad == 0) {  // red = [max of 64 rows | sum of 64 rows] of this CTA
 #pragma unroll
