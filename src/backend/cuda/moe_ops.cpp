@@ -108,7 +108,16 @@ void launch_fp8_grouped_gemm_decode(const Fp8GroupedGemmParams& p, cudaStream_t 
         }();
         l2_ahead = from_env >= 0 ? from_env : default_l2_ahead(p);
     }
-    CUDA_CHECK(detail::launch_fp8_grouped_gemm_decode_persistent(p, max_tiles, l2_ahead, stream));
+    Fp8GroupedGemmParams launch = p;
+    if (launch.decode_k_split == 0) {
+        // K2_MOE_DECODE_KSPLIT=1 keeps the k split off for A/B runs of the model (it changes the rounding only).
+        static const bool split_off = [] {
+            const char* v = std::getenv("K2_MOE_DECODE_KSPLIT");
+            return v != nullptr && std::string_view(v) == "1";
+        }();
+        launch.decode_k_split = split_off ? 1 : 0;
+    }
+    CUDA_CHECK(detail::launch_fp8_grouped_gemm_decode_persistent(launch, max_tiles, l2_ahead, stream));
 }
 
 GroupedDecodeKernel grouped_decode_kernel(const Fp8GroupedGemmParams& p) {

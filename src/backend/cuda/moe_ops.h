@@ -75,6 +75,7 @@ struct Fp8GroupedGemmParams {
     // warps (deterministic, rounded differently from one warp's sum), 1 = never, 0 = up to 8 rows per expert, or
     // where even max_touched_experts (a host bound on the experts with rows, e.g. min(num_experts, tokens x top_k);
     // 0 = num_experts) would leave fewer than 4 slices per warp (an expert-parallel rank's share of a few).
+    // K2_MOE_DECODE_KSPLIT=1 turns auto (0) into never (A/B runs).
     int decode_k_split = 0;
     int64_t max_touched_experts = 0;
 };

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One device call for session 8 (nvidia-h200; carry build-pkg/ packed by bench/pack_carry.sh build-lead k2
+# tests/model/test_cuda_model tests/ops/test_* ...). MODES (space-separated), run in order:
+#   check:  the model tests against the CPU goldens (session 7's k split of the grouped decode GEMM is the default for
+#           1-8 rows per expert since its last commit), test_moe_ops
+#   small:  `k2 bench step` with CUDA graphs at batch 1, 4, 8 and 16 (8k context), the k split on (default) and off
+#           (K2_MOE_DECODE_KSPLIT=1), then 2 layers at batch 16 both ways (one MoE layer = 3L - 2L), same run
+#   ops:    every op test driver that was packed, and the fused-op benchmark rows
+#   final:  the model tests, the op tests, the 3- and 2-layer graph steps at batch 16, 3 layers eager with per-layer
+#           events, and the seed's serve workloads
+# Logs come back as $OUT/logs.tar.gz (one file: a device call returns only a few files).
+set -u
+source "$(dirname "$0")/lib_device.sh"
+final="${OUT:-out}"
+o="$PWD/session8_logs"
+mkdir -p "$o" "$final"
+trap 'tar -czf "$final/logs.tar.gz" -C "$o" .' EXIT
+device_setup
+m=/tmp/k2-synth-3
+step_batch() {  # name, batch, flags...: step() at another batch size
+  local name=$1 batch=$2
+  shift 2
+  timeout 300 $b/k2 bench step $m --batch "$batch" --context 8192 --prefill-tokens 8192 --prefill-runs 1 \
+    --output-json "$o/step_$name.json" "$@" >"$o/step_$name.log" 2>&1
+  echo "step $name: $(tail -n 2 "$o/step_$name.log" | tr '\n' ' ')"
+}
+for mode in ${MODES:-check small}; do
+  case $mode in
+    check)
+      run_test test_cuda_model '*'
+      run_test test_moe_ops '*'
+      ;;
+    small)
+      synth
+      for batch in 1 4 8 16; do
+        step_batch b${batch} $batch --decode-steps 20
+        K2_MOE_DECODE_KSPLIT=1 step_batch b${batch}_nosplit $batch --decode-steps 20
+      done
+      step_batch b16_l2 16 --layers 2 --decode-steps 20
+      K2_MOE_DECODE_KSPLIT=1 step_batch b16_l2_nosplit 16 --layers 2 --decode-steps 20
+      ;;
+    ops)
+      run_op_tests
+      ;;
+    final)
+      run_test test_cuda_model '*'
+      run_test test_cuda_model_parallel '*'
+      run_op_tests
+      synth
+      step tp1 --decode-steps 20
+      step tp1_l2 --layers 2 --decode-steps 20
+      step tp1_eager --enforce-eager --profile-layers --decode-steps 10
+      serve_and_bench tp1 $m
+      ;;
+  esac
+done
