@@ -6,6 +6,11 @@
 #   small:  `k2 bench step` with CUDA graphs at batch 1, 4, 8 and 16 (8k context), the k split on (default) and off
 #           (K2_MOE_DECODE_KSPLIT=1), then 2 layers at batch 16 both ways (one MoE layer = 3L - 2L), same run
 #   ops:    every op test driver that was packed, and the fused-op benchmark rows
+#   dp:     (nvidia-h200-x2) DP + EP decode under CUDA graphs: test_moe_ops (the padding-drop kernel), the model tests
+#           (test_cuda_model_parallel: DP 2 over NCCL now replays graphs at steps where both replicas decode or idle),
+#           `k2 bench step` -dp 2 --enable-expert-parallel with graphs and with --enforce-eager (session 5's path) and
+#           one GPU, then the seed's serve workloads against -dp 2 --enable-expert-parallel with graphs and eager, all
+#           in the same run
 #   final:  the model tests, the op tests, the 3- and 2-layer graph steps at batch 16, 3 layers eager with per-layer
 #           events, and the seed's serve workloads
 # Logs come back as $OUT/logs.tar.gz (one file: a device call returns only a few files).
@@ -41,6 +46,17 @@ for mode in ${MODES:-check small}; do
       ;;
     ops)
       run_op_tests
+      ;;
+    dp)
+      run_test test_moe_ops '*'
+      run_test test_cuda_model '*'
+      run_test test_cuda_model_parallel '*'
+      synth
+      step tp1 --decode-steps 20
+      step dp2_ep -dp 2 --enable-expert-parallel --decode-steps 20
+      step dp2_ep_eager -dp 2 --enable-expert-parallel --decode-steps 20 --enforce-eager
+      serve_and_bench dp2_ep $m -dp 2 --enable-expert-parallel
+      serve_and_bench dp2_ep_eager $m -dp 2 --enable-expert-parallel --enforce-eager
       ;;
     final)
       run_test test_cuda_model '*'

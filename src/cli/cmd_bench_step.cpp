@@ -327,6 +327,7 @@ void run_rank(const StepOptions& o, std::shared_ptr<dist::ParallelGroups> groups
     const auto padded = [&](ForwardBatch b) {
         if (o.data_parallel_size > 1) {
             b.dp_num_tokens.assign(static_cast<size_t>(o.data_parallel_size), b.num_tokens());
+            b.dp_decode_only = b.is_decode();
         }
         return b;
     };

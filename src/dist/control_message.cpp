@@ -146,6 +146,7 @@ void write_payload(Writer& w, const StepPlan& m) {
     w.put_vector(b.slot_mapping);
     w.put_vector(b.logits_indices);
     w.put_vector(b.dp_num_tokens);
+    w.put<int32_t>(b.dp_decode_only ? 1 : 0);
 }
 void write_payload(Writer& w, const Shutdown& m) {
     w.put_string(m.reason);
@@ -201,6 +202,9 @@ StepPlan read_step_plan(Reader& r) {
     b.slot_mapping = r.get_vector<int64_t>("slot_mapping");
     b.logits_indices = r.get_vector<int32_t>("logits_indices");
     b.dp_num_tokens = r.get_vector<int32_t>("dp_num_tokens");
+    const auto decode_only = r.get<int32_t>("dp_decode_only");
+    K2_CHECK(decode_only == 0 || decode_only == 1, "control message: dp_decode_only is {}, not 0 or 1", decode_only);
+    b.dp_decode_only = decode_only == 1;
     validate_forward_batch(b);
     return m;
 }

@@ -207,9 +207,15 @@ void ParallelExecutor::lead_step(std::unique_lock<std::mutex>& lock) {
 std::vector<Tensor> ParallelExecutor::run_world_step(const std::vector<const ForwardBatch*>& batches) {
     const uint64_t step = ++m_step_id;
     std::vector<int32_t> num_tokens;  // ForwardBatch::dp_num_tokens: every replica, dummies included, learns them
+    bool decode_only = false;         // ForwardBatch::dp_decode_only: every busy replica decodes (and one is busy)
+    bool any_other = false;
     for (const ForwardBatch* batch : batches) {
         num_tokens.push_back(batch != nullptr ? batch->num_tokens() : 0);
+        if (batch != nullptr && batch->num_tokens() > 0) {
+            (batch->is_decode() ? decode_only : any_other) = true;
+        }
     }
+    decode_only = decode_only && !any_other;
     for (size_t d = 0; d < batches.size(); ++d) {
         dist::StepPlan plan;
         plan.step_id = step;
@@ -218,6 +224,7 @@ std::vector<Tensor> ParallelExecutor::run_world_step(const std::vector<const For
             plan.batch = *batches[d];
         }
         plan.batch.dp_num_tokens = num_tokens;
+        plan.batch.dp_decode_only = decode_only;
         for (int rank : m_job.replica_ranks(static_cast<int>(d))) {
             if (rank != 0) {
                 m_group->send_to(rank, plan);
@@ -233,10 +240,11 @@ std::vector<Tensor> ParallelExecutor::run_world_step(const std::vector<const For
         omp_set_num_threads(m_spec.model.num_threads);
     }
     const ForwardBatch& own = batches[0] != nullptr ? *batches[0] : kEmpty;
-    Tensor local;  // [num_logits, vocab]
+    Tensor local;              // [num_logits, vocab]
     if (batches.size() > 1) {  // the replicas' token counts ride on a copy (the engine's batch is const)
         ForwardBatch with_counts = own;
         with_counts.dp_num_tokens = num_tokens;
+        with_counts.dp_decode_only = decode_only;
         local = m_local->forward(with_counts);
     } else {
         local = m_local->forward(own);

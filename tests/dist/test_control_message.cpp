@@ -26,6 +26,7 @@ StepPlan sample_plan() {
     b.slot_mapping = {80, 81, 82, (int64_t{9} << 32) + 8};
     b.logits_indices = {2, 3};
     b.dp_num_tokens = {4, 6};
+    b.dp_decode_only = true;
     return plan;
 }
 
@@ -44,6 +45,7 @@ TEST(ControlMessage, RoundTripsEveryType) {
     EXPECT_EQ(back.batch.logits_indices, plan.batch.logits_indices);
     EXPECT_EQ(back.batch.dp_num_tokens, (std::vector<int32_t>{4, 6}));
     EXPECT_EQ(back.batch.dp_padded_tokens(), 6);
+    EXPECT_TRUE(back.batch.dp_decode_only);
 
     StepPlan dummy;  // an idle DP replica still learns the replicas' token counts (GPU expert exchange)
     dummy.is_dummy = true;
@@ -51,6 +53,7 @@ TEST(ControlMessage, RoundTripsEveryType) {
     const StepPlan dummy_back = std::get<StepPlan>(decode_control_message(encode_control_message(dummy)));
     EXPECT_TRUE(dummy_back.is_dummy);
     EXPECT_EQ(dummy_back.batch.dp_num_tokens, (std::vector<int32_t>{16, 0}));
+    EXPECT_FALSE(dummy_back.batch.dp_decode_only);
 
     EXPECT_EQ(std::get<Shutdown>(decode_control_message(encode_control_message(Shutdown{"bye"}))).reason, "bye");
     const Heartbeat hb = std::get<Heartbeat>(decode_control_message(encode_control_message(Heartbeat{3, 4242, 17})));

@@ -403,6 +403,7 @@ std::vector<float> run_dp_script(Model& model, int d, bool dp_padded) {
         if (dp_padded) {
             b.dp_num_tokens = {static_cast<int32_t>(dp_step_tokens(0, s).size()),
                                static_cast<int32_t>(dp_step_tokens(1, s).size())};
+            b.dp_decode_only = s > 0;  // as the executor sets it: steps 1-8 decode (or idle) on both replicas
         }
         const Tensor logits = model.forward(b);  // [rows, vocab]
         out.insert(out.end(), logits.data_as<float>(), logits.data_as<float>() + logits.numel());

@@ -653,6 +653,69 @@ TEST_F(CudaMoeOps, Combine) {
     check_combine(2, 2, 16, {0, -1, 2, 1}, 3, true, rng);
 }
 
+// The reference walks each replica's forward rows and places them where its TP ranks send them (the kernel goes the
+// other way, from a gathered row to its replica): a row keeps its ids only if it is one of its replica's real tokens.
+std::vector<int32_t> host_ep_drop(std::vector<int32_t> ids, const std::vector<int32_t>& counts, int dp, int tp,
+                                  int64_t slice_rows, int top_k) {
+    std::vector<bool> real(static_cast<size_t>(dp * tp * slice_rows), false);
+    for (int d = 0; d < dp; ++d) {
+        const int64_t rows = counts[static_cast<size_t>(dp + d)];
+        EXPECT_LE(counts[static_cast<size_t>(d)], rows) << "replica " << d << ": more real tokens than forward rows";
+        for (int64_t x = 0; x < std::min<int64_t>(counts[static_cast<size_t>(d)], rows); ++x) {
+            int r = 0;
+            while (x >= rows * (r + 1) / tp) {
+                ++r;
+            }
+            real[static_cast<size_t>((d * tp + r) * slice_rows + x - rows * r / tp)] = true;
+        }
+    }
+    for (size_t i = 0; i < ids.size(); ++i) {
+        if (!real[i / static_cast<size_t>(top_k)]) {
+            ids[i] = -1;
+        }
+    }
+    return ids;
+}
+
+TEST_F(CudaMoeOps, EpDropPadding) {
+    std::mt19937 rng(17);
+    struct Case {
+        int dp, tp;
+        std::vector<int32_t> counts;  // n_d..., T_d...
+        int64_t slice_rows;
+    };
+    const Case cases[] = {
+        {2, 1, {40, 0, 40, 0}, 40},  // eager: an idle replica's zero rows
+        {2, 1, {3, 1, 16, 16}, 16},  // a decode graph of 16: padding past the real tokens
+        {2, 2, {5, 0, 8, 8}, 4},     // DP 2 x TP 2 graph of 8: replica 0's second half partly padding
+        {2, 2, {7, 3, 7, 3}, 4},     // eager, odd counts: uneven TP slices, zero rows at the ends
+        {4, 2, {1, 0, 16, 9, 16, 16, 16, 16}, 8},
+        {8, 1, {0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1}, 1},  // one token in the whole job
+    };
+    for (const Case& c : cases) {
+        ASSERT_EQ(c.counts.size(), static_cast<size_t>(2 * c.dp));
+        const int top_k = 8;
+        const int64_t pairs = int64_t{c.dp} * c.tp * c.slice_rows * top_k;
+        std::vector<int32_t> ids(static_cast<size_t>(pairs));
+        std::uniform_int_distribution<int32_t> expert(0, 383);
+        for (int32_t& id : ids) {
+            id = expert(rng);
+        }
+        cuda::DeviceBuffer d_ids = to_device(ids);
+        cuda::DeviceBuffer d_counts = to_device(c.counts);
+        cuda::MoeEpDropParams p;
+        p.topk_ids = d_ids.as<int32_t>();
+        p.counts = d_counts.as<int32_t>();
+        p.dp = c.dp;
+        p.tp = c.tp;
+        p.slice_rows = c.slice_rows;
+        p.top_k = top_k;
+        cuda::launch_moe_ep_drop_padding(p, nullptr);
+        EXPECT_EQ(to_host<int32_t>(d_ids, ids.size()), host_ep_drop(ids, c.counts, c.dp, c.tp, c.slice_rows, top_k))
+            << "dp " << c.dp << " tp " << c.tp << " slice_rows " << c.slice_rows;
+    }
+}
+
 // Validation runs on the host before any CUDA call, so this test needs no GPU.
 TEST(MoeOpsValidation, RejectsBadShapesAndSkipsEmptyInputs) {
     cuda::MoePermuteParams perm;
@@ -691,6 +754,17 @@ TEST(MoeOpsValidation, RejectsBadShapesAndSkipsEmptyInputs) {
     EXPECT_THROW(cuda::launch_moe_combine(combine, nullptr), Error);  // hidden not a multiple of 8
     combine.num_tokens = 0;
     EXPECT_NO_THROW(cuda::launch_moe_combine(combine, nullptr));
+
+    cuda::MoeEpDropParams drop;
+    drop.dp = 2;
+    drop.tp = 0;
+    drop.slice_rows = 4;
+    drop.top_k = 8;
+    EXPECT_THROW(cuda::launch_moe_ep_drop_padding(drop, nullptr), Error);  // tp 0
+    drop.tp = 1;
+    EXPECT_THROW(cuda::launch_moe_ep_drop_padding(drop, nullptr), Error);  // null pointers
+    drop.slice_rows = 0;
+    EXPECT_NO_THROW(cuda::launch_moe_ep_drop_padding(drop, nullptr));
 }
 
 }  // namespace

@@ -250,6 +250,19 @@ void run_fp8_grouped_gemm_prefill_lanes(std::span<const Fp8PrefillLane> lanes, c
     }
 }
 
+void launch_moe_ep_drop_padding(const MoeEpDropParams& p, cudaStream_t stream) {
+    K2_CHECK(p.dp >= 1 && p.tp >= 1 && p.top_k >= 1 && p.slice_rows >= 0,
+             "moe ep drop padding: dp {}, tp {}, top_k {} must be >= 1 and slice_rows {} >= 0", p.dp, p.tp, p.top_k,
+             p.slice_rows);
+    const int64_t pairs = int64_t{p.dp} * p.tp * p.slice_rows * p.top_k;
+    if (pairs == 0) {
+        return;
+    }
+    K2_CHECK(pairs <= kMaxRows, "moe ep drop padding: {} pairs out of range", pairs);
+    K2_CHECK(p.topk_ids != nullptr && p.counts != nullptr, "moe ep drop padding: null pointer");
+    CUDA_CHECK(detail::launch_moe_ep_drop_padding_kernel(p, stream));
+}
+
 void launch_moe_combine(const MoeCombineParams& p, cudaStream_t stream) {
     if (p.num_tokens == 0) {
         return;

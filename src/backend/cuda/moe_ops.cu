@@ -116,4 +116,11 @@ cudaError_t launch_moe_combine_kernel(const MoeCombineParams& p, cudaStream_t st
     return cudaGetLastError();
 }
 
+cudaError_t launch_moe_ep_drop_padding_kernel(const MoeEpDropParams& p, cudaStream_t stream) {
+    const int64_t pairs = int64_t{p.dp} * p.tp * p.slice_rows * p.top_k;
+    const auto blocks = static_cast<unsigned>((pairs + kernels::kEpDropThreads - 1) / kernels::kEpDropThreads);
+    kernels::moe_ep_drop_padding_kernel<<<blocks, kernels::kEpDropThreads, 0, stream>>>(p);
+    return cudaGetLastError();
+}
+
 }  // namespace k2::cuda::detail

@@ -132,4 +132,21 @@ struct MoeCombineParams {
 
 void launch_moe_combine(const MoeCombineParams& params, cudaStream_t stream);
 
+// Data + expert parallelism: the rows gathered from the EP group ([ep * slice_rows], ep = dp * tp, DP-major) hold
+// EP rank i's slice at [i * slice_rows, (i + 1) * slice_rows). Rank i = (replica d = i / tp, TP rank r = i % tp)
+// sent rows [T_d * r / tp, T_d * (r + 1) / tp) of its replica's T_d forward rows, of which the first n_d are real
+// tokens (T_d > n_d: a decode graph's padding); the rest of the slice is zeros. Every pair of a row that is not a real
+// token gets expert id -1, outside every rank's experts. The counts are read on the device, so a CUDA graph replays
+// with each step's.
+struct MoeEpDropParams {
+    int32_t* topk_ids = nullptr;      // [dp * tp * slice_rows, top_k]
+    const int32_t* counts = nullptr;  // [2, dp]: n_d, then T_d >= n_d
+    int dp = 0;
+    int tp = 0;
+    int64_t slice_rows = 0;  // >= ceil(T_d / tp) for every d
+    int top_k = 0;
+};
+
+void launch_moe_ep_drop_padding(const MoeEpDropParams& params, cudaStream_t stream);
+
 }  // namespace k2::cuda

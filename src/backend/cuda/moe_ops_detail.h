@@ -23,5 +23,7 @@ cudaError_t launch_fp8_grouped_gemm_decode_persistent(const Fp8GroupedGemmParams
                                                       cudaStream_t stream);
 // grid [num_tokens, ceil(hidden / 1024)] up to 64 tokens, [num_tokens, ceil(hidden / 2048)] past that.
 cudaError_t launch_moe_combine_kernel(const MoeCombineParams& params, cudaStream_t stream);
+// Blocks of 256 threads, one pair per thread.
+cudaError_t launch_moe_ep_drop_padding_kernel(const MoeEpDropParams& params, cudaStream_t stream);
 
 }  // namespace k2::cuda::detail

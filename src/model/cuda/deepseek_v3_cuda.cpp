@@ -26,10 +26,6 @@ using cuda_model::StepBatch;
 
 // At most this many tokens take the fast decode attention (its f32 output buffer is sized for it).
 constexpr int64_t kFastDecodeMaxSeqs = 512;
-// Decode batches are padded up to one of these sizes and replayed from a CUDA graph (vLLM's capture sizes, capped
-// at 64: above it the MoE needs the expert row counts on the host).
-constexpr int kGraphBatchSizes[] = {1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64};
-
 template <typename T>
 void upload_async(cuda::DeviceBuffer& buf, const std::vector<T>& host, cudaStream_t stream) {
     cuda_model::ensure(buf, std::max<size_t>(host.size() * sizeof(T), 16));
@@ -113,8 +109,11 @@ void DeepseekV3CudaModel::setup_tensor_parallel(const ModelOptions& options) {
         m_dp_rank = options.parallel->coord.dp;
         m_dp_size = p.data_parallel_size;
         m_dp_max_tokens = std::max(options.max_num_tokens, 1);
-        // A graph would bake one padded exchange size into every replica's capture.
-        m_options.enforce_eager = true;
+        // Decode steps replay graphs at a size common to all replicas (deepseek_v3_cuda_dp.cpp); host-staged
+        // exchanges cannot be captured.
+        if (!m_ep->graph_capturable()) {
+            m_options.enforce_eager = true;
+        }
     }
     if (layout.dcp_size > 1) {
         int sms = 0;
@@ -188,6 +187,11 @@ DeepseekV3CudaModel::DeepseekV3CudaModel(ModelConfig config, Checkpoint checkpoi
     m_ws = std::make_unique<cuda_model::Workspace>(
         c, m_ep != nullptr ? m_ep->size() * ((step_tokens + m_tp_size - 1) / m_tp_size) : step_tokens);
     m_batch = std::make_unique<StepBatch>();
+    if (m_ep != nullptr) {  // once, at their largest: CUDA graphs keep the pointers
+        m_ep_counts = cuda::DeviceBuffer(static_cast<size_t>(2 * m_dp_size) * 4);
+        m_ep_rows_pair = cuda::DeviceBuffer(static_cast<size_t>(std::max<int64_t>(step_tokens, 4)) * 4);
+        m_ep_rows_weight = cuda::DeviceBuffer(static_cast<size_t>(std::max<int64_t>(step_tokens, 4)) * 4);
+    }
     if (const int lanes = cuda_model::MoePrefillLanes::lanes_from_env(); lanes > 1 && c.n_routed_experts > 0) {
         m_moe_lanes = std::make_unique<cuda_model::MoePrefillLanes>(lanes, c, m_ws->capacity);
     }
@@ -433,10 +437,11 @@ void DeepseekV3CudaModel::submit(const ForwardBatch& batch) {
                  "each within --max-num-batched-tokens {} (data + expert parallelism exchanges every replica's tokens)",
                  fmt::join(batch.dp_num_tokens, ", "), m_dp_size, m_dp_rank, batch.num_tokens(), m_dp_max_tokens);
         m_dp_tokens = batch.dp_num_tokens;
+        plan_dp_step(batch);
     }
     if (batch.num_tokens() == 0) {
-        if (m_ep != nullptr && batch.dp_padded_tokens() > 0) {
-            dp_dummy_step();
+        if (m_ep != nullptr) {
+            dp_idle_step(batch);
         }
         m_pending = Tensor::zeros(DType::F32, {num_rows, m_config.vocab_size});
         return;
@@ -487,17 +492,6 @@ void DeepseekV3CudaModel::finish_logits(int64_t r0, int64_t n, Tensor& logits) {
     if (m_sampler.any_host(r0, n)) {
         download_logits(r0, n, logits);
     }
-}
-
-// An idle DP replica under expert parallelism still holds experts the busy replicas' tokens are routed to: it joins
-// every MoE layer's exchange with an all-padding slice (nothing else of the layer runs).
-void DeepseekV3CudaModel::dp_dummy_step() {
-    for (int l = 0; l < m_config.num_hidden_layers; ++l) {
-        if (m_weights.layers[static_cast<size_t>(l)].is_moe) {
-            moe_over_dp(l, 0);
-        }
-    }
-    CUDA_CHECK(cudaStreamSynchronize(m_stream));
 }
 
 void DeepseekV3CudaModel::run_layers(const StepBatch& b) {
@@ -712,6 +706,14 @@ void DeepseekV3CudaModel::download_logits(int64_t r0, int64_t n, Tensor& logits)
 // The padded graph size of a pure decode batch (one new token per sequence, contexts within the graphs' block
 // tables), or 0 when the step runs eagerly.
 int DeepseekV3CudaModel::graph_size_for(const ForwardBatch& b) const {
+    if (m_ep != nullptr) {  // the size every replica replays this step (plan_dp_step), or none
+        K2_CHECK(m_dp_graph_size == 0 ||
+                     (b.is_decode() && b.num_seqs() <= m_dp_graph_size && b.max_blocks_per_seq <= m_graph_blocks),
+                 "forward batch: a data-parallel decode step of {} sequences ({} blocks each) does not fit the graph "
+                 "of {} every replica replays (dp_decode_only must hold only for decode batches)",
+                 b.num_seqs(), b.max_blocks_per_seq, m_dp_graph_size);
+        return m_dp_graph_size;
+    }
     if (m_options.enforce_eager || b.num_tokens() != b.num_seqs() || b.max_blocks_per_seq > m_graph_blocks) {
         return 0;
     }

@@ -109,6 +109,10 @@ public:
     std::vector<float> last_ep_exchange_times_ms();
 
 private:
+    // Decode batches are padded up to one of these sizes and replayed from a CUDA graph (vLLM's capture sizes, capped
+    // at 64: above it the MoE needs the expert row counts on the host).
+    static constexpr int kGraphBatchSizes[] = {1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64};
+
     void check_batch(const ForwardBatch& batch) const;
     // table_pitch > 0: the block table goes into out's fixed [seqs, table_pitch] table (graph batches).
     void upload_batch(const ForwardBatch& batch, cuda_model::StepBatch& out, int table_pitch = 0);
@@ -136,7 +140,10 @@ private:
     void routed_experts(int layer, int64_t num_tokens, int64_t ep_slice_rows = 0);
     void moe_over_dp(int layer, int64_t num_tokens);  // DP + EP: the exchange around routed_experts
     void ep_mark(int layer, int which);               // profiling event `which` (0..3) of a MoE layer's exchange
-    void dp_dummy_step();                             // an idle replica's part of the step: the MoE exchanges only
+    // DP + EP steps (deepseek_v3_cuda_dp.cpp): the step's graph size and exchange size, the same on every rank.
+    void plan_dp_step(const ForwardBatch& batch);
+    bool dp_graph_fits(int size) const;
+    void dp_idle_step(const ForwardBatch& batch);  // an idle replica's part of the step (graph or exchanges only)
     // After the router on the gathered rows: top-k ids -1 on every rank's padding rows (the permute skips them).
     void drop_padding_rows(int64_t slice_rows);
     void norm_residual(const uint16_t* weight, int64_t num_tokens);
@@ -183,6 +190,9 @@ private:
     int m_dp_size = 1;
     int64_t m_dp_max_tokens = 0;           // per replica (--max-num-batched-tokens): the padded size may not exceed it
     std::vector<int32_t> m_dp_tokens;      // [dp]
+    int m_dp_graph_size = 0;               // this step's common decode graph size (0: an eager step)
+    int64_t m_dp_exchange_rows = 0;        // rows per replica in this step's exchanges (a graph's, or the largest)
+    cuda::DeviceBuffer m_ep_counts;        // [2, dp] i32: each replica's real tokens, then its forward rows
     cuda::DeviceBuffer m_ep_rows_pair;     // [T] i32: token t's row in this rank's slice, -1 outside it
     cuda::DeviceBuffer m_ep_rows_weight;   // [T] f32: 1
     std::vector<cudaEvent_t> m_ep_events;  // [layers, 4]: before/after the all-gather, before/after the reduce-scatter

@@ -303,98 +303,6 @@ void DeepseekV3CudaModel::moe(int layer, int64_t t_count) {
     cuda::launch_moe_combine(cp, m_stream);
 }
 
-// Data + expert parallelism, vLLM's all-gather / reduce-scatter dispatch (its "naive" all2all backend): TP rank r of
-// every replica contributes the r-th slice of its replica's tokens, padded to the step's common slice size (zero
-// rows, which drop_padding_rows keeps away from the experts); every rank runs all the job's tokens through its own
-// experts; the reduce-scatter hands each rank the expert sum of its slice. Into ws.y go the rank's shared-expert
-// partial on all its replica's tokens plus that sum on its slice's rows, so the TP all-reduce after the layer
-// completes every token (with tp = 1 the slice is the whole replica). Called with t_count = 0 by an idle replica.
-void DeepseekV3CudaModel::moe_over_dp(int layer, int64_t t_count) {
-    const cuda_model::DeviceLayer& w = m_weights.layers[static_cast<size_t>(layer)];
-    cuda_model::Workspace& ws = *m_ws;
-    const int64_t hidden = m_config.hidden_size;
-    int32_t padded = 0;  // the largest replica's tokens
-    for (const int32_t n : m_dp_tokens) {
-        padded = std::max(padded, n);
-    }
-    const int64_t slice_rows = (padded + m_tp_size - 1) / m_tp_size;  // per rank
-    const int64_t all_rows = slice_rows * m_ep->size();
-    const int64_t begin = t_count * m_tp_rank / m_tp_size;
-    const int64_t mine = t_count * (m_tp_rank + 1) / m_tp_size - begin;
-    const bool has_shared = w.gate_up.n > 0;
-    if (has_shared && t_count > 0) {  // on the replica's own tokens, before ws.xq takes the gathered ones
-        dense_mlp(w.gate_up, w.down, t_count, ws.shared.as<uint16_t>(), ws.xq.as<uint8_t>(), ws.xs.as<float>(), *m_fp8,
-                  m_stream);
-    }
-    uint16_t* slice = ws.y.as<uint16_t>();  // [slice_rows, hidden]: the rank's tokens, then zero rows
-    if (mine > 0) {
-        CUDA_CHECK(cudaMemcpyAsync(slice, ws.xb.as<uint16_t>() + begin * hidden, static_cast<size_t>(mine * hidden) * 2,
-                                   cudaMemcpyDeviceToDevice, m_stream));
-    }
-    if (slice_rows > mine) {
-        CUDA_CHECK(
-            cudaMemsetAsync(slice + mine * hidden, 0, static_cast<size_t>((slice_rows - mine) * hidden) * 2, m_stream));
-    }
-    ep_mark(layer, 0);
-    m_ep->all_gather(slice, ws.xb.data(), slice_rows * hidden, DType::BF16, m_stream);  // ws.xb [all_rows, hidden]
-    ep_mark(layer, 1);
-    cuda_model::quantize_into(ws, ws.xb.as<uint16_t>(), all_rows, hidden, m_stream);
-    routed_experts(layer, all_rows, slice_rows);
-    cuda::MoeCombineParams cp;
-    cp.y = ws.yg.as<uint16_t>();
-    cp.pair_row = ws.pair_row.as<int32_t>();
-    cp.topk_weights = ws.topk_weights.as<float>();
-    cp.out = ws.y.as<uint16_t>();  // [all_rows, hidden] this rank's experts' part of every token
-    cp.num_tokens = all_rows;
-    cp.hidden = hidden;
-    cp.top_k = static_cast<int>(m_config.num_experts_per_tok);
-    cuda::launch_moe_combine(cp, m_stream);
-    ep_mark(layer, 2);
-    m_ep->reduce_scatter_bf16(ws.y.as<uint16_t>(), ws.xb.as<uint16_t>(), slice_rows * hidden, m_stream);
-    ep_mark(layer, 3);
-    if (t_count == 0) {
-        return;
-    }
-    // ws.y [T, hidden] = shared partial + the slice's sum (ws.xb rows) on rows [begin, begin + mine): a combine with
-    // one "expert" of weight 1 per token adds them exactly (fp32 sum, one rounding), -1 rows outside the slice.
-    cuda::MoeCombineParams add;
-    add.y = ws.xb.as<uint16_t>();
-    add.pair_row = m_ep_rows_pair.as<int32_t>();
-    add.topk_weights = m_ep_rows_weight.as<float>();
-    add.shared = has_shared ? ws.shared.as<uint16_t>() : nullptr;
-    add.out = ws.y.as<uint16_t>();
-    add.num_tokens = t_count;
-    add.hidden = hidden;
-    add.top_k = 1;
-    cuda::launch_moe_combine(add, m_stream);
-}
-
-void DeepseekV3CudaModel::drop_padding_rows(int64_t slice_rows) {
-    const int top_k = static_cast<int>(m_config.num_experts_per_tok);
-    for (int i = 0; i < m_ep->size(); ++i) {  // EP rank i = (replica i / tp, TP rank i % tp): DP-major
-        const int64_t t = m_dp_tokens[static_cast<size_t>(i / m_tp_size)];
-        const int r = i % m_tp_size;
-        const int64_t valid = t * (r + 1) / m_tp_size - t * r / m_tp_size;
-        if (valid < slice_rows) {  // 0xFF bytes: expert id -1, outside every rank's range
-            CUDA_CHECK(cudaMemsetAsync(m_ws->topk_ids.as<int32_t>() + (i * slice_rows + valid) * top_k, 0xFF,
-                                       static_cast<size_t>((slice_rows - valid) * top_k) * 4, m_stream));
-        }
-    }
-}
-
-void DeepseekV3CudaModel::ep_mark(int layer, int which) {
-    if (!m_profile_layers) {
-        return;
-    }
-    if (m_ep_events.empty()) {
-        m_ep_events.resize(static_cast<size_t>(4 * m_config.num_hidden_layers));
-        for (cudaEvent_t& e : m_ep_events) {
-            CUDA_CHECK(cudaEventCreate(&e));
-        }
-    }
-    CUDA_CHECK(cudaEventRecord(m_ep_events[static_cast<size_t>(4 * layer + which)], m_stream));
-}
-
 void DeepseekV3CudaModel::routed_experts(int layer, int64_t t_count, int64_t ep_slice_rows) {
     const ModelConfig& c = m_config;
     const cuda_model::DeviceLayer& w = m_weights.layers[static_cast<size_t>(layer)];
@@ -457,7 +365,9 @@ void DeepseekV3CudaModel::routed_experts(int layer, int64_t t_count, int64_t ep_
     gp.num_experts = local;
     cuda::launch_moe_gather(gp, m_stream);
 
-    const bool grouped_launch = t_count <= kGroupedDecodeMaxTokens;
+    // A DP graph step's gathered rows (up to ep x 64 / tp) take the grouped launch too: nothing may sync during
+    // capture.
+    const bool grouped_launch = t_count <= kGroupedDecodeMaxTokens || (ep_slice_rows > 0 && m_dp_graph_size > 0);
     auto grouped_params = [&](const cuda_model::DeviceLinear& lin, const uint8_t* x, const float* x_scale,
                               uint16_t* y) {
         cuda::Fp8GroupedGemmParams g;

@@ -324,4 +324,28 @@ __global__ void __launch_bounds__(kCombineSerialThreads)
     *reinterpret_cast<uint4*>(p.out + token * p.hidden + col) = round_bf16x8(acc);
 }
 
+inline constexpr int kEpDropThreads = 256;
+
+// One thread per (row, k) pair of the gathered rows: expert id -1 unless the row is a real token of its replica.
+__global__ void __launch_bounds__(kEpDropThreads)
+    moe_ep_drop_padding_kernel(const __grid_constant__ MoeEpDropParams p) {
+    const int64_t pair = static_cast<int64_t>(blockIdx.x) * kEpDropThreads + threadIdx.x;
+    if (pair >= int64_t{p.dp} * p.tp * p.slice_rows * p.top_k) {
+        return;
+    }
+    const int64_t row = pair / p.top_k;
+    const auto rank = static_cast<int>(row / p.slice_rows);
+    const int64_t in_slice = row % p.slice_rows;
+    const int d = rank / p.tp;
+    const int r = rank % p.tp;
+    const int64_t real = p.counts[d];
+    const int64_t rows = p.counts[p.dp + d];
+    const int64_t begin = rows * r / p.tp;
+    const int64_t sent = rows * (r + 1) / p.tp - begin;
+    const int64_t valid = max(int64_t{0}, min(real - begin, sent));
+    if (in_slice >= valid) {
+        p.topk_ids[pair] = -1;
+    }
+}
+
 }  // namespace k2::cuda::kernels
