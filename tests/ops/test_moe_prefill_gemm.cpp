@@ -1,15 +1,19 @@
 // The one-launch grouped FP8 GEMM of MoE prefill (moe_prefill_gemm.h) against the host reference of the grouped
 // GEMM tests (moe_grouped_ref.h: cpu::linear per expert, FP8 weights with 128x128 block scales, over the
 // dequantized rows of that expert, quantized per expert into moe_ops.h's expert-blocked scale layout). Experts of
-// 0 / 1 / 3 / 17 / 64 / 65 / 129 / 300 rows in both orders (tail tiles anchored at an expert's end read the
-// previous expert's rows, or negative rows when P < 64), n % 256 == 128 (the second weight half is masked), both
-// tile shapes (64 / 128 rows), both item orders, clusters of 2 CTAs sharing the weight tile, forced grids, a bitwise
-// repeat, all experts empty, NaN-poisoned y with a row past P that must stay poisoned, x with no
-// rows past P at all, and Kimi-K2's gate_up and down at 8,192 tokens x top-8 (384 experts, random routing;
-// sampled rows of 6 experts against the reference, every row checked finite). Without a GPU the device tests skip
-// with the reason; the validation test runs everywhere.
-// Benchmark (the 4-lane cuBLASLt prefill form timed in the same run; K2_MOE_PERF_QUICK=1 for 8k and the 128-row
-// variants only): `test_moe_prefill_gemm --gtest_also_run_disabled_tests --gtest_filter='*Perf*'`.
+// 0 / 1 / 3 / 17 / 64 / 65 / 129 / 255 / 257 / 300 / 400 rows in both orders (tail tiles anchored at an expert's end
+// read the previous expert's rows, or negative rows when P < 64), n % 256 == 128 (the second weight half is
+// masked), the four tile shapes (64 / 128 rows x 256 weight rows, 192 / 256 rows x 128 weight rows with x in
+// 64-row boxes loaded only where the tile has rows), both item orders, clusters of 2 CTAs sharing the weight or x tile,
+// forced grids, a bitwise repeat and bitwise equality of every variant with the default (each output element is the
+// same sequence of wgmma k32 steps and fp32 promotions in every tile shape), all experts empty, NaN-poisoned y with
+// a row past P that must stay poisoned, x with no rows past P at all, and Kimi-K2's gate_up and down at 8,192 tokens
+// x top-8 (384 experts, random routing; sampled rows of 6 experts against the reference, every row checked finite,
+// every variant bitwise equal to the first). Without a GPU the device tests skip with the reason; the validation
+// test runs everywhere.
+// Benchmark (the 4-lane cuBLASLt prefill form timed in the same run; K2_MOE_PERF_QUICK=1 for the m-tile-major
+// variants without the 128-row clusters):
+// `test_moe_prefill_gemm --gtest_also_run_disabled_tests --gtest_filter='*Perf*'`.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -19,6 +23,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/cuda/cuda_check.h"
@@ -52,6 +57,12 @@ bool bf16_finite(uint16_t v) {
     return (v & 0x7F80) != 0x7F80;
 }
 
+// An integer from the environment, or `fallback` (the device script narrows the sanitizer / profiler runs with these).
+int env_int(const char* name, int fallback) {
+    const char* value = std::getenv(name);
+    return value != nullptr && *value != '\0' ? std::atoi(value) : fallback;
+}
+
 std::vector<uint16_t> run_and_check(Problem& g, int64_t max_rows, const cuda::MoePrefillGemmOptions& o,
                                     const std::string& what) {
     g.y.fill_bytes(0xFF);
@@ -60,13 +71,17 @@ std::vector<uint16_t> run_and_check(Problem& g, int64_t max_rows, const cuda::Mo
     return moe_ref::expect_matches(g, what);
 }
 
-// Expert row counts around the 64-row tile (0, 1, 3, 17, 64, 65, 129, 300) in both orders: ascending, the big
-// experts' tail tiles reach back into the previous expert; descending, the 1-row expert's tile reads 63 rows of its
-// neighbour and the last expert is empty. x has no rows past P (x_slack 0): nothing may address them. n 384 leaves
-// the second 128-row weight half of the last n block past n (masked, its scales zero-filled).
+// Expert row counts around the 64-row tile and the boxed tiles' 64-row boxes (0, 1, 3, 17, 64, 65, 129, 255, 257,
+// 300, 400: one box, two, three, four, experts of two or three 192 / 256-row tiles with anchored tails) in
+// both orders: ascending, the big experts' tail tiles reach back into the previous expert; descending, the 1-row
+// expert's tile reads rows of its neighbour and the last expert is empty. x has no rows past P (x_slack 0): nothing
+// may address them. n 384 leaves the second 128-row weight half of the last n block past n (masked, its scales
+// zero-filled). Every variant must be bitwise equal to the default's output. K2_MOE_EDGE_BLOCK_M=<64|...|256> keeps
+// only that tile shape beside the default (for the compute-sanitizer run of the device script).
 TEST_F(MoePrefillGemm, EdgeRows) {
+    const int only_block_m = env_int("K2_MOE_EDGE_BLOCK_M", 0);
     std::mt19937 rng(71);
-    const std::vector<int> ascending = {0, 1, 3, 17, 64, 65, 129, 300};
+    const std::vector<int> ascending = {0, 1, 3, 17, 64, 65, 129, 255, 257, 300, 400};
     const std::vector<int> descending(ascending.rbegin(), ascending.rend());
     struct Shape {
         int64_t n;
@@ -78,19 +93,33 @@ TEST_F(MoePrefillGemm, EdgeRows) {
             const std::string what =
                 fmt::format("n {} k {} {}", s.n, s.k, rows == &ascending ? "ascending" : "descending");
             const auto first = run_and_check(g, max_rows_of(g.offsets), {}, what);
-            for (const int block_m : {64, 128}) {
+            for (const int block_m : {64, 128, 192, 256}) {
+                if (only_block_m != 0 && block_m != only_block_m)
+                    continue;
                 for (const int order : {1, 2}) {
                     for (const int grid : {0, 1, 5}) {
-                        run_and_check(g, 1, {grid, block_m, order, 1},
-                                      what + fmt::format(" block_m {} order {} grid {} (max_rows_per_expert 1: unused)",
-                                                         block_m, order, grid));
+                        const auto y = run_and_check(
+                            g, 1, {grid, block_m, order, 1},
+                            what + fmt::format(" block_m {} order {} grid {} (max_rows_per_expert 1: unused)", block_m,
+                                               order, grid));
+                        EXPECT_TRUE(y == first) << "block_m " << block_m << " order " << order << " grid " << grid
+                                                << ": not bitwise equal to the default";
                     }
                 }
             }
-            for (const int order : {1, 2}) {  // pairs of CTAs sharing the weight tile (odd tile counts: idle partner)
-                for (const int grid : {0, 2, 6}) {
-                    run_and_check(g, 1, {grid, 128, order, 2},
-                                  what + fmt::format(" cluster 2 order {} grid {}", order, grid));
+            // Pairs of CTAs sharing the weight tile (128: odd tile counts leave the partner idle) or the x tile (192,
+            // 256: n 384 has 3 n blocks, so the last pair's second CTA recomputes the last one and stores nothing).
+            for (const int block_m : {128, 192, 256}) {
+                if (only_block_m != 0 && block_m != only_block_m)
+                    continue;
+                for (const int order : {1, 2}) {
+                    for (const int grid : {0, 2, 6}) {
+                        const auto y = run_and_check(
+                            g, 1, {grid, block_m, order, 2},
+                            what + fmt::format(" block_m {} cluster 2 order {} grid {}", block_m, order, grid));
+                        EXPECT_TRUE(y == first) << "block_m " << block_m << " cluster 2 order " << order << " grid "
+                                                << grid << ": not bitwise equal to the default";
+                    }
                 }
             }
             const auto again = run_and_check(g, max_rows_of(g.offsets), {}, what + " repeat");
@@ -105,7 +134,9 @@ TEST_F(MoePrefillGemm, TinyP) {
     for (const auto& rows : {std::vector<int>{1}, std::vector<int>{1, 0, 3}, std::vector<int>{0, 0, 5, 0},
                              std::vector<int>{63, 1}, std::vector<int>{2, 62}}) {
         auto g = moe_ref::make_problem(rows, 256, 384, rng, 0);
-        for (const auto& [block_m, cluster] : {std::pair{64, 1}, std::pair{128, 1}, std::pair{128, 2}}) {
+        for (const auto& [block_m, cluster] :
+             {std::pair{64, 1}, std::pair{128, 1}, std::pair{128, 2}, std::pair{192, 1}, std::pair{192, 2},
+              std::pair{256, 1}, std::pair{256, 2}}) {
             run_and_check(g, 64, {0, block_m, 0, cluster},
                           fmt::format("P {} over {} experts, block_m {} cluster {}", g.num_rows(), rows.size(), block_m,
                                       cluster));
@@ -231,20 +262,30 @@ void check_kimi(int64_t n, int64_t k, int64_t tokens, std::mt19937& rng) {
     p.n = n;
     p.k = k;
     p.max_rows_per_expert = tokens;
-    for (const auto& [block_m, cluster] : {std::pair{128, 1}, std::pair{64, 1}, std::pair{128, 2}}) {
+    std::vector<uint16_t> first;  // [P + 1, n] of the first variant
+    for (const auto& [block_m, cluster] : {std::pair{128, 1}, std::pair{192, 1}, std::pair{192, 2}, std::pair{256, 1},
+                                           std::pair{256, 2}, std::pair{64, 1}, std::pair{128, 2}}) {
         SCOPED_TRACE(fmt::format("block_m {} cluster {}", block_m, cluster));
         y.fill_bytes(0xFF);
         cuda::launch_fp8_grouped_gemm_prefill_wgmma(p, nullptr, {0, block_m, 0, cluster});
         CUDA_CHECK(cudaDeviceSynchronize());
-        const auto yh = to_host<uint16_t>(y, static_cast<size_t>((num_rows + 1) * n));
+        auto yh = to_host<uint16_t>(y, static_cast<size_t>((num_rows + 1) * n));
         expect_kimi_rows(yh, rows, offsets, xh, xs, ws, mats, n, k, rng);
+        if (first.empty()) {
+            first = std::move(yh);
+        } else {
+            EXPECT_TRUE(yh == first) << "not bitwise equal to block_m 128";
+        }
     }
 }
 
+// K2_MOE_KIMI_GATE_UP_ONLY=1 skips down (for the profiler run of the device script).
 TEST_F(MoePrefillGemm, KimiK2Prefill8k) {
     std::mt19937 rng(73);
     check_kimi(4096, 7168, 8192, rng);  // gate_up
-    check_kimi(7168, 2048, 8192, rng);  // down
+    if (env_int("K2_MOE_KIMI_GATE_UP_ONLY", 0) != 1) {
+        check_kimi(7168, 2048, 8192, rng);  // down
+    }
 }
 
 // Validation before any launch (runs without a GPU: every case throws before CUDA is touched).
@@ -270,7 +311,8 @@ TEST(MoePrefillGemmValidation, RejectsBadParams) {
     for (const cuda::MoePrefillGemmOptions o :
          {cuda::MoePrefillGemmOptions{-1, 0, 0, 0}, cuda::MoePrefillGemmOptions{0, 96, 0, 0},
           cuda::MoePrefillGemmOptions{0, 0, 3, 0}, cuda::MoePrefillGemmOptions{0, 0, 0, 3},
-          cuda::MoePrefillGemmOptions{0, 64, 0, 2}, cuda::MoePrefillGemmOptions{5, 128, 0, 2}}) {
+          cuda::MoePrefillGemmOptions{0, 64, 0, 2}, cuda::MoePrefillGemmOptions{5, 128, 0, 2},
+          cuda::MoePrefillGemmOptions{3, 256, 0, 2}, cuda::MoePrefillGemmOptions{0, 512, 0, 0}}) {
         EXPECT_THROW(cuda::launch_fp8_grouped_gemm_prefill_wgmma(good, nullptr, o), Error)
             << "options " << o.grid << " " << o.block_m << " " << o.order << " " << o.cluster;
     }
@@ -282,6 +324,16 @@ TEST(MoePrefillGemmValidation, RejectsBadParams) {
     EXPECT_NO_THROW(cuda::launch_fp8_grouped_gemm_prefill_wgmma(none, nullptr));
 }
 
+// The model's tile choice by rows per expert (docs/perf/moe-prefill-gemm.md): 64-row tiles at a 2k prefill of
+// Kimi-K2 (~43 rows per expert), 256 x 128 tiles at 8k (~170), 128 x 256 tiles in between; no clusters.
+TEST(MoePrefillGemmValidation, OptionsByRowsPerExpert) {
+    EXPECT_EQ(cuda::moe_prefill_gemm_options(2048 * 8, 384).block_m, 64);
+    EXPECT_EQ(cuda::moe_prefill_gemm_options(8192 * 8, 384).block_m, 256);
+    EXPECT_EQ(cuda::moe_prefill_gemm_options(110 * 384, 384).block_m, 128);
+    EXPECT_EQ(cuda::moe_prefill_gemm_options(0, 0).block_m, 64);
+    EXPECT_EQ(cuda::moe_prefill_gemm_options(8192 * 8, 384).cluster, 0);
+}
+
 // ---- benchmark ----
 
 // Kimi-K2 expert weights (384 experts; random bytes copied from a 32 MB pattern), random routing of `tokens` x
@@ -289,7 +341,7 @@ TEST(MoePrefillGemmValidation, RejectsBadParams) {
 // rows of slack the lanes' padded cuBLASLt path needs).
 TEST_F(MoePrefillGemm, DISABLED_Perf) {
     constexpr int kExperts = 384;
-    // K2_MOE_PERF_QUICK=1: 8,192 tokens and the 128-row m-tile-major variants only (a short device call).
+    // K2_MOE_PERF_QUICK=1: the m-tile-major variants only, without the 128-row clusters (a short device call).
     const char* quick_env = std::getenv("K2_MOE_PERF_QUICK");
     const bool quick = quick_env != nullptr && std::string(quick_env) == "1";
     cudaStream_t stream = nullptr;
@@ -308,8 +360,6 @@ TEST_F(MoePrefillGemm, DISABLED_Perf) {
         const auto ws =
             to_device(random_uniform(static_cast<size_t>(kExperts * (n / 128) * (k / 128)), rng, 1e-4f, 4e-4f));
         for (const int64_t tokens : {8192, 2048}) {
-            if (quick && tokens != 8192)
-                continue;
             const auto rows = moe_ref::routed_rows(tokens, 8, kExperts, rng);
             std::vector<int32_t> off(kExperts + 1, 0);
             std::partial_sum(rows.begin(), rows.end(), off.begin() + 1);
@@ -334,12 +384,16 @@ TEST_F(MoePrefillGemm, DISABLED_Perf) {
             p.k = k;
             p.max_rows_per_expert = tokens;
             const double flops = 2.0 * static_cast<double>(num_rows) * n * k;
-            const double ours_us =
-                time_us([&](int, cudaStream_t s) { cuda::launch_fp8_grouped_gemm_prefill_wgmma(p, s); }, stream);
+            // "ours": the model's choice (moe_prefill_gemm_options by rows per expert).
+            const cuda::MoePrefillGemmOptions chosen = cuda::moe_prefill_gemm_options(num_rows, kExperts);
+            const double ours_us = time_us(
+                [&](int, cudaStream_t s) { cuda::launch_fp8_grouped_gemm_prefill_wgmma(p, s, chosen); }, stream);
             std::string variants;
-            for (const auto& [block_m, cluster] : {std::pair{64, 1}, std::pair{128, 1}, std::pair{128, 2}}) {
+            for (const auto& [block_m, cluster] :
+                 {std::pair{64, 1}, std::pair{128, 1}, std::pair{128, 2}, std::pair{192, 1}, std::pair{192, 2},
+                  std::pair{256, 1}, std::pair{256, 2}}) {
                 for (const int order : {1, 2}) {
-                    if (quick && (block_m != 128 || order != 1))
+                    if (quick && (order != 1 || (block_m == 128 && cluster == 2)))
                         continue;
                     const cuda::MoePrefillGemmOptions o{0, block_m, order, cluster};
                     const double us = time_us(

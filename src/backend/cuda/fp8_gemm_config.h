@@ -17,15 +17,19 @@ inline constexpr int64_t kCublasLtMinTokens = 16;
 // (docs/perf/kernels.md, "FP8 GEMM v5", H200, 2026-11-29, same-run cuBLASLt 13.0): every shape below 16 tokens
 // (1.0-2.0x cuBLASLt's 16-padded GEMM, faster than v1 on every Kimi-K2 shape but kv_b, where it ties); up to 32
 // tokens where k >= 2048 (1.09-1.89x; q_b k 1536 and kv_b k 512 are 0.92-0.95x: their few k blocks leave the
-// fixed ~3 us of launch and ring fill uncovered); up to 64 tokens for n <= 8192 (1.02-1.53x; dense gate_up n 18432
-// is 0.96x); up to 128 tokens for n <= 2560 (q_a+kv_a 1.19x: cuBLASLt fills only 17 column tiles there).
+// fixed ~3 us of launch and ring fill uncovered); up to 64 tokens for n <= 8192 and k >= 4096 (1.02-1.53x; dense
+// gate_up n 18432 is 0.96x; expert down k 2048 tied at 1.02x in session 4 and lost at 0.85x in session 8's run, so it
+// goes to cuBLASLt from 33 tokens); up to 128 tokens for n <= 2560 (q_a+kv_a 1.19x, 1.01x in session 8: cuBLASLt
+// fills only 17 column tiles there). Session 8 (kernels.md "Session 8: v5 at m 16-128", another H200) measured the
+// dense MLP (n or k 18432) behind cuBLASLt from 16 tokens (0.89-0.98x) where session 4 had it ahead (1.11-1.22x):
+// not moved on one disagreeing run.
 inline constexpr int64_t kWgmmaAutoMaxTokens = 128;
 inline constexpr bool prefer_wgmma(int64_t num_tokens, int64_t n, int64_t k) {
     if (num_tokens <= 0 || num_tokens > kWgmmaAutoMaxTokens || k % 128 != 0) return false;
     if (num_tokens < 16) return true;
     if (k < 2048) return false;
     if (num_tokens <= 32) return true;
-    if (num_tokens <= 64) return n <= 8192;
+    if (num_tokens <= 64) return n <= 8192 && k >= 4096;
     return n <= 2560;
 }
 

@@ -17,14 +17,17 @@ namespace k2::cuda {
 // Overrides for tests and the benchmark; 0 = the default.
 struct MoePrefillGemmOptions {
     int grid = 0;     // CTAs of the persistent launch (default: one per SM)
-    int block_m = 0;  // x rows per tile: 64 or 128 (default 128)
+    int block_m = 0;  // x rows per tile: 64, 128 (x 256 weight rows), 192 or 256 (x 128 weight rows)
     int order = 0;    // item order: 1 m-tile major, 2 expert major (default 1)
-    int cluster = 0;  // 1, or 2: pairs of CTAs share the weight tile by TMA multicast (block_m 128; default 1)
+    // 1, or 2: pairs of CTAs share by TMA multicast the weight tile (block_m 128: two m tiles of an expert) or the
+    // x tile (block_m 192 / 256: two n blocks of one m tile); default 1.
+    int cluster = 0;
 };
 
 // The tile shape measured best on the H200 for `num_rows` routed rows over `num_experts` experts
-// (docs/perf/moe-prefill-gemm.md): 128-row tiles from ~96 rows per expert on (an 8k prefill of Kimi-K2: ~170),
-// 64-row tiles below (2k: ~43, where both shapes stream the weights at about the copy rate).
+// (docs/perf/moe-prefill-gemm.md): 256 x 128 tiles from 128 rows per expert on (an 8k prefill of Kimi-K2: ~170;
+// session 8), 128 x 256 tiles from 96, 64 x 256 tiles below (2k: ~43, where they stream the weights at about the
+// copy rate). The thresholds between the two measured points (~43, ~170) are estimates from the tile counts.
 MoePrefillGemmOptions moe_prefill_gemm_options(int64_t num_rows, int num_experts);
 
 // Rows of x / y the kernel can address (the x tensor map's row count; P itself stays on the device).

@@ -9,12 +9,16 @@
 
 namespace k2::cuda::detail {
 
-inline constexpr int kMoePrefillBlockN = 256;  // weight rows per tile (two halves of 128)
+// Weight rows per tile of the 64 / 128-row tiles (two halves of 128).
+inline constexpr int kMoePrefillBlockN = 256;
+inline constexpr int kMoePrefillBoxedBlockN = 128;  // weight rows per tile of the boxed (192 / 256-row) tiles
+inline constexpr int kMoePrefillBoxRows = 64;       // x rows per TMA box of the boxed tiles
 
-// block_m: x rows per tile, 64 or 128; cluster: 1, or 2 (block_m 128 only: pairs of CTAs sharing the weight tile
-// by multicast); expert_major: the item order (kernels/moe_prefill_gemm.cuh); grid: CTAs of the persistent launch
-// (any count >= 1; a multiple of cluster). tmap_x: p.x as [rows bound, k] e4m3, box [block_m, 128]; tmap_w: p.w
-// as [num_experts * n, k] e4m3, box [256 / cluster, 128]; both with the 128B swizzle.
+// block_m: x rows per tile, 64, 128, 192 or 256; cluster: 1, or 2 (block_m >= 128: pairs of CTAs sharing by
+// multicast the weight tile (128) or the x tile (192 / 256)); expert_major: the item order
+// (kernels/moe_prefill_gemm.cuh); grid: CTAs of the persistent launch (any count >= 1; a multiple of cluster).
+// tmap_x: p.x as [rows bound, k] e4m3, box [block_m, 128] (192 / 256: [64, 128]); tmap_w: p.w as
+// [num_experts * n, k] e4m3, box [256 / cluster, 128] (192 / 256: [128, 128]); both with the 128B swizzle.
 cudaError_t launch_moe_prefill_gemm_kernel(const CUtensorMap& tmap_x, const CUtensorMap& tmap_w,
                                            const Fp8GroupedGemmParams& p, int block_m, int cluster, bool expert_major,
                                            int grid, cudaStream_t stream);

@@ -9,8 +9,11 @@
 // kStages-deep ring full: per stage one TMA of the kRows x 128 weight tile, one of the N x 128 activation tile (both
 // 128B-swizzled, completing on the stage's full mbarrier with expect_tx) and N + 1 scales by cp.async (arriving on the
 // same mbarrier). Split-K: a cluster of `splits` CTAs along grid y shares the k blocks; partial sums are reduced
-// through distributed shared memory (deterministic, no workspace). History and measurements: docs/perf/kernels.md ("FP8
-// GEMM v5").
+// through distributed shared memory (deterministic, no workspace). Session 8 added three knobs that change no result:
+// programmatic dependent launch (the first ring's weight tiles are in flight before griddepcontrol.wait, which guards
+// every read of x / the scales and every write of y), an L2 bulk prefetch of each weight row l2_ahead k blocks past
+// the ring, and TMA multicast of the activation tile to kMcast CTAs along n (measured: the last two lose; off by
+// default). History and measurements: docs/perf/kernels.md ("FP8 GEMM v5", "Session 8: v5 at m 16-128").
 #pragma once
 
 #include <cooperative_groups.h>
@@ -34,6 +37,45 @@ using sm90::mbar_wait;
 using sm90::smem_addr;
 using sm90::smem_desc_sw128;
 using sm90::tma_load_2d;
+
+// mbarrier.expect_tx without an arrival: raises the stage's transaction count before its weight TMA is issued ahead
+// of griddepcontrol.wait; the producer's plain arrive follows once the scales and the activation TMA are issued.
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
+    asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
+                 : "memory");
+}
+
+// Programmatic dependent launch: waits for the whole previous grid and its writes (returns at once when the kernel
+// was not launched as a programmatic dependent).
+__device__ __forceinline__ void grid_dependency_wait() {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+
+// Arrives on the mbarrier at bar's offset in the shared memory of cluster CTA `cta_rank` (release, cluster scope).
+__device__ __forceinline__ void mbar_arrive_cluster(uint64_t* bar, uint32_t cta_rank) {
+    asm volatile(
+        "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
+        "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(smem_addr(bar)),
+        "r"(cta_rank)
+        : "memory");
+}
+
+// TMA box into the shared memory of every cluster CTA in `mask` (same offset in each), completing on the mbarrier
+// at bar's offset in each of them.
+__device__ __forceinline__ void tma_load_2d_multicast(void* dst, const CUtensorMap* map, uint64_t* bar, int c0, int c1,
+                                                      uint16_t mask) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, "
+        "{%4, %5}], [%2], %3;" ::"r"(smem_addr(dst)),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "h"(mask), "r"(c0), "r"(c1)
+        : "memory");
+}
+
+// Lets a programmatic dependent of this grid start its launch (a no-op without one); it still waits for this whole
+// grid before reading what this grid writes.
+__device__ __forceinline__ void launch_dependents() {
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
 
 inline constexpr int kWgmmaMaxSplits = 8;  // a portable cluster
 
@@ -172,9 +214,12 @@ __device__ __forceinline__ void mma_k_block(float (&part)[kN / 2], const uint8_t
 // The consumer side of one warpgroup: for each k block, 4 wgmma k32 steps into a fresh partial sum, the wait,
 // the promotion into acc and the release of the stage. (Overlapping the next block's MMAs with the promotion, two
 // partial sums in flight, measured 0-5% slower: docs/perf/kernels.md.)
-template <int kN, int kConsumers>
+// kMcast > 1: the stage's activation tile came from every CTA of the multicast group (cluster ranks group_base ..
+// + kMcast - 1), so the stage is released to each of them (their producers write into ours).
+template <int kN, int kConsumers, int kMcast>
 __device__ __forceinline__ void consume(float (&acc)[kN / 2], uint8_t* smem, const float* scale_ring,
-                                        uint64_t* full_bar, uint64_t* empty_bar, int wg, int lane, int num_iters) {
+                                        uint64_t* full_bar, uint64_t* empty_bar, int wg, int lane, int num_iters,
+                                        int group_base) {
     using L = WgmmaLayout<kN, kConsumers>;
     float part[kN / 2];
 #pragma unroll
@@ -188,21 +233,27 @@ __device__ __forceinline__ void consume(float (&acc)[kN / 2], uint8_t* smem, con
         mma_k_block<kN>(part, w_tile, x_tile);
         promote<kN>(acc, part, scale_ring + s * L::kScaleFloats, lane % 4);
         __syncwarp();
-        if (lane == 0)
-            mbar_arrive(&empty_bar[s]);  // the warp's MMAs and scale reads of stage s are done
+        if constexpr (kMcast == 1) {
+            if (lane == 0)
+                mbar_arrive(&empty_bar[s]);  // the warp's MMAs and scale reads of stage s are done
+        } else if (lane < kMcast) {
+            mbar_arrive_cluster(&empty_bar[s], static_cast<uint32_t>(group_base + lane));
+        }
     }
 }
 
 // One CTA's share of the cluster's split-K sum: rows [kRows] x tokens of y, 4 rows per thread, summed over every
 // CTA's red buffer [kN, kRedStride] (distributed shared memory) and stored as bf16. (Loading every quad first and
 // storing after measured slower, up to 1.4x at 128 tokens: docs/perf/kernels.md.)
-template <int kN, int kConsumers>
+// The split-K peers are the cluster's CTAs of the same x (cluster [kMcast, splits]: linear rank x + kMcast * y).
+template <int kN, int kConsumers, int kMcast>
 __device__ __forceinline__ void reduce_store(const Fp8GemmParams& p, float* red, int n_tile) {
     namespace cg = cooperative_groups;
     using L = WgmmaLayout<kN, kConsumers>;
     cg::cluster_group cluster = cg::this_cluster();
-    const int num_ranks = static_cast<int>(cluster.num_blocks());
-    const int rank = static_cast<int>(cluster.block_rank());
+    const int num_ranks = static_cast<int>(cluster.dim_blocks().y);
+    const int rank = static_cast<int>(cluster.block_index().y);
+    const int mcast_rank = static_cast<int>(cluster.block_index().x);
     const int tokens = static_cast<int>(p.num_tokens < kN ? p.num_tokens : kN);
     const int num_quads = tokens * (L::kRows / 4);
     const int per_rank = (num_quads + num_ranks - 1) / num_ranks;
@@ -215,8 +266,8 @@ __device__ __forceinline__ void reduce_store(const Fp8GemmParams& p, float* red,
 #pragma unroll
         for (int q = 0; q < kWgmmaMaxSplits; ++q) {
             if (q < num_ranks) {
-                const float4 v =
-                    *reinterpret_cast<const float4*>(cluster.map_shared_rank(red, q) + token * L::kRedStride + row);
+                const float4 v = *reinterpret_cast<const float4*>(
+                    cluster.map_shared_rank(red, mcast_rank + kMcast * q) + token * L::kRedStride + row);
                 sum.x += v.x;
                 sum.y += v.y;
                 sum.z += v.z;
@@ -235,16 +286,106 @@ __device__ __forceinline__ void reduce_store(const Fp8GemmParams& p, float* red,
     }
 }
 
-// grid: [ceil(n / kRows), splits], cluster [1, splits], block kThreads. tmap_w: w [n, k] with box [kRows, 128];
-// tmap_x: x [num_tokens, k] (row stride x_stride) with box [kN, 128]; both 128B-swizzled, zero out-of-bounds fill.
-template <int kN, int kConsumers>
+// Bulk L2 prefetch of the CTA's weight rows for the 8 k blocks from `ahead` on (clamped to kb_end): one 1 KB run
+// per row, where the TMA boxes take one 128-byte line per row and stage. Rows past n are skipped (TMA zero-fills them).
+template <int kRows>
+__device__ __forceinline__ void prefetch_weight_rows(const Fp8GemmParams& p, int n_tile, int ahead, int kb_end,
+                                                     int lane) {
+    if (ahead >= kb_end)
+        return;
+    const uint32_t bytes = static_cast<uint32_t>(min(8, kb_end - ahead) * 128);
+    for (int r = lane; r < kRows; r += 32) {
+        const int64_t row = static_cast<int64_t>(n_tile) * kRows + r;
+        if (row < p.n)
+            sm90::prefetch_l2_bulk(p.w + row * p.k + static_cast<int64_t>(ahead) * 128, bytes);
+    }
+}
+
+// The producer warp: keeps the ring full. With pdl, the weight tiles of the first ring's worth of stages are issued
+// before griddepcontrol.wait (the weights never come from the previous kernel); their stages' transaction counts
+// (weights + activations) are raised first with mbar_expect_tx, and the plain arrive follows once the stage's scales
+// and activation tile are issued after the wait, so no phase can complete early. Later stages (every stage without
+// pdl): arrive.expect_tx, then both TMAs, as in session 4. l2_ahead > 0: every 8 k blocks, prefetch_weight_rows
+// l2_ahead blocks past the TMA issue. kMcast > 1: this CTA loads slice mcast_rank of the activation tile (kN / kMcast
+// token rows) into the same stage of every CTA of its group (cluster ranks group_base ..); the empty barrier it waits
+// on collects the consumers of the whole group, so every destination stage is free. A peer's slice may land before this
+// CTA's expect_tx (the transaction count goes negative for a while, as in CUTLASS's multicast pipelines; the pending
+// arrival keeps the phase open).
+template <int kN, int kConsumers, int kMcast>
+__device__ __forceinline__ void produce(const CUtensorMap& tmap_w, const CUtensorMap& tmap_x, const Fp8GemmParams& p,
+                                        uint8_t* smem, float* scale_ring, uint64_t* full_bar, uint64_t* empty_bar,
+                                        int n_tile, int kb_begin, int num_iters, int l2_ahead, bool pdl, int lane,
+                                        int mcast_rank, int group_base) {
+    using L = WgmmaLayout<kN, kConsumers>;
+    constexpr int kSliceRows = kN / kMcast;
+    const int num_kb = static_cast<int>(p.k / 128);
+    const int kb_end = kb_begin + num_iters;
+    const int num_pre = pdl ? min(num_iters, L::kStages) : 0;  // without pdl: session 4's order, stage by stage
+    const bool tile_valid = static_cast<int64_t>(n_tile) * L::kRows < p.n;  // false: a multicast group's padding
+    if (lane == 0) {
+        for (int i = 0; i < num_pre; ++i) {
+            mbar_expect_tx(&full_bar[i], L::kWTileBytes + L::kXTileBytes);
+            tma_load_2d(smem + i * L::kWTileBytes, &tmap_w, &full_bar[i], (kb_begin + i) * 128, n_tile * L::kRows);
+        }
+    }
+    if (l2_ahead > 0)
+        prefetch_weight_rows<L::kRows>(p, n_tile, kb_begin + l2_ahead, kb_end, lane);
+    if (pdl)
+        grid_dependency_wait();  // x and its scales may be the previous kernel's output
+    const float* w_scale = p.w_scale + (tile_valid ? static_cast<int64_t>(n_tile) * L::kRows / 128 * num_kb : 0);
+    for (int i = 0; i < num_iters; ++i) {
+        const int s = i % L::kStages;
+        const int kb = kb_begin + i;
+        if (l2_ahead > 0 && i > 0 && i % 8 == 0)
+            prefetch_weight_rows<L::kRows>(p, n_tile, kb + l2_ahead, kb_end, lane);
+        if (i >= L::kStages)
+            mbar_wait(&empty_bar[s], ((i / L::kStages) - 1) & 1);
+        // NOTE: compute-sanitizer racecheck flags these writes against promote()'s reads of the same stage; they
+        // are ordered by the stage's mbarriers (RAW: cp.async.mbarrier.arrive on full; WAR: the consumer warps'
+        // __syncwarp + arrive on empty, waited above), which racecheck may not model for cp.async.
+        float* scales = scale_ring + s * L::kScaleFloats;
+        for (int t = lane; t <= kN; t += 32) {
+            const bool valid = t == kN ? tile_valid : t < p.num_tokens;
+            const float* src =
+                t == kN ? w_scale + (valid ? kb : 0) : p.x_scale + (valid ? kb * p.x_scale_stride + t : 0);
+            cp_async4_zfill(scales + t, src, valid ? 4 : 0);
+        }
+        cp_async_mbar_arrive(&full_bar[s]);
+        __syncwarp();
+        if (lane == 0) {
+            if (i < num_pre) {
+                mbar_arrive(&full_bar[s]);  // its weight tile is already in flight
+            } else {
+                mbar_arrive_expect_tx(&full_bar[s], L::kWTileBytes + L::kXTileBytes);
+                tma_load_2d(smem + s * L::kWTileBytes, &tmap_w, &full_bar[s], kb * 128, n_tile * L::kRows);
+            }
+            uint8_t* x_tile = smem + L::kXOffset + s * L::kXTileBytes;
+            if constexpr (kMcast == 1) {
+                tma_load_2d(x_tile, &tmap_x, &full_bar[s], kb * 128, 0);
+            } else {
+                const uint16_t mask = static_cast<uint16_t>(((1u << kMcast) - 1u) << group_base);
+                tma_load_2d_multicast(x_tile + mcast_rank * kSliceRows * 128, &tmap_x, &full_bar[s], kb * 128,
+                                      mcast_rank * kSliceRows, mask);
+            }
+        }
+    }
+}
+
+// grid: [ceil(n / kRows) rounded up to kMcast, splits], cluster [kMcast, splits], block kThreads. tmap_w: w [n, k]
+// with box [kRows, 128]; tmap_x: x [num_tokens, k] (row stride x_stride) with box [kN / kMcast, 128]; both
+// 128B-swizzled, zero out-of-bounds fill. l2_ahead: the L2 prefetch distance in k blocks (0: none). pdl != 0: the
+// programmatic-dependent-launch side (weights issued before griddepcontrol.wait, dependents triggered at the start);
+// it must be set whenever the launch carries programmatic stream serialization, and may be set without it (a
+// diagnostic: the issue order alone). The result is the same bits for every pdl, l2_ahead and kMcast.
+template <int kN, int kConsumers, int kMcast>
 __global__ void __launch_bounds__(WgmmaLayout<kN, kConsumers>::kThreads, 1)
     fp8_gemm_wgmma_kernel(const __grid_constant__ CUtensorMap tmap_w, const __grid_constant__ CUtensorMap tmap_x,
-                          const __grid_constant__ Fp8GemmParams p, int kb_per_split) {
+                          const __grid_constant__ Fp8GemmParams p, int kb_per_split, int l2_ahead, int pdl) {
     using L = WgmmaLayout<kN, kConsumers>;
+    static_assert(kMcast == 1 || (kN / kMcast) % 8 == 0, "a multicast slice must be whole 8-row swizzle atoms");
     extern __shared__ uint8_t smem_raw[];
     __shared__ uint64_t full_bar[L::kStages];   // TMA bytes + cp.async scales landed
-    __shared__ uint64_t empty_bar[L::kStages];  // every consumer warp is done with the stage
+    __shared__ uint64_t empty_bar[L::kStages];  // every consumer warp (of the multicast group) is done with the stage
     uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
     float* scale_ring = reinterpret_cast<float*>(smem + L::kScaleOffset);  // [kStages, kScaleFloats]
 
@@ -255,19 +396,30 @@ __global__ void __launch_bounds__(WgmmaLayout<kN, kConsumers>::kThreads, 1)
     const int kb_end = min(num_kb, kb_begin + kb_per_split);
     const int num_iters = kb_end - kb_begin;  // >= 1: the launcher leaves no split empty
     const int n_tile = static_cast<int>(blockIdx.x);
+    const dim3 in_cluster = cooperative_groups::this_cluster().block_index();
+    const int mcast_rank = static_cast<int>(in_cluster.x);
+    const int group_base = static_cast<int>(in_cluster.y) * kMcast;  // linear cluster rank of (0, y)
 
     if (threadIdx.x == 0) {
 #pragma unroll
         for (int s = 0; s < L::kStages; ++s) {
             mbar_init(&full_bar[s], 1);
-            mbar_init(&empty_bar[s], 4 * kConsumers);
+            mbar_init(&empty_bar[s], 4 * kConsumers * kMcast);
         }
         sm90::fence_mbarrier_init();
         // The descriptors' first fetch overlaps the barrier setup instead of the first TMA.
         sm90::prefetch_tensormap(&tmap_w);
         sm90::prefetch_tensormap(&tmap_x);
     }
-    __syncthreads();
+    if constexpr (kMcast > 1) {
+        cooperative_groups::this_cluster().sync();  // the peers' barriers exist before anything is multicast
+    } else {
+        __syncthreads();
+    }
+    // Every CTA of this grid is resident once all have passed here, so a dependent's CTAs (launched with programmatic
+    // stream serialization) may take SMs as ours leave; they wait for this whole grid before reading its output.
+    if (pdl != 0)
+        launch_dependents();
 
     float acc[kN / 2];
 #pragma unroll
@@ -275,31 +427,13 @@ __global__ void __launch_bounds__(WgmmaLayout<kN, kConsumers>::kThreads, 1)
         acc[i] = 0.0f;
 
     if (warp == L::kProducerWarp) {
-        const float* w_scale = p.w_scale + static_cast<int64_t>(n_tile) * L::kRows / 128 * num_kb;
-        for (int i = 0; i < num_iters; ++i) {
-            const int s = i % L::kStages;
-            if (i >= L::kStages)
-                mbar_wait(&empty_bar[s], ((i / L::kStages) - 1) & 1);
-            const int kb = kb_begin + i;
-            // NOTE: compute-sanitizer racecheck flags these writes against promote()'s reads of the same stage;
-            // they are ordered by the stage's mbarriers (RAW: cp.async.mbarrier.arrive on full; WAR: the consumer
-            // warps' __syncwarp + arrive on empty, waited above), which racecheck may not model for cp.async.
-            float* scales = scale_ring + s * L::kScaleFloats;
-            for (int t = lane; t <= kN; t += 32) {
-                const bool valid = t == kN || t < p.num_tokens;
-                const float* src = t == kN ? w_scale + kb : p.x_scale + (valid ? kb * p.x_scale_stride + t : 0);
-                cp_async4_zfill(scales + t, src, valid ? 4 : 0);
-            }
-            cp_async_mbar_arrive(&full_bar[s]);
-            __syncwarp();
-            if (lane == 0) {
-                mbar_arrive_expect_tx(&full_bar[s], L::kWTileBytes + L::kXTileBytes);
-                tma_load_2d(smem + s * L::kWTileBytes, &tmap_w, &full_bar[s], kb * 128, n_tile * L::kRows);
-                tma_load_2d(smem + L::kXOffset + s * L::kXTileBytes, &tmap_x, &full_bar[s], kb * 128, 0);
-            }
-        }
+        produce<kN, kConsumers, kMcast>(tmap_w, tmap_x, p, smem, scale_ring, full_bar, empty_bar, n_tile, kb_begin,
+                                        num_iters, l2_ahead, pdl != 0, lane, mcast_rank, group_base);
     } else {
-        consume<kN, kConsumers>(acc, smem, scale_ring, full_bar, empty_bar, warp / 4, lane, num_iters);
+        if (pdl != 0)
+            grid_dependency_wait();  // y may still be read by the previous kernel
+        consume<kN, kConsumers, kMcast>(acc, smem, scale_ring, full_bar, empty_bar, warp / 4, lane, num_iters,
+                                        group_base);
     }
 
     // Partial sums -> red[token][row] (reusing the ring: every stage has been consumed).
@@ -317,7 +451,7 @@ __global__ void __launch_bounds__(WgmmaLayout<kN, kConsumers>::kThreads, 1)
         }
     }
     cooperative_groups::this_cluster().sync();
-    reduce_store<kN, kConsumers>(p, red, n_tile);
+    reduce_store<kN, kConsumers, kMcast>(p, red, n_tile);
     cooperative_groups::this_cluster().sync();  // nobody leaves while a peer still reads its shared memory
 }
 

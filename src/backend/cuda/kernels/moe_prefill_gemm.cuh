@@ -46,18 +46,26 @@
 
 namespace k2::cuda::kernels {
 
+// kBlockM 192 / 256 (moe_prefill_gemm_boxed.cuh): kBlockM rows x 128 weight rows, x loaded in 64-row boxes.
 template <int kBlockM>
 struct MoePrefillLayout {
-    static_assert(kBlockM == 64 || kBlockM == 128, "tile rows");
-    static constexpr int kBlockN = detail::kMoePrefillBlockN;  // weight rows per tile: two halves of 128
-    static constexpr int kHalves = kBlockM / 64;               // weight halves per consumer warpgroup
-    static constexpr int kAcc = 64 * kHalves;                  // accumulator floats per consumer thread
-    static constexpr int kProducerWarp = 8;
-    static constexpr int kThreads = kBlockM == 128 ? 384 : 288;  // 128: a whole producer warpgroup (setmaxnreg)
-    static constexpr int kXTileBytes = kBlockM * 128;            // [kBlockM rows, 128 k] e4m3
-    static constexpr int kWTileBytes = kBlockN * 128;            // [256 rows, 128 k] e4m3
-    static constexpr int kScaleFloats = kBlockM + 4;  // x scales [kBlockM], w scales of the halves at [kBlockM] + 0/1
-    static constexpr int kStages = kBlockM == 128 ? 4 : 5;  // 4 x 48 KB or 5 x 40 KB
+    static_assert(kBlockM == 64 || kBlockM == 128 || kBlockM == 192 || kBlockM == 256, "tile rows");
+    static constexpr bool kBoxed = kBlockM >= 192;
+    // Weight rows per tile: two halves of 128 (64 / 128), one block of 128 (boxed).
+    static constexpr int kBlockN = kBoxed ? 128 : detail::kMoePrefillBlockN;
+    static constexpr int kAcc = kBlockM == 64 || kBlockM == 192 ? 64 : 128;  // accumulator floats per consumer thread
+    static constexpr int kProducerWarp = kBlockM == 192 ? 12 : 8;            // = the consumer warps (3 or 2 warpgroups)
+    // 64: a producer warp; else a whole producer warpgroup (setmaxnreg).
+    static constexpr int kThreads = kBlockM == 64 ? 288 : 32 * kProducerWarp + 128;
+    // setmaxnreg of the producer / consumer warpgroups without and with clusters (128 / boxed tiles), filling the
+    // 64K registers; the multicast producer needs more to run without spills.
+    static constexpr int kProducerRegs[2] = {kBlockM == 192 ? 32 : 40, 72};
+    static constexpr int kConsumerRegs[2] = {kBlockM == 192 ? 160 : 232, kBlockM == 192 ? 144 : 216};
+    static constexpr int kXTileBytes = kBlockM * 128;  // [kBlockM rows, 128 k] e4m3
+    static constexpr int kWTileBytes = kBlockN * 128;  // [kBlockN rows, 128 k] e4m3
+    // x scales [kBlockM], then the weight scales (of the halves at [kBlockM] + 0/1; of the block at [kBlockM]).
+    static constexpr int kScaleFloats = kBlockM + 4;
+    static constexpr int kStages = kBlockM == 64 || kBlockM == 192 ? 5 : 4;  // 5 x 40 KB or 4 x 48 KB
     static constexpr int kWOffset = kStages * kXTileBytes;
     static constexpr int kScaleOffset = kWOffset + kStages * kWTileBytes;
     static constexpr int kSmemBytes = kScaleOffset + kStages * kScaleFloats * 4 + 1024;  // + alignment slack
@@ -107,8 +115,8 @@ __device__ __forceinline__ PrefillTile decode_prefill_tile(const MoeSchedule& sc
 
 // TMA with multicast: the box lands at the same shared-memory offset in every CTA of cta_mask and completes on
 // the mbarrier at bar's offset in each.
-__device__ __forceinline__ void tma_load_2d_multicast(void* dst, const CUtensorMap* map, uint64_t* bar, int c0, int c1,
-                                                      uint16_t cta_mask) {
+__device__ __forceinline__ void prefill_tma_load_multicast(void* dst, const CUtensorMap* map, uint64_t* bar, int c0,
+                                                           int c1, uint16_t cta_mask) {
     asm volatile(
         "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
         " [%0], [%1, {%3, %4}], [%2], %5;" ::"r"(sm90::smem_addr(dst)),
@@ -117,7 +125,7 @@ __device__ __forceinline__ void tma_load_2d_multicast(void* dst, const CUtensorM
 }
 
 // Arrives on the mbarrier at bar's offset in CTA `cta` of the cluster.
-__device__ __forceinline__ void mbar_arrive_remote(uint64_t* bar, uint32_t cta) {
+__device__ __forceinline__ void prefill_mbar_arrive_remote(uint64_t* bar, uint32_t cta) {
     uint32_t remote = 0;
     asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(sm90::smem_addr(bar)), "r"(cta));
     asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
@@ -171,8 +179,8 @@ __device__ __forceinline__ void prefill_produce(const Fp8GroupedGemmParams& p, c
                 uint8_t* w_tile = smem + L::kWOffset + s * L::kWTileBytes;
                 if constexpr (kCluster == 2) {
                     // This CTA's 128-row half of the weight tile into both CTAs (same offsets, both full barriers).
-                    tma_load_2d_multicast(w_tile + rank * 128 * 128, tmap_w, &full_bar[s], kb * 128, w_row + rank * 128,
-                                          0x3);
+                    prefill_tma_load_multicast(w_tile + rank * 128 * 128, tmap_w, &full_bar[s], kb * 128,
+                                               w_row + rank * 128, 0x3);
                 } else {
                     sm90::tma_load_2d(w_tile, tmap_w, &full_bar[s], kb * 128, w_row);
                 }
@@ -199,14 +207,11 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     return reinterpret_cast<const uint32_t&>(v);
 }
 
-// Weight half `half` (accumulators acc[64 kH ...]) of the rows box_row and box_row + 8 into y [P, n].
+// 128 columns [col0, col0 + 128) (accumulators acc[64 kH ...]) of the box rows box_row and box_row + 8 into
+// y [P, n]; rows outside the tile's own range are skipped.
 template <int kH, int kAcc>
-__device__ __forceinline__ void prefill_store_half(const Fp8GroupedGemmParams& p, const PrefillTile& t,
-                                                   const float (&acc)[kAcc], int half, int box_row, int quad_lane) {
-    const int64_t col0 = static_cast<int64_t>(t.n_block) * 256 + half * 128;
-    if (col0 >= p.n) {
-        return;  // the second half of the last block where n % 256 == 128
-    }
+__device__ __forceinline__ void prefill_store_cols(const Fp8GroupedGemmParams& p, const PrefillTile& t,
+                                                   const float (&acc)[kAcc], int64_t col0, int box_row, int quad_lane) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const int row = t.row0 + box_row + 8 * h;
@@ -220,6 +225,17 @@ __device__ __forceinline__ void prefill_store_half(const Fp8GroupedGemmParams& p
                 pack_bf16x2(acc[64 * kH + 4 * j + 2 * h], acc[64 * kH + 4 * j + 2 * h + 1]);
         }
     }
+}
+
+// Weight half `half` (accumulators acc[64 kH ...]) of the rows box_row and box_row + 8 into y [P, n].
+template <int kH, int kAcc>
+__device__ __forceinline__ void prefill_store_half(const Fp8GroupedGemmParams& p, const PrefillTile& t,
+                                                   const float (&acc)[kAcc], int half, int box_row, int quad_lane) {
+    const int64_t col0 = static_cast<int64_t>(t.n_block) * 256 + half * 128;
+    if (col0 >= p.n) {
+        return;  // the second half of the last block where n % 256 == 128
+    }
+    prefill_store_cols<kH>(p, t, acc, col0, box_row, quad_lane);
 }
 
 // 4 wgmma k32 steps of one weight half into part (a fresh partial sum), then the wait.
@@ -284,7 +300,8 @@ __device__ __forceinline__ void prefill_consume(const Fp8GroupedGemmParams& p, c
             if (lane == 0) {
                 sm90::mbar_arrive(&empty_bar[s]);  // this warp's MMAs and scale reads of stage s are done
                 if constexpr (kCluster == 2) {
-                    mbar_arrive_remote(&empty_bar[s], static_cast<uint32_t>(rank ^ 1));  // the peer multicasts into it
+                    prefill_mbar_arrive_remote(&empty_bar[s],
+                                               static_cast<uint32_t>(rank ^ 1));  // the peer multicasts into it
                 }
             }
         }
@@ -322,6 +339,7 @@ template <int kBlockM, int kCluster>
 __global__ void __launch_bounds__(MoePrefillLayout<kBlockM>::kThreads, 1)
     moe_prefill_gemm_kernel(const __grid_constant__ CUtensorMap tmap_x, const __grid_constant__ CUtensorMap tmap_w,
                             const __grid_constant__ Fp8GroupedGemmParams p, int expert_major) {
+    static_assert(kBlockM <= 128, "the boxed tiles are moe_prefill_gemm_boxed_kernel");
     static_assert(kCluster == 1 || (kCluster == 2 && kBlockM == 128), "clusters of 2 with 128-row tiles only");
     using L = MoePrefillLayout<kBlockM>;
     extern __shared__ uint8_t smem_raw[];
@@ -358,7 +376,7 @@ __global__ void __launch_bounds__(MoePrefillLayout<kBlockM>::kThreads, 1)
         if constexpr (kBlockM == 128) {
             // The whole producer warpgroup; warps 9-11 only give their registers back. (The multicast producer needs
             // 72 to run without spills: 128 x 72 + 256 x 216 fits the 64K registers.)
-            setmaxnreg_dec<kCluster == 2 ? 72 : 40>();
+            setmaxnreg_dec<L::kProducerRegs[kCluster - 1]>();
         }
         if (warp == L::kProducerWarp) {
             prefill_produce<kBlockM, kCluster>(p, &tmap_x, &tmap_w, sc, smem, full_bar, empty_bar, total_items,
@@ -369,7 +387,7 @@ __global__ void __launch_bounds__(MoePrefillLayout<kBlockM>::kThreads, 1)
         }
     } else {
         if constexpr (kBlockM == 128) {
-            setmaxnreg_inc<kCluster == 2 ? 216 : 232>();
+            setmaxnreg_inc<L::kConsumerRegs[kCluster - 1]>();
         }
         prefill_consume<kBlockM, kCluster>(p, sc, smem, full_bar, empty_bar, total_items, expert_major != 0, rank,
                                            warp / 4, warp % 4, lane);
