@@ -11,8 +11,9 @@
 #           `k2 bench step` -dp 2 --enable-expert-parallel with graphs and with --enforce-eager (session 5's path) and
 #           one GPU, then the seed's serve workloads against -dp 2 --enable-expert-parallel with graphs and eager, all
 #           in the same run
-#   final:  the model tests, the op tests, the 3- and 2-layer graph steps at batch 16, 3 layers eager with per-layer
-#           events, and the seed's serve workloads
+#   final:  the model tests (also with the FP8 GEMM's programmatic dependent launch, K2_WGMMA_PDL=1), every packed op
+#           test, the 3- and 2-layer graph steps at batch 16 without and with K2_WGMMA_PDL=1, 3 layers eager with
+#           per-layer events, and the seed's serve workloads
 # Logs come back as $OUT/logs.tar.gz (one file: a device call returns only a few files).
 set -u
 source "$(dirname "$0")/lib_device.sh"
@@ -28,6 +29,30 @@ step_batch() {  # name, batch, flags...: step() at another batch size
   timeout 300 $b/k2 bench step $m --batch "$batch" --context 8192 --prefill-tokens 8192 --prefill-runs 1 \
     --output-json "$o/step_$name.json" "$@" >"$o/step_$name.log" 2>&1
   echo "step $name: $(tail -n 2 "$o/step_$name.log" | tr '\n' ' ')"
+}
+# test_sampling under compute-sanitizer (its small-vocabulary cases: both paths of the top-k / top-p / min-p kernel,
+# ties, -inf, Skip rows), its benchmark (1 / 16 / 64 rows x 163,840 against the host sampler), then one streamed chat
+# request with top_k / top_p / min_p against the GPU server (rows sampled by that kernel end to end).
+sampling_checks() {
+  local tool
+  for tool in memcheck racecheck; do
+    timeout 120 compute-sanitizer --tool $tool --error-exitcode 9 $b/test_sampling --gtest_brief=1 \
+      --gtest_filter='*EdgeVocabs*:*Ties*:*MixWithOtherModes*' >"$o/sanitize_${tool}_test_sampling.log" 2>&1
+    echo "compute-sanitizer $tool test_sampling: rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' \
+      "$o/sanitize_${tool}_test_sampling.log" | tr '\n' ' ')"
+  done
+  timeout 60 $b/test_sampling --gtest_also_run_disabled_tests --gtest_filter='*PerfFiltered*' >"$o/perf_sampling.log" 2>&1
+  echo "perf_sampling rc $?"
+  grep -vE "^\[|^$|Note: Google|Running main" "$o/perf_sampling.log"
+  $b/k2 serve $m --device cuda --port 8014 --max-model-len 4096 --disable-log-requests >"$o/serve_filtered.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 240); do curl -sf localhost:8014/health >/dev/null 2>&1 && break; sleep 1; done
+  curl -s localhost:8014/v1/completions -H 'Content-Type: application/json' -d "{\"model\": \"$m\", \"prompt\": \"a b c\",
+    \"max_tokens\": 16, \"temperature\": 0.7, \"top_p\": 0.9, \"top_k\": 50, \"min_p\": 0.05, \"seed\": 7}" \
+    >"$o/filtered_completion.json"
+  echo "filtered completion: $(head -c 400 "$o/filtered_completion.json")"
+  kill -TERM $pid
+  wait $pid 2>/dev/null
 }
 for mode in ${MODES:-check small}; do
   case $mode in
@@ -60,13 +85,18 @@ for mode in ${MODES:-check small}; do
       ;;
     final)
       run_test test_cuda_model '*'
-      run_test test_cuda_model_parallel '*'
+      K2_WGMMA_PDL=1 run_test test_cuda_model '*'
+      mv "$o/test_cuda_model.log" "$o/test_cuda_model_pdl.log"
+      run_test test_cuda_model '*'
       run_op_tests
       synth
       step tp1 --decode-steps 20
       step tp1_l2 --layers 2 --decode-steps 20
+      K2_WGMMA_PDL=1 step tp1_pdl --decode-steps 20
+      K2_WGMMA_PDL=1 step tp1_l2_pdl --layers 2 --decode-steps 20
       step tp1_eager --enforce-eager --profile-layers --decode-steps 10
       serve_and_bench tp1 $m
+      sampling_checks
       ;;
   esac
 done

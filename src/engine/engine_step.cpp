@@ -1,5 +1,6 @@
 // One engine step (Engine::Impl, engine_impl.h): the synchronous step, the --async-scheduling pipeline (schedule
 // and build step k+1 while step k runs) and the per-sequence sampling and output work both share.
+#include <algorithm>
 #include <exception>
 #include <optional>
 #include <span>
@@ -183,9 +184,14 @@ void Engine::Impl::plan_device_sampling(const SchedulerOutput& output, BuiltBatc
         Request& request = *output.seqs[idx].request;
         DeviceSampleRow& row = built.batch.device_sampling[static_cast<size_t>(sample_row)];
         row.mode = device_row_sampling(request.params);
-        if (row.mode == RowSampling::Temperature) {
-            row.inv_temperature = static_cast<float>(1.0 / request.params.temperature);  // as the host sampler
+        if (row.mode == RowSampling::Temperature || row.mode == RowSampling::Filtered) {
+            const SamplingParams& params = request.params;
+            row.inv_temperature = static_cast<float>(1.0 / params.temperature);  // as the host sampler
             row.uniform = draw_uniform(request.rng);
+            row.temperature = std::max(params.temperature, kGreedyTemperature);  // the host softmax's divisor
+            row.top_p = params.top_p;
+            row.min_p = params.min_p;
+            row.top_k = params.top_k;
         }
     }
 }

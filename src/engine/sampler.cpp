@@ -155,7 +155,7 @@ RowSampling device_row_sampling(const SamplingParams& params) {
     if (params.temperature < kGreedyTemperature)
         return RowSampling::Greedy;
     const bool plain = params.min_p <= 0.0 && params.top_p >= 1.0 && params.top_k <= 0;
-    return plain ? RowSampling::Temperature : RowSampling::Host;
+    return plain ? RowSampling::Temperature : RowSampling::Filtered;
 }
 
 void apply_penalties(std::span<float> logits, const SamplingParams& params, std::span<const int32_t> prompt_ids,
@@ -208,7 +208,10 @@ std::vector<double> sampling_distribution(std::span<const float> logits, const S
 }
 
 int32_t draw_token(std::span<const double> probs, std::mt19937_64& rng) {
-    const double u = draw_uniform(rng);
+    return draw_token_at(probs, draw_uniform(rng));
+}
+
+int32_t draw_token_at(std::span<const double> probs, double u) {
     double cumulative = 0.0;
     int32_t last_nonzero = 0;
     for (size_t i = 0; i < probs.size(); ++i) {
@@ -220,6 +223,13 @@ int32_t draw_token(std::span<const double> probs, std::mt19937_64& rng) {
             return last_nonzero;
     }
     return last_nonzero;  // rounding left u above the total
+}
+
+int32_t draw_sampled(std::span<const float> logits, const SamplingParams& params, double uniform) {
+    const bool plain = params.min_p <= 0.0 && params.top_p >= 1.0 &&
+                       (params.top_k <= 0 || static_cast<size_t>(params.top_k) >= logits.size());
+    return plain ? draw_with_temperature(logits, static_cast<float>(1.0 / params.temperature), uniform)
+                 : draw_token_at(sampling_distribution(logits, params), uniform);
 }
 
 TokenLogprobs compute_logprobs(std::span<const float> logits, int32_t token_id, int num_top) {
@@ -281,11 +291,7 @@ SampleResult sample_token(std::span<const float> logits, const SampleContext& co
         result.token_id = greedy_token(processed);
     } else {
         K2_CHECK(context.rng != nullptr, "a sampled request needs a generator");
-        const bool plain = params.min_p <= 0.0 && params.top_p >= 1.0 &&
-                           (params.top_k <= 0 || static_cast<size_t>(params.top_k) >= processed.size());
-        result.token_id = plain ? draw_with_temperature(processed, static_cast<float>(1.0 / params.temperature),
-                                                        draw_uniform(*context.rng))
-                                : draw_token(sampling_distribution(processed, params), *context.rng);
+        result.token_id = draw_sampled(processed, params, draw_uniform(*context.rng));
     }
     if (params.logprobs.has_value())
         result.logprobs = compute_logprobs(logits, result.token_id, *params.logprobs);

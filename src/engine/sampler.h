@@ -32,6 +32,13 @@ std::vector<double> sampling_distribution(std::span<const float> logits, const S
 // Inverse-CDF draw from a (normalized) distribution.
 int32_t draw_token(std::span<const double> probs, std::mt19937_64& rng);
 
+// The same at a given uniform in [0, 1): the first token whose cumulative probability exceeds it.
+int32_t draw_token_at(std::span<const double> probs, double uniform);
+
+// sample_token's draw for a non-greedy request whose logits it does not change, at `uniform`: draw_with_temperature
+// when no min-p / top-k / top-p applies, else draw_token_at(sampling_distribution(...)). [vocab_size]
+int32_t draw_sampled(std::span<const float> logits, const SamplingParams& params, double uniform);
+
 // The one uniform in [0, 1) a draw takes from the request's generator.
 double draw_uniform(std::mt19937_64& rng);
 
@@ -43,9 +50,9 @@ int32_t greedy_token(std::span<const float> logits);
 // (backend/cuda/sampling.h) weighs every token with the same bits (core/fast_exp.h). [vocab_size]
 int32_t draw_with_temperature(std::span<const float> logits, float inv_temperature, double uniform);
 
-// Where a request's tokens can be sampled when the model samples on its device (Model::samples_on_device): greedy
-// and plain temperature draws there, everything that reads or changes the logits on the host (penalties,
-// logit_bias, min_tokens, logprobs, top-k / top-p / min-p).
+// Where a request's tokens can be sampled when the model samples on its device (Model::samples_on_device): greedy,
+// plain temperature and top-k / top-p / min-p draws there, everything that reads or changes the logits on the host
+// (penalties, logit_bias, min_tokens, logprobs).
 RowSampling device_row_sampling(const SamplingParams& params);
 
 // log_softmax of `logits` at `token_id` (with its rank) plus the `num_top` most likely tokens, highest first.

@@ -91,14 +91,23 @@ public:
             mode_counts[static_cast<size_t>(row.mode)] += 1;
             if (row.mode == RowSampling::Host)
                 continue;
-            m_tokens[r] = row.mode == RowSampling::Greedy
-                              ? greedy_token(values)
-                              : draw_with_temperature(values, row.inv_temperature, row.uniform);
+            if (row.mode == RowSampling::Filtered) {  // what the CUDA sampler receives of the request's params
+                SamplingParams params;
+                params.temperature = row.temperature;
+                params.top_k = row.top_k;
+                params.top_p = row.top_p;
+                params.min_p = row.min_p;
+                m_tokens[r] = draw_sampled(values, params, row.uniform);
+            } else {
+                m_tokens[r] = row.mode == RowSampling::Greedy
+                                  ? greedy_token(values)
+                                  : draw_with_temperature(values, row.inv_temperature, row.uniform);
+            }
             std::fill(values.begin(), values.end(), std::numeric_limits<float>::quiet_NaN());
         }
         return logits;
     }
-    std::array<int, 3> mode_counts{};  // rows seen per RowSampling
+    std::array<int, 4> mode_counts{};  // rows seen per RowSampling
 
 private:
     std::unique_ptr<Model> m_inner;
@@ -542,9 +551,9 @@ TEST(EngineAsyncScheduler, PlaceholderRowIsPatchedWithTheSampledToken) {
     EXPECT_TRUE(scheduler.schedule().empty());
 }
 
-// Sampling on the model's device: greedy and plain temperature rows (seeded or not) take the device's tokens with
-// uniforms the engine drew when it built the step, everything else stays on the host; the results must be the
-// host-only engine's, token for token, with and without --async-scheduling and under preemption.
+// Sampling on the model's device: greedy, plain temperature and top-k / top-p / min-p rows (seeded or not) take the
+// device's tokens with uniforms the engine drew when it built the step, everything else stays on the host; the
+// results must be the host-only engine's, token for token, with and without --async-scheduling and under preemption.
 TEST(EngineDeviceSampling, SameTokensAsHostSampling) {
     Workload workload = mixed_workload(40);
     for (size_t i = 0; i < workload.requests.size(); ++i) {
@@ -553,6 +562,11 @@ TEST(EngineDeviceSampling, SameTokensAsHostSampling) {
             params.logprobs.reset();  // seeded plain temperature 1.0: now device-sampled
         if (i % 10 == 4)
             params.prompt_logprobs.reset();  // seeded temperature 1.3, half of them
+        // Temperature 0.7, top-k 8: all three filters on half of them.
+        if (i % 10 == 7) {
+            params.top_p = 0.9;
+            params.min_p = 0.05;
+        }
     }
     for (const EngineConfig& config :
          {EngineConfig{.max_num_batched_tokens = 96, .num_kv_blocks = 64},
@@ -566,6 +580,7 @@ TEST(EngineDeviceSampling, SameTokensAsHostSampling) {
             expect_greedy_matches_reference(workload, device);
             EXPECT_GT(model->mode_counts[static_cast<size_t>(RowSampling::Greedy)], 100) << "async " << async;
             EXPECT_GT(model->mode_counts[static_cast<size_t>(RowSampling::Temperature)], 100) << "async " << async;
+            EXPECT_GT(model->mode_counts[static_cast<size_t>(RowSampling::Filtered)], 100) << "async " << async;
             EXPECT_GT(model->mode_counts[static_cast<size_t>(RowSampling::Host)], 100) << "async " << async;
         }
     }
@@ -578,13 +593,14 @@ TEST(EngineDeviceSampling, RowModesFollowTheSamplingParams) {
     params.temperature = 0.8;
     EXPECT_EQ(device_row_sampling(params), RowSampling::Temperature);
     using Change = std::function<void(SamplingParams&)>;
-    // Filters of the distribution: host for a draw, nothing to a greedy pick (argmax ignores them, as on the host).
+    // Filters of the distribution: a filtered device draw, nothing to a greedy pick (argmax ignores them, as on the
+    // host).
     for (const Change& change :
          std::vector<Change>{[](SamplingParams& p) { p.top_k = 5; }, [](SamplingParams& p) { p.top_p = 0.9; },
                              [](SamplingParams& p) { p.min_p = 0.1; }}) {
         SamplingParams changed = params;
         change(changed);
-        EXPECT_EQ(device_row_sampling(changed), RowSampling::Host);
+        EXPECT_EQ(device_row_sampling(changed), RowSampling::Filtered);
         changed.temperature = 0.0;
         EXPECT_EQ(device_row_sampling(changed), RowSampling::Greedy);
     }

@@ -20,6 +20,7 @@ void launch_sample_rows(const SampleRowsParams& p, cudaStream_t stream) {
     K2_CHECK(p.logits != nullptr && p.mode != nullptr && p.inv_temperature != nullptr && p.uniform != nullptr &&
                  p.tokens != nullptr,
              "sample_rows: null logits, mode, inv_temperature, uniform or tokens");
+    // NOTE: a null filter is allowed (callers without Filtered rows); the kernel skips a Filtered row without one.
     CUDA_CHECK(detail::launch_sample_rows_kernel(p, stream));
 }
 

@@ -1,7 +1,8 @@
 // DeviceSampler: the CUDA model's side of sampling on the GPU (ForwardBatch::device_sampling). Per step it uploads
-// the rows' modes, temperatures and uniforms, samples each logits pass's rows on the stream right after the
-// lm_head (backend/cuda/sampling.h), and downloads only their tokens; rows marked Host still have their logits
-// downloaded by the model. The tokens reach the host with the step (collect() synchronizes the stream).
+// the rows' modes, temperatures, filters (top-k / top-p / min-p) and uniforms, samples each logits pass's rows on the
+// stream right after the lm_head (backend/cuda/sampling.h), and downloads only their tokens; rows marked Host still
+// have their logits downloaded by the model. The tokens reach the host with the step (collect() synchronizes the
+// stream).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -33,7 +34,7 @@ public:
 private:
     std::vector<int32_t> m_modes;    // [rows] cuda::SampleMode of the step
     std::vector<uint8_t> m_staging;  // the step's rows packed for one upload (begin_step)
-    cuda::DeviceBuffer m_d_rows;     // [rows] f64 uniforms, [rows] f32 inverse temperatures, [rows] i32 modes
+    cuda::DeviceBuffer m_d_rows;     // [rows] filters, f64 uniforms, f32 inverse temperatures, i32 modes
     cuda::DeviceBuffer m_d_tokens;
     std::shared_ptr<int32_t> m_host_tokens;  // [capacity] pinned: the download target
     int64_t m_host_capacity = 0;

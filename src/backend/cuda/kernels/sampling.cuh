@@ -1,13 +1,15 @@
 // Kernel of sampling.h: one CTA of 1024 threads per row. Pass 1 (coalesced): the largest logit and its first index
-// (greedy rows end here). Pass 2: each thread weighs a contiguous chunk of the vocabulary (draw_weight, the host
-// sampler's bits) and sums it in float; a block scan of the chunk sums in double gives each chunk's start on the CDF;
-// the thread whose chunk holds target = uniform * total walks it token by token (and past it, should its rounded
-// sum fall short, as the host walk does).
+// (greedy rows end here). Temperature rows: each thread weighs a contiguous chunk of the vocabulary (draw_weight, the
+// host sampler's bits) and sums it in float; a block scan of the chunk sums in double gives each chunk's start on the
+// CDF; the thread whose chunk holds target = uniform * total walks it token by token (and past it, should its rounded
+// sum fall short, as the host walk does). Filtered rows without an active filter are drawn here as temperature rows
+// (as the host sampler does); the others are kernels/sampling_filter.cuh's.
 #pragma once
 
 #include <climits>
 #include <cstdint>
 
+#include "backend/cuda/kernels/sampling_filter.cuh"
 #include "backend/cuda/sampling.h"
 #include "core/fast_exp.h"
 
@@ -89,11 +91,15 @@ __global__ void __launch_bounds__(kSampleThreads) sample_rows_kernel(const __gri
     __shared__ int walker;
     const int64_t row = blockIdx.x;
     const auto mode = static_cast<SampleMode>(p.mode[row]);
-    if (mode != SampleMode::Greedy && mode != SampleMode::Temperature) {
+    const bool filtered = mode == SampleMode::Filtered && p.filter != nullptr;
+    if (mode != SampleMode::Greedy && mode != SampleMode::Temperature && !filtered) {
         return;  // the host samples this row
     }
-    const float* x = p.logits + row * p.stride;  // [vocab]
     const int vocab = static_cast<int>(p.vocab);
+    if (filtered && filter_active(p.filter[row], vocab)) {
+        return;  // sample_filtered_rows_kernel's row
+    }
+    const float* x = p.logits + row * p.stride;  // [vocab]
     const ArgMax best = row_argmax(x, vocab, warp_best);
     if (mode == SampleMode::Greedy) {
         if (threadIdx.x == 0) {
