@@ -11,9 +11,11 @@
 #           `k2 bench step` -dp 2 --enable-expert-parallel with graphs and with --enforce-eager (session 5's path) and
 #           one GPU, then the seed's serve workloads against -dp 2 --enable-expert-parallel with graphs and eager, all
 #           in the same run
+#   confirm: the sampling benchmark, the 3-layer graph step twice more without and with K2_WGMMA_PDL=1, and the
+#           seed's serve workloads with K2_WGMMA_PDL=1 (final's serve run is the default's)
 #   final:  the model tests (also with the FP8 GEMM's programmatic dependent launch, K2_WGMMA_PDL=1), every packed op
-#           test, the 3- and 2-layer graph steps at batch 16 without and with K2_WGMMA_PDL=1, 3 layers eager with
-#           per-layer events, and the seed's serve workloads
+#           test, the 3-layer graph step at batch 16 without and with K2_WGMMA_PDL=1, 3 layers eager with per-layer
+#           events, sampling_checks, and the seed's serve workloads
 # Logs come back as $OUT/logs.tar.gz (one file: a device call returns only a few files).
 set -u
 source "$(dirname "$0")/lib_device.sh"
@@ -83,20 +85,34 @@ for mode in ${MODES:-check small}; do
       serve_and_bench dp2_ep $m -dp 2 --enable-expert-parallel
       serve_and_bench dp2_ep_eager $m -dp 2 --enable-expert-parallel --enforce-eager
       ;;
-    final)
+    confirm)  # after final: the sampling benchmark, then the PDL A/B twice more and the serve workloads with PDL
+      timeout 60 $b/test_sampling --gtest_also_run_disabled_tests --gtest_filter='*PerfFiltered*' \
+        >"$o/perf_sampling.log" 2>&1
+      echo "perf_sampling rc $?"
+      grep -vE "^\[|^$|Note: Google|Running main" "$o/perf_sampling.log"
+      synth
+      for r in 1 2; do
+        step tp1_r$r --decode-steps 20
+        K2_WGMMA_PDL=1 step tp1_pdl_r$r --decode-steps 20
+      done
+      tar -czf "$final/logs.tar.gz" -C "$o" .
+      K2_WGMMA_PDL=1 serve_and_bench tp1_pdl $m
+      ;;
+    final)  # ordered by need; the logs are packed after each part in case the call runs out of time
       run_test test_cuda_model '*'
       K2_WGMMA_PDL=1 run_test test_cuda_model '*'
       mv "$o/test_cuda_model.log" "$o/test_cuda_model_pdl.log"
       run_test test_cuda_model '*'
       run_op_tests
+      tar -czf "$final/logs.tar.gz" -C "$o" .
       synth
       step tp1 --decode-steps 20
-      step tp1_l2 --layers 2 --decode-steps 20
       K2_WGMMA_PDL=1 step tp1_pdl --decode-steps 20
-      K2_WGMMA_PDL=1 step tp1_l2_pdl --layers 2 --decode-steps 20
       step tp1_eager --enforce-eager --profile-layers --decode-steps 10
-      serve_and_bench tp1 $m
+      tar -czf "$final/logs.tar.gz" -C "$o" .
       sampling_checks
+      tar -czf "$final/logs.tar.gz" -C "$o" .
+      serve_and_bench tp1 $m
       ;;
   esac
 done

@@ -496,7 +496,9 @@ TEST_F(CudaSampling, DISABLED_PerfFiltered) {
     const std::array settings{Setting{"top_k 50 + top_p 0.95", 50, 0.95, cuda::SampleMode::Filtered},
                               Setting{"top_p 0.95", 0, 0.95, cuda::SampleMode::Filtered},
                               Setting{"temperature only", 0, 1.0, cuda::SampleMode::Temperature}};
-    const double copy_gbs = copy_rate_gbs(nullptr);
+    cudaStream_t stream = nullptr;  // time_us captures a graph: not on the legacy default stream
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    const double copy_gbs = copy_rate_gbs(stream);
     std::printf("copy rate %.0f GB/s\n", copy_gbs);
     std::mt19937 rng(61);
     for (const int num_rows : {1, 16, 64}) {
@@ -541,7 +543,7 @@ TEST_F(CudaSampling, DISABLED_PerfFiltered) {
             p.vocab = kVocab;
             p.stride = kVocab;
             const double gpu_us =
-                time_us([&](int, cudaStream_t stream) { cuda::launch_sample_rows(p, stream); }, nullptr);
+                time_us([&](int, cudaStream_t s) { cuda::launch_sample_rows(p, s); }, stream);
             SamplingParams params;
             params.temperature = 0.6;
             params.top_k = setting.top_k;
@@ -561,6 +563,7 @@ TEST_F(CudaSampling, DISABLED_PerfFiltered) {
                 host_us, host_us / gpu_us, checksum);
         }
     }
+    CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
 TEST_F(CudaSampling, EmptyBatchIsANoOp) {
