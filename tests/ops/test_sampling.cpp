@@ -542,8 +542,7 @@ TEST_F(CudaSampling, DISABLED_PerfFiltered) {
             p.rows = num_rows;
             p.vocab = kVocab;
             p.stride = kVocab;
-            const double gpu_us =
-                time_us([&](int, cudaStream_t s) { cuda::launch_sample_rows(p, s); }, stream);
+            const double gpu_us = time_us([&](int, cudaStream_t s) { cuda::launch_sample_rows(p, s); }, stream);
             SamplingParams params;
             params.temperature = 0.6;
             params.top_k = setting.top_k;
