@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "backend/cuda/device_buffer.h"
+#include "backend/cuda/fp8_gemm.h"
 #include "core/dtype.h"
 
 namespace k2::ops_test {
@@ -82,6 +83,35 @@ inline double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
 
 inline double relative_l2(const std::vector<float>& a, const std::vector<float>& b) {
     return rel_l2(a, b);
+}
+
+// The activations of a GEMM benchmark row and the params over them (weights left to the caller): m rows padded to
+// 16 (cuBLASLt's fallback shape when it rejects m itself), scales in [0.01, 0.02]. fp8(count) draws the e4m3 bytes.
+struct PerfGemmInputs {
+    cuda::DeviceBuffer x;   // [m_pad, k] e4m3
+    cuda::DeviceBuffer xs;  // [k / 128, m_pad] f32
+    cuda::DeviceBuffer y;   // [m_pad, n] bf16
+    cuda::Fp8GemmParams params;
+};
+
+inline PerfGemmInputs perf_gemm_inputs(int64_t m, int64_t n, int64_t k,
+                                       const std::function<std::vector<uint8_t>(size_t)>& fp8, std::mt19937& rng) {
+    const int64_t m_pad = (m + 15) / 16 * 16;
+    PerfGemmInputs in;
+    in.x = to_device(fp8(static_cast<size_t>(m_pad * k)));
+    in.xs = to_device(random_uniform(static_cast<size_t>(k / 128 * m_pad), rng, 0.01f, 0.02f));
+    in.y = cuda::DeviceBuffer(static_cast<size_t>(m_pad * n) * 2);
+    cuda::Fp8GemmParams& p = in.params;
+    p.x = in.x.as<uint8_t>();
+    p.x_scale = in.xs.as<float>();
+    p.y = in.y.as<uint16_t>();
+    p.num_tokens = m;
+    p.n = n;
+    p.k = k;
+    p.x_stride = k;
+    p.x_scale_stride = m;
+    p.y_stride = n;
+    return in;
 }
 
 // Median time in microseconds of one call of `body(iter, stream)`, measured over CUDA-graph replays of

@@ -93,22 +93,11 @@ GemmWeights make_weights(const GemmShape& shape, std::mt19937& rng) {
 
 void perf_gemm(cuda::Fp8GemmRunner& runner, const GemmShape& shape, const GemmWeights& weights, int64_t m,
                double copy_gbs, cudaStream_t stream, std::mt19937& rng) {
-    const int64_t num_kb = shape.k / 128;
     const size_t copies = weights.w.size();
-    const int64_t m_pad = (m + 15) / 16 * 16;  // cuBLASLt's fallback shape when it rejects m itself
-    const auto x = to_device(fast_random_fp8(static_cast<size_t>(m_pad * shape.k), rng()));
-    const auto xs = to_device(random_uniform(static_cast<size_t>(num_kb * m_pad), rng, 0.01f, 0.02f));
-    cuda::DeviceBuffer y(static_cast<size_t>(m_pad * shape.n) * 2);
-    cuda::Fp8GemmParams p;
-    p.x = x.as<uint8_t>();
-    p.x_scale = xs.as<float>();
-    p.y = y.as<uint16_t>();
-    p.num_tokens = m;
-    p.n = shape.n;
-    p.k = shape.k;
-    p.x_stride = shape.k;
-    p.x_scale_stride = m;
-    p.y_stride = shape.n;
+    PerfGemmInputs in = perf_gemm_inputs(
+        m, shape.n, shape.k, [&](size_t count) { return fast_random_fp8(count, rng()); }, rng);
+    cuda::Fp8GemmParams& p = in.params;  // m_pad: cuBLASLt's fallback shape below
+    const int64_t m_pad = (m + 15) / 16 * 16;
     auto body = [&](cuda::Fp8GemmImpl impl) {
         return [&, impl](int iter, cudaStream_t s) {
             cuda::Fp8GemmParams q = p;

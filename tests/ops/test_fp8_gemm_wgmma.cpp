@@ -532,20 +532,9 @@ void perf_shape(const GemmShape& shape, double copy_gbs, std::mt19937& rng, cuda
         return q;
     };
     for (const int64_t m : {1, 8, 16, 32, 64, 128}) {
-        const int64_t m_pad = (m + 15) / 16 * 16;
-        const auto x = to_device(fast_normal_fp8(static_cast<size_t>(m_pad * shape.k), rng));
-        const auto xs = to_device(random_uniform(static_cast<size_t>(shape.k / 128 * m_pad), rng, 0.01f, 0.02f));
-        cuda::DeviceBuffer y(static_cast<size_t>(m_pad * shape.n) * 2);
-        cuda::Fp8GemmParams p;
-        p.x = x.as<uint8_t>();
-        p.x_scale = xs.as<float>();
-        p.y = y.as<uint16_t>();
-        p.num_tokens = m;
-        p.n = shape.n;
-        p.k = shape.k;
-        p.x_stride = shape.k;
-        p.x_scale_stride = m;
-        p.y_stride = shape.n;
+        const PerfGemmInputs in = perf_gemm_inputs(
+            m, shape.n, shape.k, [&](size_t count) { return fast_normal_fp8(count, rng); }, rng);
+        const cuda::Fp8GemmParams& p = in.params;
         const double base_us = time_cublaslt(runner, p, with_weights, stream, shape.name);
         const PerfRow row = perf_row(
             [&](const cuda::Fp8GemmWgmmaOptions& o) {
